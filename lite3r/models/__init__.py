@@ -1,0 +1,1 @@
+"""Model implementations (VGGT, DA3), their configs, reference-config mapping and checkpoint loading."""
