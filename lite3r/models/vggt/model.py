@@ -151,25 +151,32 @@ class VGGT(nn.Module):
             return None
         return self._dpt("point_head", features, images, frames_chunk_size)
 
-    def forward(self, images: torch.Tensor, frames_chunk_size: int | None = 8) -> dict:
-        """The reference output dictionary: pose_enc, pose_enc_list, depth [B,S,H,W,1], depth_conf,
-        world_points, world_points_conf, images (the heads that exist)."""
+    def predict(
+        self, features: VGGTFeatures, images: torch.Tensor, frames_chunk_size: int | None = 8
+    ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """The reference output dictionary from encoded features (the heads that exist):
+        pose_enc [B,S,9], pose_enc_list, depth [B,S,H,W,1], depth_conf, world_points [B,S,H,W,3],
+        world_points_conf, and images when not training."""
         images = self._as_batch(images)
-        feats = self.encode(images)
         pred: dict = {}
         if self.camera_head is not None:
-            enc_list = self.camera_encodings(feats)
+            enc_list = self.camera_encodings(features)
             pred["pose_enc"] = enc_list[-1]
             pred["pose_enc_list"] = enc_list
         if self.depth_head is not None:
-            pred["depth"], pred["depth_conf"] = self._dpt("depth_head", feats, images, frames_chunk_size)
+            pred["depth"], pred["depth_conf"] = self._dpt("depth_head", features, images, frames_chunk_size)
         if self.point_head is not None:
-            pred["world_points"], pred["world_points_conf"] = self._dpt(
-                "point_head", feats, images, frames_chunk_size
-            )
+            pts, conf = self._dpt("point_head", features, images, frames_chunk_size)
+            pred["world_points"], pred["world_points_conf"] = pts, conf
         if not self.training:
             pred["images"] = images
         return pred
+
+    def forward(self, images: torch.Tensor, frames_chunk_size: int | None = 8) -> dict:
+        """images [B, S, 3, H, W] (or [S, 3, H, W]) in [0, 1] → the reference output dictionary
+        (see :meth:`predict`); heads in float32 with autocast disabled, as the reference."""
+        images = self._as_batch(images)
+        return self.predict(self.encode(images), images, frames_chunk_size)
 
     # ---------------------------------------------------------------------------- engine metadata
     def attention_sites(self) -> dict[str, AttentionSite]:
