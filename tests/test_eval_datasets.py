@@ -197,7 +197,7 @@ def test_blendedmvs_errors(tmp_path, bmvs_root):
         open_dataset("blendedmvs", partial)
     ds = open_dataset("blendedmvs", partial, scenes=list(BLENDEDMVS_VALIDATION_PIDS[:2]))
     (partial / BLENDEDMVS_VALIDATION_PIDS[0] / "cams" / "00000001_cam.txt").unlink()
-    with pytest.raises(InputError, match="00000001_cam.txt"):
+    with pytest.raises(InputError, match=r"00000001_cam\.txt"):
         ds.load(BLENDEDMVS_VALIDATION_PIDS[0], [0, 1])
 
 
