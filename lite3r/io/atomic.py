@@ -55,6 +55,15 @@ def check_writable_dir(path: str | os.PathLike, what: str = "output folder") -> 
     return path
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once at import: os.umask can only be read by setting it
+
+
 def _first_existing(p: Path) -> Path:
     p = p.absolute()
     while not p.exists() and p != p.parent:
@@ -80,6 +89,7 @@ def temp_path_for(path: str | os.PathLike) -> Path:
     except OSError as exc:
         raise OutputError(f"{path}: cannot write ({exc.strerror})", "choose a writable output path") from exc
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
     return Path(tmp)
 
 

@@ -9,6 +9,7 @@ any PLY whose elements have scalar properties only), for tests and for reloading
 from __future__ import annotations
 
 import os
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +36,13 @@ _NP_TO_PLY = {
 }
 
 
+_ASCII = str.maketrans({"·": "|", "×": "x", "–": "-", "—": "-", "→": "->", "≥": ">=", "≤": "<="})
+
+
 def _clean_comment(text: str) -> str:
-    return " ".join(str(text).split())  # one line, no control characters
+    """One ASCII line (PLY headers are ASCII): common symbols transliterated, the rest dropped."""
+    text = unicodedata.normalize("NFKD", str(text).translate(_ASCII))
+    return " ".join(text.encode("ascii", errors="ignore").decode().split())
 
 
 def _header(elements: Sequence[tuple[str, np.ndarray]], comments: Iterable[str]) -> bytes:

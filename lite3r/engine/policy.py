@@ -1,0 +1,233 @@
+"""How the engine sets a model up: device, precision and attention path, decided once, in one place.
+
+Precision:
+- ``fp32``: everything float32; TF32 is switched off while the engine runs (parity-grade numbers).
+- ``bf16``: the trunk's weights are cast to bfloat16 (no autocast, so nothing is re-cast per call and
+  attention sees bf16 q/k/v), the heads stay float32 (they cast their inputs).
+- ``fp8``: as bf16, with real FP8 GEMMs in the trunk's linears.
+
+All three are applied by :mod:`lite3r.quant.precision` (``apply_precision``: support check with the
+reason, casts, input-cast hooks at the trunk/head boundaries, FP8 conversion) — one precision policy for
+the project. The local fp32/bf16 fallback below exists only for builds without that module; there, fp8
+raises :class:`UnsupportedError` and nothing else runs in its place.
+
+Attention:
+- ``dense``: the model's own attention with an explicit SDPA backend: cuDNN for bf16/fp8 on CUDA (the
+  fastest dense kernel on Hopper), memory-efficient for fp32 on CUDA (cuDNN has no fp32 kernel), and
+  PyTorch's default choice on CPU. The chosen backend is the only one allowed, so a kernel that cannot
+  run raises instead of silently falling back.
+- ``sla``: delegated to :func:`lite3r.convert.convert`; without that module, :class:`UnsupportedError`.
+
+Each step returns the words the app and CLI show (``"dense · cuDNN SDPA"``), naming what actually runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from lite3r.errors import UnsupportedError
+
+PRECISIONS = ("fp32", "bf16", "fp8")
+ATTENTIONS = ("dense", "sla")
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+
+_SDPA_LABEL = {
+    "cudnn": "cuDNN SDPA",
+    "flash": "FlashAttention SDPA",
+    "efficient": "memory-efficient SDPA",
+    "math": "math SDPA",
+    "auto": "PyTorch SDPA (auto)",
+}
+
+
+def _module_available(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UnsupportedError("a CUDA GPU was requested but none is available", "use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UnsupportedError(
+                f"GPU {dev.index} does not exist ({torch.cuda.device_count()} found)", "use cuda:0"
+            )
+    elif dev.type != "cpu":
+        raise UnsupportedError(f"device {device!r} is not supported", "use cuda or cpu")
+    return dev
+
+
+# ---- precision -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PrecisionSetup:
+    precision: str
+    trunk_dtype: torch.dtype
+    description: str  # e.g. "bf16 trunk · fp32 heads"
+    tf32: bool  # whether TF32 may be used while the engine runs
+    report: Any = None  # lite3r.quant.precision.PrecisionReport when that module set the model up
+
+
+def apply_precision(model: nn.Module, precision: str, device: torch.device) -> PrecisionSetup:
+    """Move ``model`` to ``device`` and set its precision. The one place the engine decides dtypes."""
+    if precision not in PRECISIONS:
+        raise UnsupportedError(f"unknown precision {precision!r}", f"choose one of {', '.join(PRECISIONS)}")
+    if _module_available("lite3r.quant.precision"):
+        return _apply_with_quant_module(model, precision, device)
+    if precision == "fp8":
+        raise UnsupportedError(
+            "fp8 needs the FP8 precision module (lite3r.quant.precision), which is not installed in this build",
+            "use --precision bf16",
+        )
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UnsupportedError(
+            f"this GPU ({torch.cuda.get_device_name(device)}) has no bf16 support", "use --precision fp32"
+        )
+    model.to(device=device, dtype=torch.float32)
+    if precision == "bf16":
+        for name in model.trunk_modules():
+            model.get_submodule(name).to(torch.bfloat16)
+        return PrecisionSetup("bf16", torch.bfloat16, describe_precision("bf16"), tf32=_default_tf32())
+    return PrecisionSetup("fp32", torch.float32, describe_precision("fp32"), tf32=False)
+
+
+def _apply_with_quant_module(model: nn.Module, precision: str, device: torch.device) -> PrecisionSetup:
+    quant = importlib.import_module("lite3r.quant.precision")
+    report: Any = quant.apply_precision(model, precision, device)  # checks support, raises with the reason
+    trunk_dtype = _param_dtype(model, model.trunk_modules())
+    tf32 = False if precision == "fp32" else _default_tf32()
+    return PrecisionSetup(
+        precision, trunk_dtype, describe_precision(precision, report), tf32=tf32, report=report
+    )
+
+
+def describe_precision(precision: str, report: Any = None) -> str:
+    """Words for the path that runs, e.g. "fp8 GEMMs (96 trunk linears) · bf16 trunk · fp32 heads"."""
+    if precision == "fp32":
+        return "fp32"
+    if precision == "bf16":
+        return "bf16 trunk · fp32 heads"
+    fp8 = getattr(report, "fp8", None) or {}
+    n = len(fp8.get("linears", ())) if isinstance(fp8, dict) else 0
+    mode = fp8.get("mode", "") if isinstance(fp8, dict) else ""
+    what = f"fp8 GEMMs ({n} trunk linears{', ' + mode if mode else ''})" if n else "fp8"
+    return f"{what} · bf16 trunk · fp32 heads"
+
+
+def _param_dtype(model: nn.Module, names: list[str]) -> torch.dtype:
+    for name in names:
+        for p in model.get_submodule(name).parameters():
+            if p.is_floating_point() and p.dtype in (torch.float32, torch.bfloat16, torch.float16):
+                return p.dtype
+    return torch.float32
+
+
+def _default_tf32() -> bool:
+    return bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)
+
+
+@contextlib.contextmanager
+def tf32_state(enabled: bool | None):
+    """Set TF32 (matmul + cuDNN) for the duration of a run and restore it; ``None`` leaves it alone."""
+    if enabled is None:
+        yield
+        return
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+# ---- attention -------------------------------------------------------------------------------------
+
+
+def default_sdpa_backend(precision: str, device: torch.device) -> str:
+    if device.type != "cuda":
+        return "auto"
+    return "efficient" if precision == "fp32" else "cudnn"
+
+
+def apply_attention(
+    model: nn.Module,
+    attention: str,
+    sla: Any,
+    precision: str,
+    device: torch.device,
+    sdpa_backend: str | None = None,
+) -> str:
+    """Set the attention path; returns its description (what the app and the CLI summary show)."""
+    from lite3r.attention.dense import SDPA_BACKENDS, set_sdpa_backend
+
+    if attention not in ATTENTIONS:
+        raise UnsupportedError(f"unknown attention {attention!r}", f"choose one of {', '.join(ATTENTIONS)}")
+    backend = sdpa_backend or default_sdpa_backend(precision, device)
+    if backend not in SDPA_BACKENDS:
+        raise UnsupportedError(
+            f"unknown SDPA backend {backend!r}", f"choose one of {', '.join(SDPA_BACKENDS)}"
+        )
+    if device.type == "cpu" and backend in ("cudnn", "efficient"):
+        raise UnsupportedError(
+            f"the {backend} SDPA backend needs a CUDA GPU", "use the default backend on CPU"
+        )
+    if backend == "cudnn" and precision == "fp32":
+        raise UnsupportedError(
+            "cuDNN SDPA has no fp32 kernel", "use bf16, or the 'efficient' backend for fp32"
+        )
+    set_sdpa_backend(model, backend)
+    dense_label = _SDPA_LABEL[backend] + (" (CPU)" if device.type == "cpu" else "")
+    if attention == "dense":
+        return f"dense · {dense_label}"
+    if not _module_available("lite3r.convert"):
+        raise UnsupportedError(
+            "sparse-linear attention needs the conversion module (lite3r.convert), which is not in this build",
+            "use --attention dense",
+        )
+    convert_mod = importlib.import_module("lite3r.convert")
+    config = sla
+    if config is None or isinstance(config, dict | float | int):
+        kwargs = (
+            {} if config is None else ({"keep": float(config)} if isinstance(config, float | int) else config)
+        )
+        config = convert_mod.Lite3RConfig(**kwargs)
+    result = convert_mod.convert(model, config)
+    desc = getattr(result, "description", None)
+    if callable(desc):
+        desc = desc()
+    if not desc:
+        desc = getattr(model, "attention_description", None)
+        desc = desc() if callable(desc) else desc
+    if not desc:
+        raise UnsupportedError(
+            "the SLA conversion did not report which kernel runs",
+            "update lite3r.convert so convert() returns a description of the path",
+        )
+    return str(desc)
+
+
+# ---- compile ---------------------------------------------------------------------------------------
+
+
+def compile_trunk(model: nn.Module, mode: str) -> str:
+    """Wrap ``model.encode`` in torch.compile (the heads are cheap and chunked; left eager)."""
+    if mode not in COMPILE_MODES:
+        raise UnsupportedError(f"unknown compile mode {mode!r}", f"choose one of {', '.join(COMPILE_MODES)}")
+    if mode == "none":
+        return "eager"
+    encode = model.encode
+    model.encode = torch.compile(encode, mode=None if mode == "default" else mode, dynamic=True)
+    return f"torch.compile ({mode})"
