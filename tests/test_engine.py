@@ -35,7 +35,7 @@ def fp32_result():
 
 
 def test_result_contents(fp32_result):
-    rc, rec, _, _ = fp32_result
+    _rc, rec, _, _ = fp32_result
     assert rec.num_views == 2 and rec.image_size == (84, 126)
     assert rec.images.dtype == np.uint8 and rec.images.shape == (2, 84, 126, 3)
     for a in (rec.depth, rec.depth_conf, rec.points_from_depth, rec.world_points, rec.world_points_conf):
@@ -62,7 +62,7 @@ def test_result_contents(fp32_result):
     assert set(rec.timings_ms) == {"preprocess", "trunk", "heads", "postprocess", "total"}
     assert rec.metadata["preprocess"]["rule"] == "vggt_crop" and rec.metadata["views_done"] == 2
     assert "partial" not in rec.metadata
-    xyz, rgb, conf = rec.point_cloud(conf_percentile=50)
+    xyz, rgb, _conf = rec.point_cloud(conf_percentile=50)
     assert 0 < len(xyz) <= 2 * 84 * 126 and rgb.dtype == np.uint8
 
 
@@ -76,7 +76,7 @@ def test_matches_model_forward(fp32_result):
     np.testing.assert_allclose(rec.world_points, ref["world_points"][0].numpy(), rtol=1e-5, atol=1e-5)
     from lite3r.geometry import pose_encoding_to_extri_intri
 
-    ext, intr = pose_encoding_to_extri_intri(ref["pose_enc"], (84, 126))
+    ext, _intr = pose_encoding_to_extri_intri(ref["pose_enc"], (84, 126))
     np.testing.assert_allclose(rec.extrinsics, ext[0].numpy(), atol=1e-5)
 
 
@@ -84,7 +84,7 @@ def test_progress_and_partials(fp32_result):
     _, _, events, partials = fp32_result
     fractions = [f for _, f, _ in events]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
-    assert [s for s, _, _ in events][0] == "preprocess"
+    assert next(s for s, _, _ in events) == "preprocess"
     assert {"trunk", "cameras", "depth", "points", "postprocess"} <= {s for s, _, _ in events}
     assert [p[0] for p in partials] == [0, 1, 2]  # cameras first, then each one-frame depth chunk
     assert list(partials[0][1]) == [False, False] and list(partials[1][1]) == [True, False]
