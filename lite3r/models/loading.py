@@ -431,7 +431,6 @@ def load_vggt(
     ``save_pretrained`` brings its config; otherwise ``config`` or VGGT-1B's. When no config is given
     and the file has no ``point_head.*`` (the authors' Lite3R checkpoints), the point head is not
     built (logged)."""
-    from lite3r.models.vggt.config import VGGTConfig
     from lite3r.models.vggt.model import CONFIG_FILE, VGGT
 
     path = resolve_weights(path_or_repo_id, "model.safetensors", default_path=default_path, model_name="VGGT")
@@ -439,7 +438,7 @@ def load_vggt(
     if config is None:
         config = read_vggt_config(path.parent / CONFIG_FILE)
     if config is None:
-        config = VGGTConfig()
+        config = default_vggt_config()
         keys = map_keys(source, VGGT_RULES, LoadReport(str(path)))
         if not any(k.startswith("point_head.") for k in keys) and any(
             k.startswith("depth_head.") for k in keys
@@ -449,6 +448,13 @@ def load_vggt(
     model, report = build_and_load(lambda: VGGT(config), source, VGGT_RULES, strict=strict, device=device)
     model.load_report = report
     return model
+
+
+def default_vggt_config():
+    """The config assumed for a bare VGGT weights file: VGGT-1B."""
+    from lite3r.models.vggt.config import VGGTConfig
+
+    return VGGTConfig.vggt_1b()
 
 
 def read_vggt_config(path: Path):
