@@ -68,6 +68,30 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def preflight(precision: str, device: str | torch.device, attention: str = "dense") -> torch.device:
+    """Everything about a set-up that can be refused *before* a multi-GB model is loaded."""
+    dev = resolve_device(device)
+    if precision not in PRECISIONS:
+        raise UnsupportedError(f"unknown precision {precision!r}", f"choose one of {', '.join(PRECISIONS)}")
+    if _module_available("lite3r.quant.precision"):
+        importlib.import_module("lite3r.quant.precision").check_precision(precision, dev)
+    elif precision == "fp8":
+        raise UnsupportedError(
+            "fp8 needs the FP8 precision module (lite3r.quant.precision), which is not installed in this build",
+            "use --precision bf16",
+        )
+    if attention not in ATTENTIONS:
+        raise UnsupportedError(f"unknown attention {attention!r}", f"choose one of {', '.join(ATTENTIONS)}")
+    if attention == "sla" and not _module_available("lite3r.convert"):
+        raise UnsupportedError(SLA_MISSING, "use --attention dense")
+    return dev
+
+
+SLA_MISSING = (
+    "sparse-linear attention needs the conversion module (lite3r.convert), which is not in this build"
+)
+
+
 # ---- precision -------------------------------------------------------------------------------------
 
 
@@ -193,10 +217,7 @@ def apply_attention(
     if attention == "dense":
         return f"dense · {dense_label}"
     if not _module_available("lite3r.convert"):
-        raise UnsupportedError(
-            "sparse-linear attention needs the conversion module (lite3r.convert), which is not in this build",
-            "use --attention dense",
-        )
+        raise UnsupportedError(SLA_MISSING, "use --attention dense")
     convert_mod = importlib.import_module("lite3r.convert")
     config = sla
     if config is None or isinstance(config, dict | float | int):

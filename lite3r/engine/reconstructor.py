@@ -31,6 +31,7 @@ from lite3r.engine.policy import (
     apply_attention,
     apply_precision,
     compile_trunk,
+    preflight,
     resolve_device,
     tf32_state,
 )
@@ -111,6 +112,9 @@ class Reconstructor:
         from lite3r.models import registry
 
         spec = registry.get_spec(name)
+        preflight(
+            kwargs.get("precision", "bf16"), kwargs.get("device", "cuda"), kwargs.get("attention", "dense")
+        )
         model = registry.load_model(name, weights=weights, strict=strict, device="cpu")
         kwargs.setdefault("preprocess_rule", spec.preprocessing)
         kwargs.setdefault("input_size", spec.default_input_size)

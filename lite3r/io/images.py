@@ -282,15 +282,18 @@ def scan_images(
     return checks, problems
 
 
-def require_views(paths: Sequence[PathLike], min_views: int) -> None:
+def require_views(
+    paths: Sequence[PathLike],
+    min_views: int,
+    single_hint: str = "or allow a single view for a monocular depth map",
+) -> None:
     """Raise a clear error when fewer than ``min_views`` photos are given."""
     if len(paths) >= min_views:
         return
     if len(paths) == 1:
         raise InputError(
             f"{paths[0]}: only one photo; a multi-view reconstruction needs at least {min_views}",
-            "add more photos of the same scene from other viewpoints (or allow a single view for a "
-            "monocular depth map)",
+            f"add more photos of the same scene from other viewpoints ({single_hint})",
         )
     raise InputError(
         f"{len(paths)} photos given; at least {min_views} needed", "add more photos of the scene"
