@@ -105,6 +105,17 @@ class VGGT(nn.Module):
             num_layers=self.aggregator.depth,
         )
 
+    @staticmethod
+    def select_frames(features: VGGTFeatures, a: int, b: int) -> VGGTFeatures:
+        """Features of frames a..b−1 (views, not copies) for the per-frame heads (depth / points).
+        Not for the camera head, which attends across all frames."""
+        return VGGTFeatures(
+            layers={i: t[:, a:b] for i, t in features.layers.items()},
+            patch_start_idx=features.patch_start_idx,
+            image_hw=features.image_hw,
+            num_layers=features.num_layers,
+        )
+
     # ------------------------------------------------------------------------------------ heads
     def _require(self, name: str):
         head = getattr(self, name)
