@@ -35,6 +35,28 @@ def _time(fn, warmup: int, repeats: int) -> float:
     return statistics.median(times)
 
 
+@torch.no_grad()
+def measure(model, S: int, size: tuple[int, int], repeats: int) -> dict:
+    images = torch.rand(1, S, 3, *size, device="cuda", dtype=torch.bfloat16)
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    trunk_ms = _time(lambda: model.encode(images), 2, repeats)
+    trunk_peak = torch.cuda.max_memory_allocated() - base
+    feats = model.encode(images)
+    kept = sum(t.numel() * t.element_size() for t in feats.layers.values())
+    cam_ms = _time(lambda: model.decode_cameras(feats), 1, repeats)
+    depth_ms = _time(lambda: model.decode_depth(feats, images, frames_chunk_size=8), 1, 3)
+    return {
+        "frames": S,
+        "tokens_per_frame": feats.layers[23].shape[2],
+        "trunk_ms": trunk_ms,
+        "camera_head_ms": cam_ms,
+        "depth_head_ms": depth_ms,
+        "trunk_peak_GiB": trunk_peak / 2**30,
+        "kept_layers_GiB": kept / 2**30,
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--frames", type=int, nargs="+", default=[8, 32, 128])
@@ -56,29 +78,9 @@ def main() -> int:
     H, W = args.size
     rows = []
     for S in args.frames:
-        images = torch.rand(1, S, 3, H, W, device=dev, dtype=torch.bfloat16)
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
         try:
-            with torch.no_grad():
-                trunk_ms = _time(lambda: model.encode(images), 2, args.repeats)
-                torch.cuda.synchronize()
-                trunk_peak = torch.cuda.max_memory_allocated() - base
-                feats = model.encode(images)
-                kept = sum(t.numel() * t.element_size() for t in feats.layers.values())
-                cam_ms = _time(lambda: model.decode_cameras(feats), 1, args.repeats)
-                depth_ms = _time(lambda: model.decode_depth(feats, images, frames_chunk_size=8), 1, 3)
-            row = {
-                "frames": S,
-                "tokens_per_frame": feats.layers[23].shape[2],
-                "trunk_ms": trunk_ms,
-                "camera_head_ms": cam_ms,
-                "depth_head_ms": depth_ms,
-                "trunk_peak_GiB": trunk_peak / 2**30,
-                "kept_layers_GiB": kept / 2**30,
-            }
-            del feats
+            row = measure(model, S, (H, W), args.repeats)
         except torch.OutOfMemoryError as e:
             row = {"frames": S, "error": f"OOM: {str(e).splitlines()[0]}"}
         print(row, flush=True)
