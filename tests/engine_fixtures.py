@@ -8,17 +8,12 @@ from conftest import PARITY_DIR
 
 
 def small_vggt():
-    """A fresh reduced VGGT (parity config + weights), float32, eval mode."""
-    from safetensors.torch import load_file
+    """A fresh reduced VGGT: parity config, weights loaded from the real safetensors file through the
+    project's checked loader (strict), float32, eval mode."""
+    from lite3r.models.reference import load
 
-    from lite3r.models.vggt.config import from_reference_config
-    from lite3r.models.vggt.model import VGGT
-
-    cfg = from_reference_config(json.loads((PARITY_DIR / "vggt_small_config.json").read_text()))
-    model = VGGT(cfg)
-    state = load_file(str(PARITY_DIR / "vggt_small_state_dict.safetensors"))
-    state.pop("aggregator.patch_embed.mask_token", None)
-    model.load_state_dict(state, strict=True)
+    cfg = json.loads((PARITY_DIR / "vggt_small_config.json").read_text())
+    model, _ = load(cfg, PARITY_DIR / "vggt_small_state_dict.safetensors", strict=True)
     return model.eval()
 
 
