@@ -45,6 +45,9 @@ def register_family(family: Family) -> None:
 
 
 def family_of(config: Mapping) -> Family:
+    from lite3r.models.registry import import_optional_families
+
+    import_optional_families()
     for fam in FAMILIES.values():
         if fam.detect(config):
             return fam
@@ -60,6 +63,9 @@ def outputs(model: nn.Module, case: Mapping, inputs: Mapping[str, torch.Tensor])
     """Run one case: ``case`` is the config's case entry, ``inputs`` its ``input.*`` tensors without
     the case prefix (e.g. ``input.images``). Returns saved names without the case prefix
     (``output.depth``, ``derived.extrinsic``, ``inter.aggregated.0``, …)."""
+    from lite3r.models.registry import import_optional_families
+
+    import_optional_families()
     for fam in FAMILIES.values():
         if getattr(model, "family", None) == fam.name:
             with torch.no_grad():

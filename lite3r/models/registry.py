@@ -104,18 +104,25 @@ register(
 
 
 def get_spec(name: str) -> ModelSpec:
-    _import_families()
+    import_optional_families()
     if name not in MODELS:
         raise UnsupportedError(f"unknown model {name!r}", hint=f"choose one of {', '.join(sorted(MODELS))}")
     return MODELS[name]
 
 
-def _import_families() -> None:
-    """Families other than VGGT register themselves on import (when their package exists)."""
+OPTIONAL_FAMILIES = ("lite3r.models.da3",)
+
+
+def import_optional_families() -> None:
+    """Families other than VGGT register themselves when their package is imported: the package's
+    ``__init__`` calls :func:`register` (spec + loader) and ``lite3r.models.reference.register_family``.
+    Called before every lookup, so users never need to import them."""
+    import importlib
     import importlib.util
 
-    if "da3" not in LOADERS and importlib.util.find_spec("lite3r.models.da3") is not None:
-        importlib.import_module("lite3r.models.da3")
+    for module in OPTIONAL_FAMILIES:
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
 
 
 def load_model(
