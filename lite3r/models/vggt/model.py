@@ -217,7 +217,9 @@ class VGGT(nn.Module):
             sites["camera"] = AttentionSite(
                 "camera",
                 [f"camera_head.trunk.{i}.attn" for i in range(len(self.camera_head.trunk))],
-                cross_view=True,
+                # attends across the S camera tokens (one per view), but only S tokens: not a
+                # cross-view site for the conversion, which targets the S·P-token global blocks
+                cross_view=False,
                 special_tokens_per_frame=0,
                 trunk=False,
             )
