@@ -245,13 +245,20 @@ def test_small_config_trains_from_scratch():
     assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
 
 
+@pytest.fixture
+def no_tf32():
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
 @pytest.mark.gpu
-def test_parity_on_gpu_fp32():
+def test_parity_on_gpu_fp32(no_tf32):
     """The same acceptance rule on CUDA in float32 with TF32 off."""
     from lite3r.models.reference import compare, outputs
 
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
     cfg = json.loads(CONFIG.read_text())
     m, _ = reference.load(cfg, STATE)
     m = m.cuda()
