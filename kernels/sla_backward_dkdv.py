@@ -1,0 +1,162 @@
+"""SLA backward, key side: dK and dV of the sparse and linear branches.
+
+One program per (key block, batch·head). The query blocks that selected the key block come from the
+inverse look-up table (a CSR list built by :func:`inverse_lut` with one sort, no N_q × N_k map): for
+each, recompute Pᵀ = 2^(k·q·scale·log2e − lse) and accumulate dV += Pᵀ·dO, dK += (Pᵀ ⊙ (V·dOᵀ − δ))·Q.
+
+Linear branch: block j's states S_j = φ(K_j)ᵀV_j, z_j = Σφ(K_j) receive dS_j = Σ G_i over the query
+blocks whose linear domain contains j — all of them for the "all" branch, the ones that did *not*
+select j for the complement (= G_tot − Σ over the list) — so dV += φ(K_j)·dS_j and
+dφ(K_j) = V_j·dS_jᵀ + dz_j, chained through φ'. Key blocks holding special tokens are selected by every
+query block and have the longest lists; they come first in the grid so they start first.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .sla_reference import SLAGeometry
+from .sla_triton_common import FEATURE_CODES, feature_map, feature_map_backward, virtual_to_physical
+
+
+def _configs():
+    return [triton.Config({}, num_warps=w, num_stages=s) for w, s in ((4, 2), (4, 3), (8, 2), (8, 3))]
+
+
+@triton.jit
+def _sla_backward_dkdv_kernel(
+    Q, K, V, DO, DK, DV, LSE, DELTA,
+    stride_qb, stride_qh, stride_qn,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_db, stride_dh, stride_dn,
+    stride_kgb, stride_kgh, stride_kgn,
+    stride_vgb, stride_vgh, stride_vgn,
+    QLIST, QOFF, GBLK, DZBLK, GTOT, DZTOT,
+    H, N, n_qblocks, n_kblocks,
+    n_special, frame_len, n_special_total,
+    sm_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+    FEATURE: tl.constexpr, LINEAR: tl.constexpr, HAS_SPECIAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    j = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    d = tl.arange(0, HEAD_DIM)
+    cols = j * BLOCK_N + tl.arange(0, BLOCK_N)
+    cmask = cols < N
+    phys = virtual_to_physical(cols, n_special, frame_len, n_special_total, HAS_SPECIAL).to(tl.int64)
+    k = tl.load(
+        K + b * stride_kb + h * stride_kh + phys[:, None] * stride_kn + d[None, :],
+        mask=cmask[:, None],
+        other=0.0,
+    )
+    v = tl.load(
+        V + b * stride_vb + h * stride_vh + phys[:, None] * stride_vn + d[None, :],
+        mask=cmask[:, None],
+        other=0.0,
+    )
+    qk_scale = sm_scale * 1.4426950408889634
+
+    q_base = Q + b * stride_qb + h * stride_qh
+    do_base = DO + b * stride_db + h * stride_dh
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    if LINEAR == 2:
+        g_sel = tl.zeros([HEAD_DIM, HEAD_DIM], dtype=tl.float32)
+        dz_sel = tl.zeros([HEAD_DIM], dtype=tl.float32)
+    slot = bh * n_kblocks + j
+    start = tl.load(QOFF + slot)
+    end = tl.load(QOFF + slot + 1)
+    for e in range(start, end):
+        i = tl.load(QLIST + e).to(tl.int32)
+        rows = i * BLOCK_M + tl.arange(0, BLOCK_M)
+        rmask = rows < N
+        rows64 = rows.to(tl.int64)
+        q = tl.load(q_base + rows64[:, None] * stride_qn + d[None, :], mask=rmask[:, None], other=0.0)
+        do = tl.load(do_base + rows64[:, None] * stride_dn + d[None, :], mask=rmask[:, None], other=0.0)
+        lse = tl.load(LSE + bh * N + rows64, mask=rmask, other=0.0)
+        delta = tl.load(DELTA + bh * N + rows64, mask=rmask, other=0.0)
+        qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
+        p_t = tl.exp2(qk_t * qk_scale - lse[None, :])
+        p_t = tl.where(cmask[:, None] & rmask[None, :], p_t, 0.0)
+        dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
+        if LINEAR == 2:
+            blk_q = bh * n_qblocks + i
+            g_sel += tl.load(GBLK + (blk_q * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :])
+            dz_sel += tl.load(DZBLK + blk_q * HEAD_DIM + d)
+    dk = dk * sm_scale
+
+    if LINEAR != 0:
+        g = tl.load(GTOT + (bh * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :])
+        dz = tl.load(DZTOT + bh * HEAD_DIM + d)
+        if LINEAR == 2:
+            g = g - g_sel
+            dz = dz - dz_sel
+        kf = k.to(tl.float32)
+        phik = tl.where(cmask[:, None], feature_map(kf, FEATURE), 0.0)
+        dphi = tl.dot(v, tl.trans(g.to(v.dtype)), input_precision=DOT_PRECISION) + dz[None, :]
+        dv += tl.dot(phik.to(v.dtype), g.to(v.dtype), input_precision=DOT_PRECISION)
+        dk += feature_map_backward(kf, phik, dphi, FEATURE)
+
+    dk_offs = b * stride_kgb + h * stride_kgh + phys[:, None] * stride_kgn + d[None, :]
+    dv_offs = b * stride_vgb + h * stride_vgh + phys[:, None] * stride_vgn + d[None, :]
+    tl.store(DK + dk_offs, dk.to(DK.dtype.element_ty), mask=cmask[:, None])
+    tl.store(DV + dv_offs, dv.to(DV.dtype.element_ty), mask=cmask[:, None])
+
+
+_sla_backward_dkdv_kernel_tuned = triton.autotune(
+    configs=_configs(), key=["HEAD_DIM", "BLOCK_M", "BLOCK_N", "FEATURE", "LINEAR", "HAS_SPECIAL"]
+)(_sla_backward_dkdv_kernel)
+
+
+def inverse_lut(lut: torch.Tensor, n_kblocks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """CSR of the query blocks that selected each key block: (qlist int32 [B·H·Mq·topk], offsets int64
+    [B·H·Nk + 1]); the list of (bh, j) is qlist[offsets[bh·Nk + j] : offsets[bh·Nk + j + 1]]."""
+    B, H, M, T = lut.shape
+    dev = lut.device
+    bh = torch.arange(B * H, device=dev, dtype=torch.int64).view(B * H, 1, 1)
+    slots = (bh * n_kblocks + lut.reshape(B * H, M, T).long()).reshape(-1)
+    order = torch.sort(slots, stable=True).indices
+    qlist = ((order // T) % M).to(torch.int32)
+    counts = torch.zeros(B * H * n_kblocks, device=dev, dtype=torch.int64)
+    counts.index_add_(0, slots, torch.ones_like(slots))
+    offsets = torch.zeros(B * H * n_kblocks + 1, device=dev, dtype=torch.int64)
+    torch.cumsum(counts, 0, out=offsets[1:])
+    return qlist, offsets
+
+
+def sla_backward_dkdv(
+    q, k, v, do, lse, delta, lut, g_blk, dz_blk, geom: SLAGeometry, *,
+    feature: str, linear_code: int, scale: float, dk: torch.Tensor, dv: torch.Tensor,
+):  # fmt: skip
+    """Launch the dK/dV kernel; fills ``dk`` and ``dv``."""
+    B, H, N, D = q.shape
+    qlist, offsets = inverse_lut(lut, geom.n_kblocks)
+    if linear_code:
+        g_tot, dz_tot = g_blk.sum(2), dz_blk.sum(2)
+    else:
+        g_tot = dz_tot = torch.empty(0, device=q.device, dtype=torch.float32)
+    kernel = _sla_backward_dkdv_kernel_tuned if q.is_cuda else _sla_backward_dkdv_kernel
+    kernel[(geom.n_kblocks, B * H)](
+        q, k, v, do, dk, dv, lse, delta,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        do.stride(0), do.stride(1), do.stride(2),
+        dk.stride(0), dk.stride(1), dk.stride(2),
+        dv.stride(0), dv.stride(1), dv.stride(2),
+        qlist, offsets, g_blk, dz_blk, g_tot, dz_tot,
+        H, N, geom.n_qblocks, geom.n_kblocks,
+        max(geom.n_special, 1), geom.frame_len, geom.n_special_total,
+        scale,
+        BLOCK_M=geom.block_q, BLOCK_N=geom.block_k, HEAD_DIM=D,
+        FEATURE=FEATURE_CODES[feature], LINEAR=linear_code, HAS_SPECIAL=geom.n_special > 0,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+    )  # fmt: skip

@@ -1,0 +1,171 @@
+"""SLA backward, query side: dQ of the sparse and linear branches, and the per-query-block linear grads.
+
+One program per (query block, batch·head), walking the same look-up table as the forward:
+
+* sparse branch (FlashAttention-2 style): δ = rowsum(o_s ⊙ dO) (also stored for the key-side kernel),
+  P = 2^(q·k·scale·log2e − lse), dS = P ⊙ (dO·Vᵀ − δ), dQ += dS·K;
+* linear branch, from g = dL/do_l: with S_i, z_i the query block's linear state (totals minus the
+  selected blocks' states for the complement), o_l = φ(q)S_i/(φ(q)·z_i + eps):
+  dφ(q) = (g/den)·S_iᵀ − (rowsum(g ⊙ o_l)/den)·z_iᵀ, chained through φ'; and the block's contribution
+  to the state gradients, G_i = φ(q)ᵀ(g/den) and dz_i = −φ(q)ᵀ(rowsum(g ⊙ o_l)/den), written for the
+  key-side kernel (dS_j = Σ over query blocks whose linear domain contains block j).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .sla_reference import SLAGeometry
+from .sla_triton_common import FEATURE_CODES, feature_map, feature_map_backward, virtual_to_physical
+
+LOG2E = 1.4426950408889634
+
+
+def _configs():
+    return [triton.Config({}, num_warps=w, num_stages=s) for w, s in ((4, 2), (4, 3), (8, 2), (8, 3))]
+
+
+@triton.jit
+def _sla_backward_dq_kernel(
+    Q, K, V, O, DO, DOL, DQ, LSE, DELTA,
+    stride_qb, stride_qh, stride_qn,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_on,
+    stride_db, stride_dh, stride_dn,
+    stride_gb, stride_gh, stride_gn,
+    stride_xb, stride_xh, stride_xn,
+    LUT, SBLK, ZBLK, STOT, ZTOT, GBLK, DZBLK,
+    H, N, n_qblocks, n_kblocks, topk,
+    n_special, frame_len, n_special_total,
+    sm_scale, eps,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+    FEATURE: tl.constexpr, LINEAR: tl.constexpr, HAS_SPECIAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    i = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    rows = i * BLOCK_M + tl.arange(0, BLOCK_M)
+    rmask = rows < N
+    rows64 = rows.to(tl.int64)
+    d = tl.arange(0, HEAD_DIM)
+
+    q = tl.load(
+        Q + b * stride_qb + h * stride_qh + rows64[:, None] * stride_qn + d[None, :],
+        mask=rmask[:, None],
+        other=0.0,
+    )
+    do = tl.load(
+        DO + b * stride_db + h * stride_dh + rows64[:, None] * stride_dn + d[None, :],
+        mask=rmask[:, None],
+        other=0.0,
+    )
+    o = tl.load(
+        O + b * stride_ob + h * stride_oh + rows64[:, None] * stride_on + d[None, :],
+        mask=rmask[:, None],
+        other=0.0,
+    )
+    lse_offs = bh * N + rows64
+    lse = tl.load(LSE + lse_offs, mask=rmask, other=0.0)
+    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
+    tl.store(DELTA + lse_offs, delta, mask=rmask)
+    qk_scale = sm_scale * 1.4426950408889634
+
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    if LINEAR == 2:
+        s_sel = tl.zeros([HEAD_DIM, HEAD_DIM], dtype=tl.float32)
+        z_sel = tl.zeros([HEAD_DIM], dtype=tl.float32)
+    lut = LUT + (bh * n_qblocks + i) * topk
+    for t in range(0, topk):
+        j = tl.load(lut + t).to(tl.int32)
+        cols = j * BLOCK_N + tl.arange(0, BLOCK_N)
+        cmask = cols < N
+        phys = virtual_to_physical(cols, n_special, frame_len, n_special_total, HAS_SPECIAL).to(tl.int64)
+        k = tl.load(k_base + phys[:, None] * stride_kn + d[None, :], mask=cmask[:, None], other=0.0)
+        v = tl.load(v_base + phys[:, None] * stride_vn + d[None, :], mask=cmask[:, None], other=0.0)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        p = tl.exp2(qk * qk_scale - lse[:, None])
+        p = tl.where(cmask[None, :] & rmask[:, None], p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+        if LINEAR == 2:
+            blk = bh * n_kblocks + j
+            s_sel += tl.load(SBLK + (blk * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :]).to(tl.float32)
+            z_sel += tl.load(ZBLK + blk * HEAD_DIM + d)
+    dq = dq * sm_scale
+
+    if LINEAR != 0:
+        g = tl.load(
+            DOL + b * stride_gb + h * stride_gh + rows64[:, None] * stride_gn + d[None, :],
+            mask=rmask[:, None],
+            other=0.0,
+        ).to(tl.float32)
+        qf = q.to(tl.float32)
+        phiq = tl.where(rmask[:, None], feature_map(qf, FEATURE), 0.0)
+        s_i = tl.load(STOT + (bh * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :])
+        z_i = tl.load(ZTOT + bh * HEAD_DIM + d)
+        if LINEAR == 2:
+            s_i = s_i - s_sel
+            z_i = z_i - z_sel
+        num = tl.dot(phiq.to(q.dtype), s_i.to(q.dtype), input_precision=DOT_PRECISION)
+        den = tl.sum(phiq * z_i[None, :], axis=1) + eps
+        dnum = g / den[:, None]
+        dden = -tl.sum(dnum * num, axis=1) / den
+        dphi = tl.dot(dnum.to(q.dtype), tl.trans(s_i.to(q.dtype)), input_precision=DOT_PRECISION)
+        dphi += dden[:, None] * z_i[None, :]
+        dq += feature_map_backward(qf, phiq, dphi, FEATURE)
+        g_i = tl.dot(tl.trans(phiq.to(q.dtype)), dnum.to(q.dtype), input_precision=DOT_PRECISION)
+        blk_q = bh * n_qblocks + i
+        tl.store(GBLK + (blk_q * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :], g_i)
+        tl.store(DZBLK + blk_q * HEAD_DIM + d, tl.sum(phiq * dden[:, None], axis=0))
+
+    dq_offs = b * stride_xb + h * stride_xh + rows64[:, None] * stride_xn + d[None, :]
+    tl.store(DQ + dq_offs, dq.to(DQ.dtype.element_ty), mask=rmask[:, None])
+
+
+_sla_backward_dq_kernel_tuned = triton.autotune(
+    configs=_configs(), key=["HEAD_DIM", "BLOCK_M", "BLOCK_N", "FEATURE", "LINEAR", "HAS_SPECIAL"]
+)(_sla_backward_dq_kernel)
+
+
+def sla_backward_dq(
+    q, k, v, o_s, do, do_l, lse, lut, s_blk, z_blk, s_tot, z_tot, geom: SLAGeometry, *,
+    feature: str, linear_code: int, eps: float, scale: float, dq: torch.Tensor,
+):  # fmt: skip
+    """Launch the dQ kernel; fills ``dq`` and returns (delta [B,H,N] f32, G [B,H,Mq,D,D] f32,
+    dz [B,H,Mq,D] f32) — the last two empty when there is no linear branch."""
+    B, H, N, D = q.shape
+    dev = q.device
+    delta = torch.empty(B, H, N, device=dev, dtype=torch.float32)
+    if linear_code:
+        g_blk = torch.empty(B, H, geom.n_qblocks, D, D, device=dev, dtype=torch.float32)
+        dz_blk = torch.empty(B, H, geom.n_qblocks, D, device=dev, dtype=torch.float32)
+        dol = do_l
+    else:
+        g_blk = dz_blk = torch.empty(0, device=dev, dtype=torch.float32)
+        dol = do
+    kernel = _sla_backward_dq_kernel_tuned if q.is_cuda else _sla_backward_dq_kernel
+    kernel[(geom.n_qblocks, B * H)](
+        q, k, v, o_s, do, dol, dq, lse, delta,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        o_s.stride(0), o_s.stride(1), o_s.stride(2),
+        do.stride(0), do.stride(1), do.stride(2),
+        dol.stride(0), dol.stride(1), dol.stride(2),
+        dq.stride(0), dq.stride(1), dq.stride(2),
+        lut, s_blk, z_blk, s_tot, z_tot, g_blk, dz_blk,
+        H, N, geom.n_qblocks, geom.n_kblocks, geom.topk,
+        max(geom.n_special, 1), geom.frame_len, geom.n_special_total,
+        scale, eps,
+        BLOCK_M=geom.block_q, BLOCK_N=geom.block_k, HEAD_DIM=D,
+        FEATURE=FEATURE_CODES[feature], LINEAR=linear_code, HAS_SPECIAL=geom.n_special > 0,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+    )  # fmt: skip
+    return delta, g_blk, dz_blk

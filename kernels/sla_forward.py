@@ -1,0 +1,193 @@
+"""SLA forward kernel: block-sparse softmax attention fused with the linear branch.
+
+One program per (query block, batch·head). It loads the query tile once and walks the look-up table of
+selected key blocks (virtual key order, see ``sla_reference.py``): online softmax in base 2 with float32
+accumulators, masks for a trailing partial key block. For the complement linear branch (SLA-1) it
+accumulates the selected blocks' states S_j, z_j on the way and forms the linear attention over the
+remaining blocks from the totals: o_l = φ(q)(S_tot − ΣS_j) / (φ(q)·(z_tot − Σz_j) + eps). At inference
+the head_dim × head_dim projection is fused too and the kernel writes o = o_s + o_l·Wᵀ directly; for
+training it writes o_s, o_l and the base-2 log-sum-exp for the backward.
+
+Inputs are strided [B, H, N, D] views (last stride 1); the output is written through its strides, so
+the module allocates it as [B, N, H, D] and the head merge after attention is a free view.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .sla_reference import SLAGeometry
+from .sla_triton_common import FEATURE_CODES, LINEAR_CODES, feature_map, virtual_to_physical
+
+LOG2E = 1.4426950408889634
+
+
+def _configs():
+    return [triton.Config({}, num_warps=w, num_stages=s) for w, s in ((4, 2), (4, 3), (8, 2), (8, 3), (8, 4))]
+
+
+@triton.jit
+def _sla_forward_kernel(
+    Q, K, V, O, OL, LSE,
+    stride_qb, stride_qh, stride_qn,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_on,
+    stride_lb, stride_lh, stride_ln,
+    LUT, SBLK, ZBLK, STOT, ZTOT, W,
+    H, N, n_qblocks, n_kblocks, topk,
+    n_special, frame_len, n_special_total,
+    qk_scale, eps,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+    FEATURE: tl.constexpr, LINEAR: tl.constexpr, FUSE_PROJ: tl.constexpr,
+    HAS_SPECIAL: tl.constexpr, STORE_LSE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    i = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)  # int64 offsets: 1,000 frames of qkv views exceed 2**31 elements
+    b = bh // H
+    h = bh % H
+    rows = i * BLOCK_M + tl.arange(0, BLOCK_M)
+    rmask = rows < N
+    d = tl.arange(0, HEAD_DIM)
+
+    q = tl.load(
+        Q + b * stride_qb + h * stride_qh + rows.to(tl.int64)[:, None] * stride_qn + d[None, :],
+        mask=rmask[:, None],
+        other=0.0,
+    )
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    if LINEAR == 2:
+        s_sel = tl.zeros([HEAD_DIM, HEAD_DIM], dtype=tl.float32)
+        z_sel = tl.zeros([HEAD_DIM], dtype=tl.float32)
+    lut = LUT + (bh * n_qblocks + i) * topk
+    for t in range(0, topk):
+        j = tl.load(lut + t).to(tl.int32)
+        cols = j * BLOCK_N + tl.arange(0, BLOCK_N)
+        cmask = cols < N
+        phys = virtual_to_physical(cols, n_special, frame_len, n_special_total, HAS_SPECIAL)
+        k = tl.load(
+            k_base + phys.to(tl.int64)[:, None] * stride_kn + d[None, :], mask=cmask[:, None], other=0.0
+        )
+        v = tl.load(
+            v_base + phys.to(tl.int64)[:, None] * stride_vn + d[None, :], mask=cmask[:, None], other=0.0
+        )
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        qk = tl.where(cmask[None, :], qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(qk - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+        if LINEAR == 2:
+            blk = bh * n_kblocks + j
+            s_sel += tl.load(SBLK + (blk * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :]).to(tl.float32)
+            z_sel += tl.load(ZBLK + blk * HEAD_DIM + d)
+    out = acc / l_i[:, None]
+
+    o_offs = b * stride_ob + h * stride_oh + rows.to(tl.int64)[:, None] * stride_on + d[None, :]
+    if LINEAR != 0:
+        phiq = feature_map(q.to(tl.float32), FEATURE)
+        s_i = tl.load(STOT + (bh * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :])
+        z_i = tl.load(ZTOT + bh * HEAD_DIM + d)
+        if LINEAR == 2:
+            s_i = s_i - s_sel
+            z_i = z_i - z_sel
+        num = tl.dot(phiq.to(q.dtype), s_i.to(q.dtype), input_precision=DOT_PRECISION)
+        den = tl.sum(phiq * z_i[None, :], axis=1) + eps
+        o_l = num / den[:, None]
+        if FUSE_PROJ:
+            w_t = tl.load(W + d[None, :] * HEAD_DIM + d[:, None])  # Wᵀ[in, out] = W[out, in]
+            out += tl.dot(o_l.to(q.dtype), w_t.to(q.dtype), input_precision=DOT_PRECISION)
+        else:
+            tl.store(OL + o_offs, o_l.to(OL.dtype.element_ty), mask=rmask[:, None])
+    tl.store(O + o_offs, out.to(O.dtype.element_ty), mask=rmask[:, None])
+    if STORE_LSE:
+        tl.store(
+            LSE + b * stride_lb + h * stride_lh + rows.to(tl.int64) * stride_ln,
+            m_i + tl.log2(l_i),
+            mask=rmask,
+        )
+
+
+_sla_forward_kernel_tuned = triton.autotune(
+    configs=_configs(),
+    key=["HEAD_DIM", "BLOCK_M", "BLOCK_N", "FEATURE", "LINEAR", "FUSE_PROJ", "HAS_SPECIAL", "STORE_LSE"],
+)(_sla_forward_kernel)
+
+
+def empty_bnhd(B: int, H: int, N: int, D: int, like: torch.Tensor, dtype=None) -> torch.Tensor:
+    """A [B, H, N, D] tensor stored as [B, N, H, D], so merging the heads afterwards is a view."""
+    return torch.empty(B, N, H, D, device=like.device, dtype=dtype or like.dtype).transpose(1, 2)
+
+
+def sla_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    lut: torch.Tensor,
+    s_blk: torch.Tensor,
+    z_blk: torch.Tensor,
+    s_tot: torch.Tensor,
+    z_tot: torch.Tensor,
+    proj_weight: torch.Tensor | None,
+    geom: SLAGeometry,
+    *,
+    feature: str,
+    linear: str,
+    eps: float,
+    scale: float,
+    fuse_proj: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launch the forward kernel.
+
+    Returns (o, o_l, lse). With ``fuse_proj`` (inference) o = o_s + o_l·Wᵀ and o_l, lse are empty; else
+    o = o_s, o_l is the unprojected linear branch (empty when linear is "none") and lse [B, H, N] is the
+    float32 base-2 log-sum-exp of the sparse branch.
+    """
+    B, H, N, D = q.shape
+    lin = LINEAR_CODES[linear]
+    if lin == 2 and geom.topk >= geom.n_kblocks:
+        lin = 0  # every block is selected: the complement is empty and o_l is exactly 0
+    fuse = bool(fuse_proj and lin)
+    o = empty_bnhd(B, H, N, D, q)
+    o_l = empty_bnhd(B, H, N, D, q) if (lin and not fuse) else q.new_empty(0)
+    store_lse = not fuse_proj
+    lse = (
+        torch.empty(B, H, N, device=q.device, dtype=torch.float32)
+        if store_lse
+        else q.new_empty(0, dtype=torch.float32)
+    )
+    lse_strides = lse.stride() if store_lse else (0, 0, 0)
+    w = proj_weight if fuse else q.new_empty(0)
+    if q.is_cuda:
+        kernel, kwargs = _sla_forward_kernel_tuned, {}
+    else:
+        kernel, kwargs = _sla_forward_kernel, {}
+    kernel[(geom.n_qblocks, B * H)](
+        q, k, v, o, o_l, lse,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        o.stride(0), o.stride(1), o.stride(2),
+        *lse_strides,
+        lut, s_blk, z_blk, s_tot, z_tot, w,
+        H, N, geom.n_qblocks, geom.n_kblocks, geom.topk,
+        max(geom.n_special, 1), geom.frame_len, geom.n_special_total,
+        scale * LOG2E, eps,
+        BLOCK_M=geom.block_q, BLOCK_N=geom.block_k, HEAD_DIM=D,
+        FEATURE=FEATURE_CODES[feature], LINEAR=lin, FUSE_PROJ=fuse,
+        HAS_SPECIAL=geom.n_special > 0, STORE_LSE=store_lse,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        **kwargs,
+    )  # fmt: skip
+    if lin == 0 and linear != "none" and not fuse_proj:
+        o_l = torch.zeros_like(o)  # empty complement: the linear branch is exactly zero
+    return o, o_l, lse

@@ -1,0 +1,263 @@
+"""SLA kernels as torch custom ops, the autograd function, and the one entry point the module calls.
+
+The four kernels (prepare, block select, forward, backward = dQ + dK/dV) are registered as
+``torch.library.custom_op`` s with fake (meta) implementations, so models that use them can be
+``torch.compile``d without graph breaks; the training path wraps forward/backward in
+:class:`SparseLinearAttentionFunction`. Launchers are called through their modules (not imported
+names) so tests can re-import the kernels in interpreter mode.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import sla_backward_dkdv as _dkdv_mod
+from . import sla_backward_dq as _dq_mod
+from . import sla_block_select as _select_mod
+from . import sla_forward as _forward_mod
+from . import sla_prepare as _prepare_mod
+from .sla_reference import SLAGeometry
+from .sla_triton_common import LINEAR_CODES
+
+_GEOM_FIELDS = (
+    "n_tokens", "block_q", "block_k", "n_qblocks", "n_kblocks", "n_special", "frame_len",
+    "n_special_total", "n_forced", "topk",
+)  # fmt: skip
+
+
+def geom_to_list(geom: SLAGeometry) -> list[int]:
+    return [int(getattr(geom, f)) for f in _GEOM_FIELDS]
+
+
+def geom_from_list(values) -> SLAGeometry:
+    return SLAGeometry(**dict(zip(_GEOM_FIELDS, (int(x) for x in values))))
+
+
+def effective_linear_code(linear: str, geom: SLAGeometry) -> int:
+    """0 when every block is selected under the complement branch (then o_l is exactly zero)."""
+    code = LINEAR_CODES[linear]
+    return 0 if code == 2 and geom.topk >= geom.n_kblocks else code
+
+
+def kernels_interpreted() -> bool:
+    """True when the kernels were built by the Triton interpreter (TRITON_INTERPRET=1 at import)."""
+    return not isinstance(_forward_mod._sla_forward_kernel, _jit_function_type())
+
+
+def _jit_function_type():
+    from triton.runtime.jit import JITFunction
+
+    return JITFunction
+
+
+def _bnhd(B: int, H: int, N: int, D: int, like: Tensor, dtype=None) -> Tensor:
+    return like.new_empty(B, N, H, D, dtype=dtype or like.dtype).transpose(1, 2)
+
+
+def _unit_last_stride(x: Tensor) -> Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Custom ops
+
+
+@torch.library.custom_op("lite3r::sla_prepare", mutates_args=())
+def sla_prepare_op(
+    q: Tensor, k: Tensor, v: Tensor, geom: list[int], feature: str, linear: str
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _prepare_mod.sla_prepare(q, k, v, geom_from_list(geom), feature, linear)
+
+
+@sla_prepare_op.register_fake
+def _(q, k, v, geom, feature, linear):
+    g = geom_from_list(geom)
+    B, H, _, D = q.shape
+    f32 = torch.float32
+    empty = q.new_empty(0, dtype=f32)
+    pq = q.new_empty(B, H, g.n_qblocks, D, dtype=f32)
+    pk = q.new_empty(B, H, g.n_kblocks, D, dtype=f32)
+    kmean = q.new_empty(B, H, D, dtype=f32)
+    code = LINEAR_CODES[linear]
+    if code == 2:
+        s_blk = q.new_empty(B, H, g.n_kblocks, D, D, dtype=_prepare_mod.state_dtype_for(q.dtype))
+        z_blk = q.new_empty(B, H, g.n_kblocks, D, dtype=f32)
+    else:
+        s_blk, z_blk = empty, q.new_empty(0, dtype=f32)
+    if code:
+        s_tot, z_tot = q.new_empty(B, H, D, D, dtype=f32), q.new_empty(B, H, D, dtype=f32)
+    else:
+        s_tot, z_tot = q.new_empty(0, dtype=f32), q.new_empty(0, dtype=f32)
+    return pq, pk, kmean, s_blk, z_blk, s_tot, z_tot
+
+
+@torch.library.custom_op("lite3r::sla_block_select", mutates_args=())
+def sla_block_select_op(pq: Tensor, pk: Tensor, kmean: Tensor, geom: list[int]) -> Tensor:
+    return _select_mod.sla_block_select(pq, pk, kmean, geom_from_list(geom))
+
+
+@sla_block_select_op.register_fake
+def _(pq, pk, kmean, geom):
+    g = geom_from_list(geom)
+    B, H, M, _ = pq.shape
+    return pq.new_empty(B, H, M, g.topk, dtype=_select_mod.lut_dtype_for(g.n_kblocks))
+
+
+@torch.library.custom_op("lite3r::sla_forward", mutates_args=())
+def sla_forward_op(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lut: Tensor,
+    s_blk: Tensor,
+    z_blk: Tensor,
+    s_tot: Tensor,
+    z_tot: Tensor,
+    proj_weight: Tensor | None,
+    geom: list[int],
+    feature: str,
+    linear: str,
+    eps: float,
+    scale: float,
+    fuse_proj: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    return _forward_mod.sla_forward(
+        q, k, v, lut, s_blk, z_blk, s_tot, z_tot, proj_weight, geom_from_list(geom),
+        feature=feature, linear=linear, eps=eps, scale=scale, fuse_proj=fuse_proj,
+    )  # fmt: skip
+
+
+@sla_forward_op.register_fake
+def _(q, k, v, lut, s_blk, z_blk, s_tot, z_tot, proj_weight, geom, feature, linear, eps, scale, fuse_proj):
+    B, H, N, D = q.shape
+    code = effective_linear_code(linear, geom_from_list(geom))
+    o = _bnhd(B, H, N, D, q)
+    if fuse_proj and code:
+        return o, q.new_empty(0), q.new_empty(0, dtype=torch.float32)
+    o_l = _bnhd(B, H, N, D, q) if (code or (LINEAR_CODES[linear] and not fuse_proj)) else q.new_empty(0)
+    lse = q.new_empty(0, dtype=torch.float32) if fuse_proj else q.new_empty(B, H, N, dtype=torch.float32)
+    return o, o_l, lse
+
+
+@torch.library.custom_op("lite3r::sla_backward", mutates_args=())
+def sla_backward_op(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o_s: Tensor,
+    lse: Tensor,
+    do: Tensor,
+    do_l: Tensor | None,
+    lut: Tensor,
+    s_blk: Tensor,
+    z_blk: Tensor,
+    s_tot: Tensor,
+    z_tot: Tensor,
+    geom: list[int],
+    feature: str,
+    linear: str,
+    eps: float,
+    scale: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    g = geom_from_list(geom)
+    B, H, N, D = q.shape
+    code = effective_linear_code(linear, g)
+    do = _unit_last_stride(do)
+    if code:
+        do_l = _unit_last_stride(do_l)
+    dq, dk, dv = (_bnhd(B, H, N, D, q) for _ in range(3))
+    delta, g_blk, dz_blk = _dq_mod.sla_backward_dq(
+        q, k, v, o_s, do, do_l, lse, lut, s_blk, z_blk, s_tot, z_tot, g,
+        feature=feature, linear_code=code, eps=eps, scale=scale, dq=dq,
+    )  # fmt: skip
+    _dkdv_mod.sla_backward_dkdv(
+        q, k, v, do, lse, delta, lut, g_blk, dz_blk, g,
+        feature=feature, linear_code=code, scale=scale, dk=dk, dv=dv,
+    )  # fmt: skip
+    return dq, dk, dv
+
+
+@sla_backward_op.register_fake
+def _(q, k, v, o_s, lse, do, do_l, lut, s_blk, z_blk, s_tot, z_tot, geom, feature, linear, eps, scale):
+    B, H, N, D = q.shape
+    return tuple(_bnhd(B, H, N, D, q) for _ in range(3))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Autograd and entry point
+
+
+class SparseLinearAttentionFunction(torch.autograd.Function):
+    """(q, k, v) → (o_s, o_l) with the Triton backward; the selection (lut) and states are inputs."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, lut, s_blk, z_blk, s_tot, z_tot, geom, feature, linear, eps, scale):
+        o_s, o_l, lse = sla_forward_op(
+            q, k, v, lut, s_blk, z_blk, s_tot, z_tot, None, geom, feature, linear, eps, scale, False
+        )
+        ctx.save_for_backward(q, k, v, o_s, lse, lut, s_blk, z_blk, s_tot, z_tot)
+        ctx.cfg = (geom, feature, linear, eps, scale)
+        return o_s, o_l
+
+    @staticmethod
+    def backward(ctx, do_s, do_l):
+        q, k, v, o_s, lse, lut, s_blk, z_blk, s_tot, z_tot = ctx.saved_tensors
+        geom, feature, linear, eps, scale = ctx.cfg
+        if do_l is not None and do_l.numel() == 0:
+            do_l = None
+        dq, dk, dv = sla_backward_op(
+            q, k, v, o_s, lse, do_s, do_l, lut, s_blk, z_blk, s_tot, z_tot, geom, feature, linear, eps, scale
+        )
+        return dq, dk, dv, *([None] * 10)
+
+
+def _project_and_add(o_s: Tensor, o_l: Tensor, proj_weight: Tensor) -> Tensor:
+    """o_s + o_l·Wᵀ computed in [B, N, H, D] memory order; returns a [B, H, N, D] view."""
+    o = o_s.transpose(1, 2) + F.linear(o_l.transpose(1, 2), proj_weight.to(o_l.dtype))
+    return o.transpose(1, 2)
+
+
+def sla_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    proj_weight: Tensor | None,
+    geom: SLAGeometry,
+    *,
+    feature: str,
+    linear: str,
+    eps: float,
+    scale: float,
+) -> Tensor:
+    """Block sparse-linear attention with the Triton kernels: [B, H, N, D] → [B, H, N, D].
+
+    Inference (no grad needed) runs three kernels: prepare, select, and the fused forward that writes
+    o = o_s + o_l·Wᵀ. With gradients it runs the autograd function and projects o_l in PyTorch, so the
+    projection weight gets its gradient from autograd.
+    """
+    q, k, v = _unit_last_stride(q), _unit_last_stride(k), _unit_last_stride(v)
+    g = geom_to_list(geom)
+    pq, pk, kmean, s_blk, z_blk, s_tot, z_tot = sla_prepare_op(
+        q.detach(), k.detach(), v.detach(), g, feature, linear
+    )
+    lut = sla_block_select_op(pq, pk, kmean, g)
+    grad = torch.is_grad_enabled()
+    qkv_grad = grad and (q.requires_grad or k.requires_grad or v.requires_grad)
+    w_grad = grad and proj_weight is not None and proj_weight.requires_grad and linear != "none"
+    if not (qkv_grad or w_grad):
+        return sla_forward_op(
+            q, k, v, lut, s_blk, z_blk, s_tot, z_tot, proj_weight, g, feature, linear, eps, scale, True
+        )[0]
+    if qkv_grad:
+        o_s, o_l = SparseLinearAttentionFunction.apply(
+            q, k, v, lut, s_blk, z_blk, s_tot, z_tot, g, feature, linear, eps, scale
+        )
+    else:
+        o_s, o_l, _ = sla_forward_op(
+            q, k, v, lut, s_blk, z_blk, s_tot, z_tot, None, g, feature, linear, eps, scale, False
+        )
+    if linear == "none":
+        return o_s
+    return _project_and_add(o_s, o_l, proj_weight)

@@ -1,0 +1,186 @@
+"""SLA preparation kernel: block pooling for the selection and the linear-branch block states.
+
+One pass over q, k, v (strided [B, H, N, D] views, no copies) produces everything the selection and
+the sparse-linear forward need:
+
+* pooled q per query block and pooled k per key block (float32, partial blocks over their true length);
+* per key block S_j = φ(K_j)ᵀV_j and z_j = Σφ(K_j) (only for the complement linear branch, which
+  subtracts the selected blocks' states from the totals);
+* per-program partial sums of S, z and k, reduced to the totals S_tot, z_tot and the sequence mean of
+  k by a tiny torch sum (no atomics, so results are deterministic).
+
+Each program handles a contiguous run of key blocks and of query blocks of one (batch, head). The
+reference is :func:`prepare_reference` below.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .sla_reference import SLAGeometry, block_states_reference, pool_blocks, virtual_key_order
+from .sla_triton_common import FEATURE_CODES, LINEAR_CODES, feature_map, virtual_to_physical
+
+# At most this many programs per (batch, head): bounds the partial-sum buffers at long sequences.
+_MAX_CHUNKS = 128
+_MIN_KBLOCKS_PER_PROGRAM = 4
+
+
+@triton.jit
+def _sla_prepare_kernel(
+    Q, K, V,
+    stride_qb, stride_qh, stride_qn,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    PQ, PK, SBLK, ZBLK, SPART, ZPART, KPART,
+    H, N, n_qblocks, n_kblocks, n_chunks, qb_per_prog, kb_per_prog,
+    n_special, frame_len, n_special_total,
+    BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, HEAD_DIM: tl.constexpr,
+    FEATURE: tl.constexpr, LINEAR: tl.constexpr, HAS_SPECIAL: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    c = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)  # int64 offsets: 1,000 frames of qkv views exceed 2**31 elements
+    b = bh // H
+    h = bh % H
+    d = tl.arange(0, HEAD_DIM)
+
+    # Mean-pooled queries of this program's query blocks.
+    q_base = Q + b * stride_qb + h * stride_qh
+    q_lo = c * qb_per_prog
+    for i in range(q_lo, tl.minimum(q_lo + qb_per_prog, n_qblocks)):
+        rows = i * BLOCK_Q + tl.arange(0, BLOCK_Q)
+        x = tl.load(
+            q_base + rows.to(tl.int64)[:, None] * stride_qn + d[None, :], mask=(rows < N)[:, None], other=0.0
+        )
+        count = tl.minimum(N - i * BLOCK_Q, BLOCK_Q).to(tl.float32)
+        tl.store(
+            PQ + (bh * n_qblocks + i) * HEAD_DIM + d,
+            tl.sum(x.to(tl.float32), axis=0) / count,
+        )
+
+    # Key blocks: pooled k, and the linear-branch states.
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    k_lo = c * kb_per_prog
+    k_acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
+    s_acc = tl.zeros([HEAD_DIM, HEAD_DIM], dtype=tl.float32)
+    z_acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
+    for j in range(k_lo, tl.minimum(k_lo + kb_per_prog, n_kblocks)):
+        cols = j * BLOCK_K + tl.arange(0, BLOCK_K)
+        cmask = cols < N
+        phys = virtual_to_physical(cols, n_special, frame_len, n_special_total, HAS_SPECIAL)
+        kx = tl.load(
+            k_base + phys.to(tl.int64)[:, None] * stride_kn + d[None, :], mask=cmask[:, None], other=0.0
+        )
+        kf = kx.to(tl.float32)
+        ksum = tl.sum(kf, axis=0)
+        count = tl.minimum(N - j * BLOCK_K, BLOCK_K).to(tl.float32)
+        tl.store(PK + (bh * n_kblocks + j) * HEAD_DIM + d, ksum / count)
+        k_acc += ksum
+        if LINEAR != 0:
+            vx = tl.load(
+                v_base + phys.to(tl.int64)[:, None] * stride_vn + d[None, :], mask=cmask[:, None], other=0.0
+            )
+            phi = tl.where(cmask[:, None], feature_map(kf, FEATURE), 0.0)
+            s_j = tl.dot(tl.trans(phi.to(vx.dtype)), vx, input_precision=DOT_PRECISION)
+            z_j = tl.sum(phi, axis=0)
+            if LINEAR == 2:
+                blk = bh * n_kblocks + j
+                tl.store(
+                    SBLK + (blk * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :],
+                    s_j.to(SBLK.dtype.element_ty),
+                )
+                tl.store(ZBLK + blk * HEAD_DIM + d, z_j)
+            s_acc += s_j
+            z_acc += z_j
+
+    part = bh * n_chunks + c
+    tl.store(KPART + part * HEAD_DIM + d, k_acc)
+    if LINEAR != 0:
+        tl.store(SPART + (part * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :], s_acc)
+        tl.store(ZPART + part * HEAD_DIM + d, z_acc)
+
+
+def state_dtype_for(dtype: torch.dtype) -> torch.dtype:
+    """Storage dtype of the per-block states S_j: BF16 for BF16 inputs (they are only subtracted from
+    FP32 totals, so the rounding stays relative to one block), FP32 otherwise (FP16 could overflow)."""
+    return torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
+
+
+def dot_precision_for(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def prepare_chunking(geom: SLAGeometry) -> tuple[int, int, int]:
+    """(n_chunks, query blocks per program, key blocks per program)."""
+    n_chunks = max(1, min(_MAX_CHUNKS, -(-geom.n_kblocks // _MIN_KBLOCKS_PER_PROGRAM)))
+    kb = -(-geom.n_kblocks // n_chunks)
+    n_chunks = -(-geom.n_kblocks // kb)
+    qb = -(-geom.n_qblocks // n_chunks)
+    return n_chunks, qb, kb
+
+
+def sla_prepare(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    geom: SLAGeometry,
+    feature: str,
+    linear: str,
+) -> tuple[torch.Tensor, ...]:
+    """Launch the preparation kernel.
+
+    Returns (pq [B,H,Mq,D] f32, pk [B,H,Nk,D] f32, kmean [B,H,D] f32, s_blk [B,H,Nk,D,D] (state
+    dtype; empty unless complement), z_blk [B,H,Nk,D] f32 (empty unless complement), s_tot [B,H,D,D]
+    f32, z_tot [B,H,D] f32 (both empty when linear is "none")).
+    """
+    B, H, N, D = q.shape
+    dev = q.device
+    n_chunks, qb, kb = prepare_chunking(geom)
+    lin = LINEAR_CODES[linear]
+    f32 = torch.float32
+    pq = torch.empty(B, H, geom.n_qblocks, D, device=dev, dtype=f32)
+    pk = torch.empty(B, H, geom.n_kblocks, D, device=dev, dtype=f32)
+    kpart = torch.empty(B, H, n_chunks, D, device=dev, dtype=f32)
+    if lin == 2:
+        s_blk = torch.empty(B, H, geom.n_kblocks, D, D, device=dev, dtype=state_dtype_for(q.dtype))
+        z_blk = torch.empty(B, H, geom.n_kblocks, D, device=dev, dtype=f32)
+    else:
+        s_blk = torch.empty(0, device=dev, dtype=f32)
+        z_blk = torch.empty(0, device=dev, dtype=f32)
+    if lin:
+        spart = torch.empty(B, H, n_chunks, D, D, device=dev, dtype=f32)
+        zpart = torch.empty(B, H, n_chunks, D, device=dev, dtype=f32)
+    else:
+        spart = zpart = torch.empty(0, device=dev, dtype=f32)
+    _sla_prepare_kernel[(n_chunks, B * H)](
+        q, k, v,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        pq, pk, s_blk, z_blk, spart, zpart, kpart,
+        H, N, geom.n_qblocks, geom.n_kblocks, n_chunks, qb, kb,
+        max(geom.n_special, 1), geom.frame_len, geom.n_special_total,
+        BLOCK_Q=geom.block_q, BLOCK_K=geom.block_k, HEAD_DIM=D,
+        FEATURE=FEATURE_CODES[feature], LINEAR=lin, HAS_SPECIAL=geom.n_special > 0,
+        DOT_PRECISION=dot_precision_for(q.dtype),
+    )  # fmt: skip
+    kmean = kpart.sum(2) / N
+    if lin:
+        s_tot, z_tot = spart.sum(2), zpart.sum(2)
+    else:
+        s_tot, z_tot = (torch.empty(0, device=dev, dtype=f32) for _ in range(2))
+    return pq, pk, kmean, s_blk, z_blk, s_tot, z_tot
+
+
+def prepare_reference(q, k, v, geom: SLAGeometry, feature: str, linear: str):
+    """What :func:`sla_prepare` computes, in plain PyTorch (float32 states)."""
+    order = virtual_key_order(geom, q.device)
+    kv_, vv_ = (k, v) if order is None else (k[:, :, order], v[:, :, order])
+    pq = pool_blocks(q, geom.block_q)
+    pk = pool_blocks(kv_, geom.block_k)
+    kmean = k.float().mean(2)
+    s_blk, z_blk = block_states_reference(kv_, vv_, geom.block_k, feature)
+    return pq, pk, kmean, s_blk, z_blk, s_blk.sum(2), z_blk.sum(2)
