@@ -101,6 +101,12 @@ def test_bf16_close_to_fp32(fp32_result):
     assert rel < 0.05
 
 
+def test_single_view_runs_monocular():
+    rc = Reconstructor(small_vggt(), precision="fp32", device="cpu", input_size=SIZE)
+    rec = rc.reconstruct([PAIR[0]])
+    assert rec.num_views == 1 and np.isfinite(rec.points_from_depth).all() and rc.has_point_head
+
+
 def test_cancel_between_chunks():
     cancel = threading.Event()
     rc = Reconstructor(small_vggt(), precision="fp32", device="cpu", frames_chunk_size=1, input_size=SIZE)

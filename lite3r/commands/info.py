@@ -114,20 +114,19 @@ def _attention(dev: str) -> dict:
 
 
 def _models() -> list[dict]:
-    try:
-        from lite3r.models import registry
-    except ImportError as exc:
-        return [{"name": "?", "problem": f"model registry not available ({exc})"}]
-    registry._import_families()
+    from lite3r.assets import asset_path
+    from lite3r.errors import Lite3RError
+    from lite3r.models import registry
+
     rows = []
     for name in ("vggt-1b", "da3-large", "lite3r-tiny"):
-        spec = registry.MODELS.get(name)
-        if spec is None:
+        try:
+            spec = registry.get_spec(name)
+        except Lite3RError:
             rows.append({"name": name, "available": False, "problem": "not in this build"})
             continue
         if spec.bundled:
-            folder = registry._tiny_folder()
-            weights = folder / spec.hf_filename
+            weights = Path(str(asset_path(name))) / spec.hf_filename
         else:
             weights = spec.default_weights_path
         rows.append(

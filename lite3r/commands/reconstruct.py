@@ -167,6 +167,8 @@ def run(args: argparse.Namespace) -> int:
         **({"input_size": args.input_size} if args.input_size else {}),
     )
     load_s = time.perf_counter() - t_load
+    if args.points == "points" and not rc.has_point_head:
+        raise UnsupportedError(f"{model_name} with these weights has no point head", "use --points depth")
 
     # ---- run ------------------------------------------------------------------------------------
     bar = None if args.no_progress else _progress_bar()

@@ -213,7 +213,9 @@ def apply_attention(
             "cuDNN SDPA has no fp32 kernel", "use bf16, or the 'efficient' backend for fp32"
         )
     set_sdpa_backend(model, backend)
-    dense_label = _SDPA_LABEL[backend] + (" (CPU)" if device.type == "cpu" else "")
+    dense_label = "PyTorch SDPA (CPU)" if device.type == "cpu" and backend == "auto" else _SDPA_LABEL[backend]
+    if device.type == "cpu" and backend != "auto":
+        dense_label += " (CPU)"
     if attention == "dense":
         return f"dense · {dense_label}"
     if not _module_available("lite3r.convert"):

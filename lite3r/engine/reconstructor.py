@@ -137,6 +137,12 @@ class Reconstructor:
         run = _Run(self, progress, cancel, on_partial)
         return run.execute(images_or_paths)
 
+    @property
+    def has_point_head(self) -> bool:
+        """Whether ``world_points`` will be filled (VGGT with a point head; DA3 and the authors'
+        Lite3R checkpoints have none)."""
+        return self.family == "vggt" and getattr(self.model, "point_head", None) is not None
+
     def describe(self) -> str:
         return f"{self.model_name} · {self.precision} · {self.attention} · {self.device}"
 
