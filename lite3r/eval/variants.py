@@ -1,0 +1,204 @@
+"""Declarative model variants for ``lite3r eval`` and ``lite3r bench``, and how they are built.
+
+A variant is written ``LABEL[:TOKEN…]``, e.g. ``dense:bf16`` or ``lite3r:fp8:sla0.1:compile``:
+
+* ``fp32`` / ``bf16`` / ``fp8`` — precision (default bf16);
+* ``dense`` / ``sla`` / ``sla<keep>`` (``sla0.1``) / ``keep=<f>`` — attention. Default: ``sla`` when the
+  label starts with ``lite3r``, else ``dense`` (the resolved value is always recorded);
+* ``adapter=<path>`` — a trained Lite3R adapter (implies sla);
+* ``compile`` / ``compile=<mode>`` (none, default, reduce-overhead, max-autotune) and ``cudagraphs``
+  (= compile=reduce-overhead, torch.compile's CUDA-graph mode);
+* ``sdpa=<backend>`` (auto, cudnn, flash, efficient, math) for the dense attention kernel;
+* ``chunk=<n>`` — frames per head chunk (default 8).
+
+Every variant of one run uses the same base model and weights; the engine (``Reconstructor``) applies
+precision (``lite3r.quant.precision``), attention (``lite3r.convert``) and compile settings.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from lite3r.errors import InputError
+
+PRECISIONS = ("fp32", "bf16", "fp8")
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+SDPA_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
+_SLA_RE = re.compile(r"^sla(\d*\.?\d+)?$")
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    label: str
+    precision: str = "bf16"
+    attention: str = "dense"
+    keep: float | None = None
+    adapter: str | None = None
+    compile: str = "none"
+    sdpa_backend: str | None = None
+    frames_chunk_size: int = 8
+    text: str = ""
+
+    def sla_config(self) -> dict | None:
+        if self.attention != "sla":
+            return None
+        return {k: v for k, v in (("keep", self.keep), ("adapter", self.adapter)) if v is not None}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_variant(text: str) -> VariantSpec:
+    """Parse ``LABEL[:TOKEN…]`` (see module doc); unknown tokens raise InputError naming the token."""
+    parts = [p.strip() for p in text.split(":")]
+    label = parts[0]
+    if not label:
+        raise InputError(f"variant {text!r} has no label", "write e.g. dense:bf16 or lite3r:fp8:sla0.1")
+    precision, attention, keep, adapter, compile_mode, sdpa, chunk = "bf16", None, None, None, "none", None, 8
+    for tok in parts[1:]:
+        key, _, val = tok.partition("=")
+        if tok in PRECISIONS:
+            precision = tok
+        elif tok == "dense":
+            attention = "dense"
+        elif m := _SLA_RE.match(tok):
+            attention = "sla"
+            if m.group(1):
+                keep = float(m.group(1))
+        elif key == "keep" and val:
+            attention, keep = "sla", float(val)
+        elif key == "adapter" and val:
+            attention, adapter = "sla", val
+        elif tok == "compile":
+            compile_mode = "default"
+        elif key == "compile" and val in COMPILE_MODES:
+            compile_mode = val
+        elif tok == "cudagraphs":
+            compile_mode = "reduce-overhead"
+        elif key == "sdpa" and val in SDPA_BACKENDS:
+            sdpa = val
+        elif key == "chunk" and val.isdigit() and int(val) > 0:
+            chunk = int(val)
+        else:
+            raise InputError(
+                f"unknown token {tok!r} in variant {text!r}",
+                "tokens: fp32|bf16|fp8, dense|sla|sla<keep>|keep=F|adapter=PATH, compile[=MODE]|cudagraphs, "
+                "sdpa=BACKEND, chunk=N",
+            )
+    if attention is None:
+        attention = "sla" if label.lower().startswith("lite3r") else "dense"
+    if keep is not None and not 0 < keep <= 1:
+        raise InputError(f"variant {text!r}: keep must be in (0, 1], got {keep}")
+    if adapter is not None and not Path(adapter).is_file():
+        raise InputError(f"variant {text!r}: adapter file {adapter} not found", "check the adapter= path")
+    return VariantSpec(label, precision, attention, keep, adapter, compile_mode, sdpa, chunk, text)
+
+
+def parse_variants(texts: list[str] | None, default: str = "dense:bf16") -> list[VariantSpec]:
+    specs = [parse_variant(t) for t in (texts or [default])]
+    labels = [s.label for s in specs]
+    if len(set(labels)) != len(labels):
+        raise InputError(f"variant labels must differ: {labels}", "give each variant its own label")
+    return specs
+
+
+# ---- models -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the base model comes from: a registry name (``vggt-1b``…) or a reference config JSON (the
+    parity format, e.g. ``tests/data/parity/vggt_small_config.json``), with weights or random ones."""
+
+    name: str
+    weights: str | None = None
+    random_weights: bool = False
+    seed: int = 0
+
+    @property
+    def is_reference_config(self) -> bool:
+        return self.name.endswith(".json")
+
+    def describe(self) -> dict:
+        return {
+            "model": self.name,
+            "weights": self.weights or (f"random (seed {self.seed})" if self.random_weights else "default"),
+        }
+
+
+def build_model(source: ModelSource, device):
+    """The dense base model on ``device`` (random weights are initialised on the device itself, so a
+    billion-parameter model never needs an fp32 copy in host memory). Returns (model, spec_or_None)."""
+    import json
+
+    import torch
+
+    if source.is_reference_config:
+        from lite3r.models import reference
+
+        path = Path(source.name)
+        if not path.is_file():
+            raise InputError(
+                f"model config {path} not found", "pass a registry name or a reference config JSON"
+            )
+        cfg = json.loads(path.read_text())
+        if source.weights and not source.random_weights:
+            model, _ = reference.load(cfg, source.weights)
+            return model.to(device), None
+        torch.manual_seed(source.seed)
+        with torch.device(device):
+            model = reference.build(cfg)
+        return model, None
+    from lite3r.models import registry
+
+    spec = registry.get_spec(source.name)
+    if not source.random_weights:
+        return registry.load_model(source.name, weights=source.weights, device=device), spec
+    if spec.config is None:
+        raise InputError(f"{source.name} has no built-in config for random weights", "pass --weights")
+    torch.manual_seed(source.seed)
+    with torch.device(device):
+        model = _family_class(spec.family)(spec.config())
+    return model.eval(), spec
+
+
+def _family_class(family: str):
+    if family == "vggt":
+        from lite3r.models.vggt import VGGT
+
+        return VGGT
+    if family == "da3":
+        from lite3r.models import da3
+
+        for name in ("DA3", "DepthAnything3", "DepthAnything3Net"):
+            if hasattr(da3, name):
+                return getattr(da3, name)
+    from lite3r.errors import UnsupportedError
+
+    raise UnsupportedError(f"random-weight construction of the {family} family is not available")
+
+
+def build_reconstructor(source: ModelSource, variant: VariantSpec, device, input_size: int | None = None):
+    """A ``lite3r.engine.Reconstructor`` for one variant (a fresh model: conversions mutate it)."""
+    from lite3r.engine.reconstructor import Reconstructor
+
+    model, spec = build_model(source, device)
+    kwargs = {}
+    if spec is not None:
+        kwargs = {"preprocess_rule": spec.preprocessing, "input_size": input_size or spec.default_input_size}
+    elif input_size is not None:
+        kwargs = {"input_size": input_size}
+    return Reconstructor(
+        model,
+        precision=variant.precision,
+        device=device,
+        attention=variant.attention,
+        sla=variant.sla_config(),
+        compile=variant.compile,
+        frames_chunk_size=variant.frames_chunk_size,
+        model_name=Path(source.name).stem if source.is_reference_config else source.name,
+        sdpa_backend=variant.sdpa_backend,
+        **kwargs,
+    )

@@ -1,0 +1,147 @@
+"""``lite3r eval`` / ``lite3r bench`` end to end on the CPU with the reduced parity VGGT, plus variant
+parsing and the bootstrap statistics."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import PARITY_DIR
+from eval_fixtures import make_blendedmvs
+
+from lite3r.cli import build_parser, main
+from lite3r.errors import InputError
+from lite3r.eval.stats import bootstrap_mean_ci, paired_comparison, summarize
+from lite3r.eval.variants import parse_variant, parse_variants
+
+CONFIG = str(PARITY_DIR / "vggt_small_config.json")
+WEIGHTS = str(PARITY_DIR / "vggt_small_state_dict.safetensors")
+
+
+# ---------------------------------------------------------------------------------------------- variants
+
+
+def test_parse_variants():
+    d = parse_variant("dense:bf16")
+    assert (d.label, d.precision, d.attention, d.compile) == ("dense", "bf16", "dense", "none")
+    v = parse_variant("lite3r:fp8:sla0.1:compile")
+    assert (v.precision, v.attention, v.keep, v.compile) == ("fp8", "sla", 0.1, "default")
+    assert v.sla_config() == {"keep": 0.1}
+    assert parse_variant("lite3r:bf16").attention == "sla"  # the label implies SLA unless told otherwise
+    assert parse_variant("lite3r:bf16:dense").attention == "dense"
+    c = parse_variant("x:fp32:cudagraphs:sdpa=math:chunk=4")
+    assert (c.compile, c.sdpa_backend, c.frames_chunk_size, c.attention) == (
+        "reduce-overhead",
+        "math",
+        4,
+        "dense",
+    )
+    with pytest.raises(InputError, match="unknown token 'fp16'"):
+        parse_variant("x:fp16")
+    with pytest.raises(InputError, match="keep must be"):
+        parse_variant("x:sla1.5")
+    with pytest.raises(InputError, match="adapter file"):
+        parse_variant("x:adapter=/nonexistent.safetensors")
+    with pytest.raises(InputError, match="labels must differ"):
+        parse_variants(["a:bf16", "a:fp8"])
+
+
+# ------------------------------------------------------------------------------------------------- stats
+
+
+def test_bootstrap_and_paired_comparison():
+    mean, lo, hi, n = bootstrap_mean_ci([2.0, 2.0, 2.0, np.nan])
+    assert (mean, lo, hi, n) == (2.0, 2.0, 2.0, 3)
+    rng = np.random.default_rng(0)
+    x = rng.normal(5.0, 1.0, size=400)
+    mean, lo, hi, n = bootstrap_mean_ci(x, 2000, seed=1)
+    assert lo < mean < hi and hi - lo == pytest.approx(2 * 1.96 / 20, rel=0.25)
+    a = {f"s{i}": {"m": float(v)} for i, v in enumerate(x)}
+    b = {f"s{i}": {"m": float(v) + 1.0} for i, v in enumerate(x)}
+    comp = paired_comparison(a, b, 500)
+    assert comp["m"]["diff"] == pytest.approx(1.0) and comp["m"]["ci_low"] == pytest.approx(1.0)
+    assert comp["m"]["n"] == 400  # paired: the sample-to-sample spread cancels
+    s = summarize({"a": {"m": 1.0}, "b": {"m": 3.0, "k": np.nan}}, 100)
+    assert s["m"]["mean"] == 2.0 and s["m"]["median"] == 2.0 and s["k"]["n"] == 0
+
+
+# ----------------------------------------------------------------------------------------------- eval
+
+
+def test_commands_are_registered():
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert {"eval", "bench"} <= set(sub.choices)
+
+
+@pytest.fixture(scope="module")
+def bmvs(tmp_path_factory):
+    return make_blendedmvs(tmp_path_factory.mktemp("bmvs"), views=3)
+
+
+def test_eval_two_variants_identical_samples_and_resume(bmvs, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    argv = [
+        "eval", "--dataset", "blendedmvs", "--root", str(bmvs), "--model", CONFIG, "--weights", WEIGHTS,
+        "--views", "2", "--max-samples", "2", "--input-size", "28", "--device", "cpu",
+        "--variant", "a:fp32", "--variant", "b:fp32", "--bootstrap", "100", "--out", str(out),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["samples"]) == 2 and all(len(s["views"]) == 2 for s in manifest["samples"])
+    files = sorted((out / "per_sample" / "a").glob("*.json"))
+    assert len(files) == 2 and len(list((out / "per_sample" / "b").glob("*.json"))) == 2
+    rec = json.loads(files[0].read_text())
+    assert rec["image_size"] == [28, 28] and rec["normalization"] == "vggt"
+    assert set(rec["metrics"]) >= {"pose", "ate", "depth", "points", "lite3r_reference"}
+    assert rec["metrics"]["depth"]["lsq_scene"]["scale_policy"] == "lsq_scene"
+    assert rec["run"]["attention"].startswith("dense")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["summary"]["a"]["pose.auc@30"]["n"] == 2
+    comp = json.loads((out / "comparison.json").read_text())
+    # the same model twice on the same samples: every paired quality difference is exactly zero
+    assert comp["metrics"]["depth.lsq_scene.abs_rel"]["diff"] == 0.0
+    assert comp["metrics"]["pose.auc@30"]["n"] == 2
+    assert "Paired difference" in (out / "summary.md").read_text()
+
+    # re-run on the saved manifest: identical samples, and nothing already computed is recomputed
+    import lite3r.eval.runner as runner
+
+    monkeypatch.setattr(runner, "evaluate_one", lambda *a, **k: pytest.fail("recomputed a finished sample"))
+    assert main([*argv, "--manifest", str(out / "manifest.json")]) == 0
+    assert json.loads((out / "manifest.json").read_text())["samples"] == manifest["samples"]
+    capsys.readouterr()
+
+
+def test_eval_input_errors(tmp_path, capsys):
+    code = main(["eval", "--dataset", "blendedmvs", "--root", str(tmp_path / "nowhere"), "--model", CONFIG,
+                 "--device", "cpu", "--out", str(tmp_path / "o")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "not a folder" in err and "blended_images" in err
+    code = main(
+        ["eval", "--dataset", "dtu64", "--model", CONFIG, "--device", "cpu", "--out", str(tmp_path / "o")]
+    )
+    assert code == 2 and "needs a root folder" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- bench
+
+
+def test_bench_cpu_sweep_writes_json_markdown_and_plot(tmp_path, capsys):
+    out = tmp_path / "bench"
+    argv = [
+        "bench", "--model", CONFIG, "--frames", "2", "3", "--image-size", "28", "--warmup", "0", "--iters", "2",
+        "--device", "cpu", "--variant", "dense:fp32", "--variant", "other:fp32", "--out", str(out), "--name", "b",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    data = json.loads((out / "b.json").read_text())
+    rows = data["results"]["rows"]
+    assert [(r["variant"], r["frames"], r["status"]) for r in rows] == [
+        ("dense", 2, "ok"), ("dense", 3, "ok"), ("other", 2, "ok"), ("other", 3, "ok")
+    ]  # fmt: skip
+    assert rows[0]["timer"].startswith("wall_clock_cpu") and rows[0]["latency_ms"]["runs"] == 2
+    assert "speedup_vs_baseline" in rows[2] and "speedup_vs_baseline" not in rows[0]
+    assert data["provenance"]["torch"] and data["results"]["baseline"] == "dense"
+    assert (out / "b.md").read_text().count("| dense |") == 2
+    assert (out / "b.png").stat().st_size > 1000
+    capsys.readouterr()
