@@ -62,6 +62,7 @@ def test_reconstruct_writes_ply_colmap_and_cameras(tmp_path, photos, weights, ca
         "reconstruct", str(photos), "--model", "vggt-1b", "--weights", str(weights), "--device", "cpu",
         "-o", str(out / "scene.ply"), "--colmap", str(out / "sparse"), "--cameras-ply", str(out / "cams.ply"),
         "--save", str(out / "rec.npz"), "--conf-percentile", "30", "--ply-confidence", "--no-progress",
+        "--input-size", "252",
     ]  # fmt: skip
     assert main(argv) == 0
     summary = capsys.readouterr().out
@@ -73,7 +74,7 @@ def test_reconstruct_writes_ply_colmap_and_cameras(tmp_path, photos, weights, ca
     np.testing.assert_array_equal(ply.rgb(), rgb)
     np.testing.assert_array_equal(ply.elements["vertex"]["confidence"], conf)
     assert "model vggt-1b" in ply.comments and "precision fp32" in ply.comments
-    assert f"{len(xyz):,} points" in summary and "2 views at 350×518" in summary
+    assert f"{len(xyz):,} points" in summary and "2 views at 168×252" in summary
     assert "fp32" in summary and "dense" in summary and "peak memory n/a (CPU)" in summary
 
     model = read_colmap_text(out / "sparse")
