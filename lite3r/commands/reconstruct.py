@@ -89,7 +89,8 @@ def demo_folder() -> Path:
 def run(args: argparse.Namespace) -> int:
     from lite3r.errors import InputError, OutputError, UnsupportedError
     from lite3r.io.atomic import check_writable, check_writable_dir
-    from lite3r.io.images import resolve_sources, scan_images
+    from lite3r.io.colmap import unique_image_names
+    from lite3r.io.images import require_views, resolve_sources
 
     # ---- arguments and inputs, before anything expensive ------------------------------------------
     if args.demo:
@@ -131,26 +132,46 @@ def run(args: argparse.Namespace) -> int:
     save_npz = check_writable(args.save, "reconstruction file") if args.save else None
 
     paths = resolve_sources(args.photos)
-    checks, _ = scan_images(paths)
-    bad = [c for c in checks if not c.ok]
-    if bad:
-        more = f" (and {len(bad) - 1} more bad photo{'s' if len(bad) > 2 else ''})" if len(bad) > 1 else ""
-        raise InputError(bad[0].problem + more, bad[0].hint)
-    from lite3r.io.images import require_views
-
     require_views(paths, 1 if args.allow_single else 2, "or pass --allow-single for a monocular depth map")
     if colmap_dir is not None:
-        from lite3r.io.colmap import unique_image_names
-
         unique_image_names(paths)
 
-    # ---- model ----------------------------------------------------------------------------------
-    import torch
+    # ---- photos: decoded and resized once, before the (slow) model load ---------------------------
+    from lite3r.engine.policy import preflight
+    from lite3r.io.preprocess import get_rule
+    from lite3r.models.registry import get_spec
 
+    spec = get_spec(model_name)
+    device = args.device or ("cuda" if _cuda_available() else "cpu")
+    precision = args.precision or ("bf16" if device == "cuda" else "fp32")
+    preflight(precision, device, args.attention)
+    rule = get_rule(spec.preprocessing, args.input_size or spec.default_input_size)
+    bar = None if args.no_progress else _progress_bar()
+    try:
+        return _load_and_run(
+            args, model_name, paths, rule, precision, device, bar, output, colmap_dir, cameras_ply, save_npz
+        )
+    finally:
+        if bar:
+            bar.close()
+
+
+def _load_and_run(
+    args, model_name, paths, rule, precision, device, bar, output, colmap_dir, cameras_ply, save_npz
+) -> int:
+    from lite3r.errors import UnsupportedError
+    from lite3r.io.preprocess import preprocess
+
+    progress = bar.update if bar else None
+    pre = preprocess(
+        paths,
+        rule,
+        progress=(lambda i, n: progress("preprocess", 0.1 * i / n, f"photo {i}/{n}")) if bar else None,
+    )
+
+    # ---- model ----------------------------------------------------------------------------------
     from lite3r.engine.reconstructor import Reconstructor
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    precision = args.precision or ("bf16" if device == "cuda" else "fp32")
     sla = None
     if args.attention == "sla":
         sla = {k: v for k, v in (("keep", args.keep), ("adapter", args.adapter)) if v is not None}
@@ -164,23 +185,21 @@ def run(args: argparse.Namespace) -> int:
         sla=sla,
         compile=args.compile,
         frames_chunk_size=args.chunk,
-        **({"input_size": args.input_size} if args.input_size else {}),
+        preprocess_rule=rule,
     )
     load_s = time.perf_counter() - t_load
     if args.points == "points" and not rc.has_point_head:
         raise UnsupportedError(f"{model_name} with these weights has no point head", "use --points depth")
 
     # ---- run ------------------------------------------------------------------------------------
-    bar = None if args.no_progress else _progress_bar()
     cancel = threading.Event()
     try:
-        rec = rc.reconstruct(paths, progress=bar.update if bar else None, cancel=cancel)
+        rec = rc.reconstruct(pre, progress=progress, cancel=cancel)
     except KeyboardInterrupt:
         cancel.set()
         raise
-    finally:
-        if bar:
-            bar.close()
+    if bar:
+        bar.close()
 
     # ---- outputs (each atomic) ------------------------------------------------------------------
     from lite3r.io.ply import write_frusta_ply, write_ply
@@ -230,6 +249,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 class _progress_bar:
     """tqdm on stderr, driven by the engine's overall fraction."""
 
@@ -239,7 +264,7 @@ class _progress_bar:
         self.bar = tqdm(
             total=1000,
             file=sys.stderr,
-            bar_format="{desc:<12} {percentage:3.0f}%|{bar}| {postfix}",
+            bar_format="{percentage:3.0f}%|{bar:24}| {desc}",
             leave=False,
         )
         self.done = 0

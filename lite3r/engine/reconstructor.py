@@ -187,6 +187,8 @@ class _Run:
                     f"images were preprocessed with {sources.rule.name}, but {self.rc.model_name} needs {self.rc.rule.name}",
                     "pass the photos themselves",
                 )
+            # decoded earlier (e.g. by the CLI, before loading the model): count that time here too
+            self.timings["preprocess"] = float(sources.metadata.get("elapsed_ms", 0.0))
             return sources
         items = _as_items(sources)
         self.report("preprocess", 0.0, f"loading {len(items)} photos")

@@ -24,6 +24,7 @@ This module needs no torch; :meth:`Preprocessed.tensor` imports it when asked fo
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -337,6 +338,7 @@ def preprocess(
     ``progress(done, total)`` is called after each view. ``workers`` threads decode in parallel (Pillow
     and OpenCV release the GIL); the output order always matches ``sources``.
     """
+    started = time.perf_counter()
     rule = get_rule(rule, size)
     if not sources:
         raise InputError("no photos given", "pass a folder of photos or at least one image file")
@@ -376,7 +378,9 @@ def preprocess(
         "decode": "EXIF orientation applied; alpha composited on white; 8-bit RGB",
         "model_size": list(arrays[0].shape[:2]),
     }
-    return Preprocessed(np.stack(arrays), transforms, rule, paths, meta)
+    colors = np.stack(arrays)
+    meta["elapsed_ms"] = round(1000.0 * (time.perf_counter() - started), 3)
+    return Preprocessed(colors, transforms, rule, paths, meta)
 
 
 __all__ = [
