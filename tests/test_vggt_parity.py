@@ -82,10 +82,10 @@ def test_frame_chunking_is_exact(model, io):
     with torch.no_grad():
         feats = model.encode(images)
         d_all, c_all = model.decode_depth(feats, images, frames_chunk_size=None)
-        d_one, c_one = model.decode_depth(feats, images, frames_chunk_size=1)
+        d_two, c_two = model.decode_depth(feats, images, frames_chunk_size=2)
         p_two, _ = model.decode_points(feats, images, frames_chunk_size=2)
-    torch.testing.assert_close(d_one, d_all, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(c_one, c_all, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(d_two, d_all, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(c_two, c_all, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(p_two, io["b2s3.output.world_points"], rtol=1e-4, atol=1e-4)
 
 
@@ -220,13 +220,13 @@ def test_small_config_trains_from_scratch():
     """lite3r-tiny-like config: head_dim 64, camera trunk depth 1, arbitrary DPT layers; gradients
     reach every parameter that the losses use."""
     cfg = VGGTConfig.scaled(
-        img_size=112,
+        img_size=56,
         embed_dim=128,
         num_heads=2,
         depth=3,
-        dino_depth=2,
-        dpt_features=32,
-        dpt_out_channels=(16, 32, 64, 64),
+        dino_depth=1,
+        dpt_features=16,
+        dpt_out_channels=(8, 16, 32, 32),
         intermediate_layer_idx=(0, 0, 1, 2),
     )
     torch.manual_seed(0)
@@ -235,7 +235,7 @@ def test_small_config_trains_from_scratch():
     g = m.aggregator.frame_blocks[0].ls1.gamma
     assert torch.all(g == 0.01)
     assert m.aggregator.camera_token.std() < 1e-5
-    out = m(torch.rand(1, 2, 3, 112, 84))
+    out = m(torch.rand(1, 2, 3, 42, 70))
     loss = out["depth"].mean() + out["world_points"].abs().mean() + out["pose_enc"].square().mean()
     loss.backward()
     no_grad = [
