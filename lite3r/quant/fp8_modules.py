@@ -99,6 +99,8 @@ class FP8Linear(nn.Module):
         w = linear.weight
         if mode == "kernel":
             _require_cuda(w, "FP8Linear.from_linear")
+        if out_dtype is None and mode == "reference":
+            out_dtype = w.dtype  # the reference keeps the layer's own precision (float32 for exactness tests)
         new = cls(
             linear.in_features,
             linear.out_features,
