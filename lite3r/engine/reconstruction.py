@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from lite3r.io.atomic import atomic_write
 
 CONF_SOURCES = ("depth", "points")
 
@@ -96,8 +97,15 @@ class Reconstruction:
     # ---- persistence (cache of results; written atomically) -------------------------------------
 
     _ARRAYS = (
-        "images", "depth", "depth_conf", "extrinsics", "intrinsics", "points_from_depth",
-        "world_points", "world_points_conf", "intrinsics_original",
+        "images",
+        "depth",
+        "depth_conf",
+        "extrinsics",
+        "intrinsics",
+        "points_from_depth",
+        "world_points",
+        "world_points_conf",
+        "intrinsics_original",
     )
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -116,15 +124,8 @@ class Reconstruction:
             "metadata": self.metadata,
         }
         arrays["_meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(path) as f:
+            np.savez(f, **arrays)
         return path
 
     @classmethod
