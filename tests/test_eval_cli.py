@@ -124,6 +124,28 @@ def test_eval_input_errors(tmp_path, capsys):
     assert code == 2 and "needs a root folder" in capsys.readouterr().err
 
 
+def test_eval_oracle_scores_perfectly_and_constant_does_not(bmvs, tmp_path, capsys):
+    """The GT (in a random similarity frame) through the whole pipeline — crop, preprocessing, GT
+    mapping, alignment — must score perfectly; this guards the evaluation itself."""
+    common = ["eval", "--dataset", "blendedmvs", "--root", str(bmvs), "--views", "3", "--max-samples", "3",
+              "--eval-crop", "28", "--input-size", "56", "--bootstrap", "50"]  # fmt: skip
+    assert main([*common, "--model", "baseline:oracle", "--out", str(tmp_path / "o")]) == 0
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())["summary"]["oracle"]
+    assert s["pose.auc@3"]["mean"] == pytest.approx(100.0) and s["pose.auc@3"]["n"] == 3
+    assert s["depth.lsq_scene.abs_rel"]["mean"] == pytest.approx(0, abs=1e-6)
+    assert s["points.depth.all.chamfer"]["mean"] == pytest.approx(0, abs=1e-6)
+    assert s["points.depth.all.fscore@0.5%diag"]["mean"] == 1.0
+    assert s["ate.ate_rmse"]["mean"] == pytest.approx(0, abs=1e-6)
+    assert s["lite3r_reference.pose.rot_err_deg"]["mean"] == pytest.approx(0, abs=1e-4)
+    assert s["lite3r_reference.chamfer_l2"]["mean"] > 0  # no alignment in the reference metric
+    rec = json.loads(next((tmp_path / "o" / "per_sample" / "oracle").glob("*.json")).read_text())
+    assert rec["image_size"] == [56, 56]  # 28² evaluation crop, upsampled by the model's rule
+    assert main([*common, "--model", "baseline:constant", "--out", str(tmp_path / "c")]) == 0
+    c = json.loads((tmp_path / "c" / "summary.json").read_text())["summary"]["constant"]
+    assert c["pose.auc@30"]["mean"] < 100 and c["depth.lsq_scene.abs_rel"]["mean"] > 0
+    capsys.readouterr()
+
+
 # ---------------------------------------------------------------------------------------------- bench
 
 
@@ -132,6 +154,7 @@ def test_bench_cpu_sweep_writes_json_markdown_and_plot(tmp_path, capsys):
     argv = [
         "bench", "--model", CONFIG, "--frames", "2", "3", "--image-size", "28", "--warmup", "0", "--iters", "2",
         "--device", "cpu", "--variant", "dense:fp32", "--variant", "other:fp32", "--out", str(out), "--name", "b",
+        "--heads", "cameras-depth",
     ]  # fmt: skip
     assert main(argv) == 0
     data = json.loads((out / "b.json").read_text())

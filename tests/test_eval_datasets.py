@@ -342,3 +342,29 @@ def test_synthmv_adapter_with_a_stub_renderer():
     assert s.extrinsics.shape == (3, 3, 4) and s.metadata["scene_hash"] == "abc"
     with pytest.raises(InputError, match="512 scenes"):
         SynthMV(num_scenes=1000, renderer=render)
+
+
+def test_synthmv_with_the_real_renderer():
+    pytest.importorskip("lite3r.training.data.synthetic")
+    ds = SynthMV(num_views=2, image_size=28, num_scenes=1, tier="easy")
+    s = ds.load(ds.scenes()[0], [0, 1])
+    assert s.images[0].shape == (28, 28, 3) and s.depth[0].shape == (28, 28)
+    assert s.metadata["tier"] == "easy" and len(s.metadata["scene_hash"]) == 64
+    np.testing.assert_allclose(s.extrinsics[0], np.eye(3, 4), atol=1e-6)  # normalised to view 0
+    valid = s.valid_masks()
+    assert valid[0].mean() > 0.3
+    # conventions agree with the renderer: view-1 GT points re-projected into view 0 land on view 0's depth
+    from lite3r.geometry import unproject_depth
+
+    X = unproject_depth(s.depth[1].astype(np.float64), s.extrinsics[1], s.intrinsics[1])[valid[1]]
+    cam = X @ s.extrinsics[0][:, :3].T + s.extrinsics[0][:, 3]
+    uvz = cam @ s.intrinsics[0].T
+    u, v, z = (
+        np.rint(uvz[:, 0] / uvz[:, 2]).astype(int),
+        np.rint(uvz[:, 1] / uvz[:, 2]).astype(int),
+        cam[:, 2],
+    )
+    inside = (z > 0) & (u >= 0) & (u < 28) & (v >= 0) & (v < 28)
+    d0 = s.depth[0][v[inside], u[inside]]
+    rel = np.abs(d0 - z[inside]) / z[inside]
+    assert inside.sum() > 50 and np.median(rel[d0 > 0]) < 0.02

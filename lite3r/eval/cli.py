@@ -59,6 +59,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     d.add_argument("--synth-size", type=int, default=224, help="SynthMV image size")
     d.add_argument("--synth-scenes", type=int, help="SynthMV: number of scenes (default: the whole split)")
+    d.add_argument(
+        "--synth-tier",
+        choices=("easy", "medium", "hard", "ood"),
+        help="SynthMV difficulty tier (default: per seed)",
+    )
     d.add_argument("--dtu-light", type=int, help="dtu_train lighting index (default 3)")
 
     m = p.add_argument_group("model")
@@ -201,11 +206,18 @@ def run(args) -> int:
         seed=args.seed,
     )
     source = ModelSource(args.model, args.weights, args.random_weights, args.seed)
+    baseline = args.model.removeprefix("baseline:") if args.model.startswith("baseline:") else None
+    if baseline and args.variant:
+        raise InputError("--variant does not apply to a calibration baseline", "drop --variant")
     records, predictors = {}, {}
     for v in variants:
-        rc = build_reconstructor(source, v, device, args.input_size)
-        pred = Predictor.from_reconstructor(rc, v)
-        log.info("variant %s: %s", v.label, rc.describe())
+        if baseline:
+            pred, rc = Predictor.baseline(baseline, args.input_size, args.seed), None
+            v = parse_variants([baseline])[0]
+        else:
+            rc = build_reconstructor(source, v, device, args.input_size)
+            pred = Predictor.from_reconstructor(rc, v)
+            log.info("variant %s: %s", v.label, rc.describe())
         records[v.label] = evaluate_variant(
             pred,
             dataset,

@@ -67,6 +67,22 @@ class Predictor:
     rule: object  # lite3r.io.preprocess.PreprocessRule
     fn: Callable
     info: dict = field(default_factory=dict)
+    needs_gt: bool = False  # calibration baselines (oracle) get the GT: fn(pre, gt)
+
+    @classmethod
+    def baseline(cls, name: str, input_size: int | None = None, seed: int = 0) -> Predictor:
+        """``oracle`` or ``constant`` (lite3r.eval.baselines), with VGGT's preprocessing."""
+        import functools
+
+        from lite3r.errors import InputError
+        from lite3r.eval import baselines
+        from lite3r.io.preprocess import get_rule
+
+        if name not in baselines.BASELINES:
+            raise InputError(f"unknown baseline {name!r}", f"choose one of {', '.join(baselines.BASELINES)}")
+        fn = functools.partial(baselines.oracle, seed=seed) if name == "oracle" else baselines.constant
+        rule = get_rule("vggt_crop", input_size)
+        return cls(rule, fn, {"model": f"baseline:{name}", "preprocess": rule.describe()}, needs_gt=True)
 
     @classmethod
     def from_reconstructor(cls, rc, variant=None) -> Predictor:
@@ -138,9 +154,9 @@ def evaluate_one(predictor: Predictor, dataset: EvalDataset, spec, options: Eval
         sample = center_square(sample, options.eval_crop)
     pre = preprocess(sample.images, predictor.rule, workers=1)
     pre.paths = list(sample.image_paths) or pre.paths
-    rec = predictor.fn(pre)
     K, depth, valid = ground_truth_at_model_resolution(sample, pre.transforms)
     gt = GroundTruth(sample.extrinsics, K, depth, valid if depth is not None else None)
+    rec = predictor.fn(pre, gt) if predictor.needs_gt else predictor.fn(pre)
     metrics = evaluate_sample(Prediction.from_reconstruction(rec), gt, options.metrics)
     timings = dict(rec.timings_ms or {})
     return {
@@ -205,7 +221,7 @@ def evaluate_variant(
         records[spec.sample_id] = record
         if progress:
             progress(i + 1, n, spec.sample_id)
-        log.info("%s %d/%d %s", label, i + 1, n, spec.sample_id)
+        log.debug("%s %d/%d %s", label, i + 1, n, spec.sample_id)
     return records
 
 

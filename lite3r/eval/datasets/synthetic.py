@@ -2,12 +2,15 @@
 
 Scenes are regenerated from their seeds at evaluation time (test: seeds from 2·10⁷, validation: from
 10⁷, never rendered during training) by ``lite3r.training.data.synthetic.render_scene(seed,
-num_views, image_size, device)``. A scene's views are exactly what the renderer returns for the
+num_views, image_size, device, tier=…)``; each sample records the scene's SHA-256 (``scene_hash``) so
+generator drift between two evaluations shows. The renderer's intrinsics use integer pixel coordinates
+at pixel centres, the convention the GT mapping here assumes. A scene's views are exactly what the renderer returns for the
 requested view count, so samples use the ``all`` strategy with S fixed when the dataset is opened.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -19,15 +22,15 @@ SPLIT_SEED_BASE = {"test": 20_000_000, "val": 10_000_000}
 SPLIT_SIZE = {"test": 512, "val": 128}
 
 
-def _default_renderer() -> Callable:
+def _synthetic_module():
     try:
-        from lite3r.training.data.synthetic import render_scene
+        from lite3r.training.data import synthetic
     except ImportError as exc:
         raise UnsupportedError(
             f"the SynthMV renderer is not available ({exc})",
             "lite3r.training.data.synthetic.render_scene is needed for the synthetic split",
         ) from exc
-    return render_scene
+    return synthetic
 
 
 def _get(out, *names):
@@ -73,6 +76,7 @@ class SynthMV(EvalDataset):
         num_scenes: int | None = None,
         device: str = "cpu",
         normalization: str = "vggt",
+        tier: str | None = None,
         renderer: Callable | None = None,
     ) -> None:
         # no folder: scenes are generated from seeds (``root`` is accepted for a uniform CLI and ignored)
@@ -92,7 +96,15 @@ class SynthMV(EvalDataset):
         if not 0 < n <= SPLIT_SIZE[split]:
             raise InputError(f"SynthMV {split} has {SPLIT_SIZE[split]} scenes; {n} requested")
         self._seeds = [SPLIT_SEED_BASE[split] + i for i in range(n)]
-        self._render = renderer or _default_renderer()
+        self.tier = tier
+        self._hash = None
+        if renderer is None:
+            mod = _synthetic_module()
+            if tier is not None and tier not in mod.TIERS:
+                raise InputError(f"unknown SynthMV tier {tier!r}", f"choose one of {', '.join(mod.TIERS)}")
+            renderer = functools.partial(mod.render_scene, tier=tier) if tier else mod.render_scene
+            self._hash = mod.scene_hash
+        self._render = renderer
 
     def describe(self) -> dict:
         return {
@@ -127,11 +139,13 @@ class SynthMV(EvalDataset):
         depth = np.asarray(depth, np.float32).reshape(len(images), *images[0].shape[:2])
         valid = None if valid is None else np.asarray(valid, bool).reshape(depth.shape)
         meta = {"seed": seed}
-        h = _get(out, "hash", "scene_hash")
+        h = self._hash(out) if self._hash is not None else _get(out, "hash", "scene_hash")
         if h is not None:
             meta["scene_hash"] = str(h)
+        extra = _get(out, "metadata") or {}
         for key in ("family", "tier"):
-            v = _get(out, key)
+            v = extra.get(key) if isinstance(extra, dict) else None
+            v = v if v is not None else _get(out, key)
             if v is not None:
                 meta[key] = str(v)
         return Sample(
