@@ -128,6 +128,11 @@ def feature_map(x: torch.Tensor, kind: str) -> torch.Tensor:
     raise ValueError(f"unknown feature map {kind!r}; choose one of {FEATURE_MAPS}")
 
 
+def _acc(x: torch.Tensor) -> torch.Tensor:
+    """The reference computes in float32, or float64 for float64 inputs (gradient checks)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def _block_view(x: torch.Tensor, block: int) -> torch.Tensor:
     """[B, H, N, D] → zero-padded [B, H, nb, block, D]."""
     B, H, N, D = x.shape
@@ -142,15 +147,16 @@ def block_lengths(n_tokens: int, block: int, device=None) -> torch.Tensor:
 
 def pool_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
     """Mean over each block of tokens (a partial last block over its true length), in float32."""
-    lengths = block_lengths(x.shape[2], block, x.device).to(torch.float32)
-    return _block_view(x.float(), block).sum(3) / lengths[:, None]
+    xa = _acc(x)
+    lengths = block_lengths(x.shape[2], block, x.device).to(xa.dtype)
+    return _block_view(xa, block).sum(3) / lengths[:, None]
 
 
 def block_scores_reference(q: torch.Tensor, k_virtual: torch.Tensor, geom: SLAGeometry) -> torch.Tensor:
     """Pooled-q · (pooled-k − mean-k) scores [B, H, n_qblocks, n_kblocks] (float32; forced = +inf)."""
     pq = pool_blocks(q, geom.block_q)
     pk = pool_blocks(k_virtual, geom.block_k)
-    kmean = k_virtual.float().mean(2, keepdim=True)
+    kmean = _acc(k_virtual).mean(2, keepdim=True)
     scores = pq @ (pk - kmean).transpose(-1, -2)
     if geom.n_forced:
         scores[..., : geom.n_forced] = math.inf
@@ -183,7 +189,7 @@ def sparse_attention_reference(
 ) -> torch.Tensor:
     """Exact softmax attention restricted to the selected key blocks (float32, [B, H, N, D])."""
     B, H, N, _ = q.shape
-    qf, kf, vf = q.float(), k_virtual.float(), v_virtual.float()
+    qf, kf, vf = _acc(q), _acc(k_virtual), _acc(v_virtual)
     step = _rows_per_chunk(B, H, N, geom.block_q)
     out = []
     for i0 in range(0, geom.n_qblocks, step):
@@ -204,8 +210,8 @@ def block_states_reference(
 
     Padding is added *after* φ, so padded keys contribute exactly zero.
     """
-    phik = _block_view(feature_map(k_virtual.float(), kind), block_k)
-    vb = _block_view(v_virtual.float(), block_k)
+    phik = _block_view(feature_map(_acc(k_virtual), kind), block_k)
+    vb = _block_view(_acc(v_virtual), block_k)
     return torch.einsum("bhjnd,bhjne->bhjde", phik, vb), phik.sum(3)
 
 
@@ -226,12 +232,12 @@ def linear_attention_reference(
         s_i = s_blk.sum(2, keepdim=True).expand(B, H, geom.n_qblocks, D, D)
         z_i = z_blk.sum(2, keepdim=True).expand(B, H, geom.n_qblocks, D)
     elif linear == "complement":
-        w = (~block_mask).float()
+        w = (~block_mask).to(s_blk.dtype)
         s_i = torch.einsum("bhij,bhjde->bhide", w, s_blk)
         z_i = torch.einsum("bhij,bhjd->bhid", w, z_blk)
     else:
         raise ValueError(f"no linear branch for mode {linear!r}")
-    phiq = _block_view(feature_map(q.float(), kind), geom.block_q)
+    phiq = _block_view(feature_map(_acc(q), kind), geom.block_q)
     num = torch.einsum("bhind,bhide->bhine", phiq, s_i)
     den = torch.einsum("bhind,bhid->bhin", phiq, z_i) + eps
     return (num / den[..., None]).reshape(B, H, -1, D)[:, :, :N]
@@ -268,7 +274,7 @@ def sla_attention_reference(
     o_l = None
     if linear != "none":
         o_l = linear_attention_reference(q, kv_, vv_, mask, geom, feature, linear, eps)
-        o = o_s + o_l @ proj_weight.float().t()
+        o = o_s + o_l @ _acc(proj_weight).to(o_l.dtype).t()
     o = o.to(q.dtype)
     if return_parts:
         return o, o_s, o_l, lut
@@ -293,7 +299,7 @@ def token_topk_attention(
     B, H, N, D = q.shape
     scale = D**-0.5 if scale is None else scale
     kk = max(1, int(keep_ratio * N))
-    qf, kf, vf = q.float(), k.float(), v.float()
+    qf, kf, vf = _acc(q), _acc(k), _acc(v)
     rows = max(1, _CHUNK_ELEMENTS // max(1, B * H * N))
     out = []
     for r0 in range(0, N, rows):
@@ -305,4 +311,4 @@ def token_topk_attention(
     phiq, phik = feature_map(qf, "elu"), feature_map(kf, "elu")
     kv = phik.transpose(-1, -2) @ vf
     a_lin = (phiq @ kv) / (phiq @ phik.sum(2)[..., None] + eps)
-    return (o_topk + a_lin @ proj_weight.float().t()).to(q.dtype)
+    return (o_topk + a_lin @ proj_weight.to(a_lin.dtype).t()).to(q.dtype)

@@ -1,0 +1,314 @@
+"""Sparse-linear attention (SLA): block-sparse exact attention + linear attention on the rest.
+
+:class:`SparseLinearAttention` subclasses the dense :class:`~lite3r.attention.dense.MultiHeadAttention`
+and overrides only :meth:`attend`, so the pretrained qkv / qk-norm / RoPE / proj weights (shared, not
+copied, by :meth:`SparseLinearAttention.from_dense`) and their state-dict keys stay as they are. It adds
+one head_dim × head_dim ``proj_lin`` (FP32 master weight, shared by the heads) that maps the linear
+branch into the output: o = o_s + proj_lin(o_l).
+
+Two modes (``SLAConfig.mode``):
+
+* ``"block"`` (the product): key blocks are selected per query block from pooled q and mean-smoothed
+  pooled k; exact softmax runs on the selected blocks; linear attention (ELU+1 or softmax feature map)
+  covers the non-selected blocks (SLA-1's complement) or all tokens. Special tokens (camera/register/cls)
+  of every frame can be kept attended by all queries. ``backend="triton"`` runs the Triton kernels
+  (``lite3r.kernels.sla_*``, forward and backward); ``backend="torch"`` the pure-PyTorch reference
+  (CPU). The module never switches backend by itself: the engine chooses and records it.
+* ``"token_topk"``: the published Lite3R formulation (method.md A2.4) so the authors' checkpoints
+  (``*.attn.proj_lin.weight``, ``*.attn.lam``) load and run as they were trained. PyTorch only, O(N²).
+
+Sequences with fewer than two key blocks (e.g. VGGT's camera trunk, N = S) run dense attention: block
+selection is meaningless there, and with the complement branch the result is identical.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lite3r.attention.dense import MultiHeadAttention
+from lite3r.errors import UnsupportedError
+from lite3r.kernels.sla_reference import (
+    FEATURE_MAPS,
+    LINEAR_MODES,
+    SLAGeometry,
+    linear_attention_reference,
+    sla_attention_reference,
+    sla_geometry,
+    token_topk_attention,
+)
+
+MODES = ("block", "token_topk")
+BACKENDS = ("triton", "torch")
+PROJ_INITS = ("normal", "zero")
+# head_dim the Triton kernels compile for (power of two, tl.dot needs ≥ 16).
+TRITON_HEAD_DIMS = (16, 32, 64, 128)
+_BLOCK_SIZES = (16, 32, 64, 128)
+
+
+@dataclass(frozen=True)
+class SLAConfig:
+    """Sparse-linear attention settings; fixed at build time and saved with adapters."""
+
+    mode: str = "block"
+    # Kept fraction of key blocks per query block ("block") or of keys per query row ("token_topk").
+    keep_ratio: float | None = 0.1
+    # Alternatively a fixed number of key blocks per query block ("block" only; keep_ratio must be None).
+    top_k_blocks: int | None = None
+    block_q: int = 128  # query block (Hopper: 128)
+    block_k: int = 64  # key block (Hopper: 64)
+    feature_map: str = "elu"  # φ of the linear branch: "elu" (ELU+1) or "softmax" over head_dim
+    linear: str = "complement"  # linear branch over the non-selected blocks, "all" tokens, or "none"
+    proj_init: str = "normal"  # proj_lin init: "normal" (N(0, proj_init_std²)) or "zero"
+    proj_init_std: float = 1e-3
+    keep_special_tokens: bool = True  # every query attends every frame's camera/register/cls tokens
+    eps: float = 1e-6  # linear-branch denominator
+    backend: str = "triton"  # "triton" (CUDA kernels) or "torch" (reference, any device)
+
+    def __post_init__(self) -> None:
+        def bad(msg: str) -> None:
+            raise ValueError(f"SLAConfig: {msg}")
+
+        if self.mode not in MODES:
+            bad(f"mode {self.mode!r} is not one of {MODES}")
+        if self.backend not in BACKENDS:
+            bad(f"backend {self.backend!r} is not one of {BACKENDS}")
+        if self.feature_map not in FEATURE_MAPS:
+            bad(f"feature_map {self.feature_map!r} is not one of {FEATURE_MAPS}")
+        if self.linear not in LINEAR_MODES:
+            bad(f"linear {self.linear!r} is not one of {LINEAR_MODES}")
+        if self.proj_init not in PROJ_INITS:
+            bad(f"proj_init {self.proj_init!r} is not one of {PROJ_INITS}")
+        if (self.keep_ratio is None) == (self.top_k_blocks is None):
+            bad("give exactly one of keep_ratio and top_k_blocks (set keep_ratio=None to use top_k_blocks)")
+        if self.keep_ratio is not None and not 0.0 < self.keep_ratio <= 1.0:
+            bad(f"keep_ratio {self.keep_ratio} is not in (0, 1]")
+        if self.top_k_blocks is not None and self.top_k_blocks < 1:
+            bad(f"top_k_blocks {self.top_k_blocks} < 1")
+        if self.block_q not in _BLOCK_SIZES or self.block_k not in _BLOCK_SIZES:
+            bad(f"block sizes must be in {_BLOCK_SIZES} (got {self.block_q}×{self.block_k})")
+        if self.eps <= 0:
+            bad("eps must be > 0")
+        if self.mode == "token_topk":
+            if self.backend != "torch":
+                raise UnsupportedError(
+                    "the token top-k compatibility mode has no Triton kernel", "use backend='torch'"
+                )
+            if self.top_k_blocks is not None or self.linear != "all" or self.feature_map != "elu":
+                bad(
+                    "token_topk mode is fixed: keep_ratio, linear='all', feature_map='elu' (use token_topk())"
+                )
+            if self.keep_special_tokens:
+                bad("token_topk mode treats special tokens like any other (keep_special_tokens=False)")
+
+    @classmethod
+    def token_topk(cls, keep_ratio: float = 0.3) -> SLAConfig:
+        """The published Lite3R attention (method.md A2.4), for the authors' checkpoints."""
+        return cls(
+            mode="token_topk",
+            keep_ratio=keep_ratio,
+            linear="all",
+            feature_map="elu",
+            keep_special_tokens=False,
+            eps=1e-6,
+            backend="torch",
+        )
+
+    def replace(self, **changes) -> SLAConfig:
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> str:
+        if self.mode == "token_topk":
+            return f"token top-k {self.keep_ratio:.0%} + ELU linear (published Lite3R, torch)"
+        kept = f"{self.keep_ratio:.0%} kept" if self.keep_ratio is not None else f"top-{self.top_k_blocks}"
+        lin = "no linear" if self.linear == "none" else f"{self.feature_map} linear on {self.linear}"
+        return f"SLA {self.backend} · {kept} · blocks {self.block_q}×{self.block_k} · {lin}"
+
+
+class SparseLinearAttention(MultiHeadAttention):
+    """Multi-head attention whose :meth:`attend` is sparse-linear attention (see the module doc)."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        proj_bias: bool = True,
+        qk_norm: bool = False,
+        qk_norm_eps: float = 1e-5,
+        rope: nn.Module | None = None,
+        *,
+        config: SLAConfig | None = None,
+        special_tokens_per_frame: int = 0,
+    ) -> None:
+        super().__init__(dim, num_heads, qkv_bias, proj_bias, qk_norm, qk_norm_eps, rope)
+        self.config = config or SLAConfig()
+        if special_tokens_per_frame < 0:
+            raise ValueError("special_tokens_per_frame must be ≥ 0")
+        self.special_tokens_per_frame = int(special_tokens_per_frame)
+        self._init_sla_parameters()
+
+    def _init_sla_parameters(self, device=None) -> None:
+        """proj_lin (FP32 master weight, also when the rest of the model is BF16) and, in the compat mode,
+        the authors' unused ``lam`` scalar so their state dicts load strictly."""
+        cfg = self.config
+        if cfg.linear != "none":
+            self.proj_lin = nn.Linear(
+                self.head_dim, self.head_dim, bias=False, device=device, dtype=torch.float32
+            )
+            if self.proj_lin.weight.device.type != "meta":
+                with torch.no_grad():
+                    if cfg.proj_init == "zero":
+                        self.proj_lin.weight.zero_()
+                    else:
+                        self.proj_lin.weight.normal_(0.0, cfg.proj_init_std)
+        else:
+            self.proj_lin = None
+        if cfg.mode == "token_topk":
+            self.lam = nn.Parameter(torch.tensor(0.5, device=device), requires_grad=False)
+
+    @classmethod
+    def from_dense(
+        cls, attn: MultiHeadAttention, config: SLAConfig, special_tokens_per_frame: int = 0
+    ) -> SparseLinearAttention:
+        """An SLA module sharing ``attn``'s qkv, qk-norm, proj and RoPE (same objects, same weights)."""
+        if not isinstance(attn, MultiHeadAttention) or isinstance(attn, SparseLinearAttention):
+            raise TypeError(f"expected a dense MultiHeadAttention, got {type(attn).__name__}")
+        qk_norm = not isinstance(attn.q_norm, nn.Identity)
+        with torch.device("meta"):
+            new = cls(
+                attn.dim,
+                attn.num_heads,
+                qkv_bias=attn.qkv.bias is not None,
+                proj_bias=attn.proj.bias is not None,
+                qk_norm=qk_norm,
+                qk_norm_eps=attn.q_norm.eps if qk_norm else 1e-5,
+                config=config,
+                special_tokens_per_frame=special_tokens_per_frame,
+            )
+        new.qkv, new.q_norm, new.k_norm, new.proj = attn.qkv, attn.q_norm, attn.k_norm, attn.proj
+        new.rope = attn.rope
+        new.scale = attn.scale
+        new.sdpa_backend = attn.sdpa_backend
+        new._init_sla_parameters(device=attn.qkv.weight.device)
+        new.train(attn.training)
+        return new
+
+    # ------------------------------------------------------------------------------------------
+    def geometry(self, n_tokens: int, frame_len: int | None = None) -> SLAGeometry:
+        cfg = self.config
+        return sla_geometry(
+            n_tokens,
+            block_q=cfg.block_q,
+            block_k=cfg.block_k,
+            keep_ratio=cfg.keep_ratio,
+            top_k_blocks=cfg.top_k_blocks,
+            special_tokens_per_frame=self.special_tokens_per_frame if cfg.keep_special_tokens else 0,
+            frame_len=frame_len,
+        )
+
+    def attention_path(self, n_tokens: int, frame_len: int | None = None) -> str:
+        """The path :meth:`attend` takes for a sequence of ``n_tokens`` (what the engine records)."""
+        cfg = self.config
+        if cfg.mode == "token_topk":
+            return "token-topk-torch"
+        if self.geometry(n_tokens, frame_len).n_kblocks < 2:
+            return "dense-fallback"
+        return f"sla-{cfg.backend}"
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame_len: int | None = None
+    ) -> torch.Tensor:
+        cfg = self.config
+        weight = None if self.proj_lin is None else self.proj_lin.weight
+        self._check_master_weight(weight)
+        if cfg.mode == "token_topk":
+            return token_topk_attention(q, k, v, weight, cfg.keep_ratio, cfg.eps, self.scale)
+        geom = self.geometry(q.shape[2], frame_len)
+        if geom.n_kblocks < 2:
+            return self._dense_fallback(q, k, v, weight, geom)
+        kwargs = dict(feature=cfg.feature_map, linear=cfg.linear, eps=cfg.eps, scale=self.scale)
+        if cfg.backend == "torch":
+            return sla_attention_reference(q, k, v, weight, geom, **kwargs)
+        self._check_triton_inputs(q)
+        from lite3r.kernels.sla_ops import sla_attention
+
+        return sla_attention(q, k, v, weight, geom, **kwargs)
+
+    def _dense_fallback(self, q, k, v, weight, geom: SLAGeometry) -> torch.Tensor:
+        o = super().attend(q, k, v)
+        if self.config.linear != "all":
+            return o  # one key block is always selected: the complement is empty
+        o_l = linear_attention_reference(q, k, v, None, geom, self.config.feature_map, "all", self.config.eps)
+        return (o.float() + o_l @ weight.float().t()).to(o.dtype)
+
+    def _check_master_weight(self, weight: torch.Tensor | None) -> None:
+        if (
+            weight is not None
+            and self.training
+            and weight.requires_grad
+            and torch.is_grad_enabled()
+            and weight.dtype != torch.float32
+        ):
+            raise UnsupportedError(
+                f"proj_lin has a {weight.dtype} master weight; training needs FP32 masters",
+                "cast the model to BF16 only for inference; train in FP32 under autocast",
+            )
+
+    def _check_triton_inputs(self, q: torch.Tensor) -> None:
+        try:
+            from lite3r.kernels.sla_ops import kernels_interpreted
+        except ImportError as e:  # no triton in this build
+            raise UnsupportedError(
+                f"the SLA Triton kernels cannot be imported ({e})", "use SLAConfig(backend='torch')"
+            ) from e
+        if q.device.type != "cuda" and not kernels_interpreted():
+            raise UnsupportedError(
+                f"SLA backend 'triton' needs CUDA tensors, got {q.device.type}",
+                "use SLAConfig(backend='torch') on CPU",
+            )
+        if self.head_dim not in TRITON_HEAD_DIMS:
+            raise UnsupportedError(
+                f"the SLA Triton kernels support head_dim {TRITON_HEAD_DIMS}, not {self.head_dim}",
+                "use SLAConfig(backend='torch')",
+            )
+        if q.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+            raise UnsupportedError(f"the SLA Triton kernels do not take {q.dtype} inputs")
+
+    def extra_repr(self) -> str:
+        return f"{self.config.describe()}, special_tokens_per_frame={self.special_tokens_per_frame}"
+
+
+def count_proj_lin_parameters(module: nn.Module) -> int:
+    """Trainable parameters SLA adds (proj_lin) in ``module``."""
+    return sum(
+        m.proj_lin.weight.numel()
+        for m in module.modules()
+        if isinstance(m, SparseLinearAttention) and m.proj_lin is not None
+    )
+
+
+def set_sla_backend(model: nn.Module, backend: str) -> int:
+    """Switch every SLA module of ``model`` to ``backend`` (e.g. after moving it to another device);
+    returns how many were changed. The engine calls this explicitly and records the result."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown SLA backend {backend!r}; choose one of {BACKENDS}")
+    n = 0
+    for m in model.modules():
+        if isinstance(m, SparseLinearAttention) and m.config.mode == "block":
+            m.config = m.config.replace(backend=backend)
+            n += 1
+    return n
+
+
+__all__ = [
+    "BACKENDS",
+    "MODES",
+    "SLAConfig",
+    "SparseLinearAttention",
+    "count_proj_lin_parameters",
+    "set_sla_backend",
+]

@@ -1,0 +1,303 @@
+"""SLA Triton kernels vs their PyTorch references.
+
+On CPU the kernels run in the Triton interpreter at small sizes (fp32/fp16; bf16 ``tl.dot`` is broken in
+the interpreter); on a GPU (``-m gpu``) at VGGT sizes in bf16, gradients included.
+"""
+
+from __future__ import annotations
+
+import sla_triton_env
+
+sla_triton_env.set_interpret_env()  # before anything imports triton (collection time)
+
+import math  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from lite3r.kernels.sla_reference import (  # noqa: E402
+    block_scores_reference,
+    sla_attention_reference,
+    sla_geometry,
+    virtual_key_order,
+)
+
+K = sla_triton_env.load_sla_kernels()
+prepare, select, forward, ops = K["sla_prepare"], K["sla_block_select"], K["sla_forward"], K["sla_ops"]
+dkdv = K["sla_backward_dkdv"]
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _qkv(B, H, N, D, dtype=torch.float32, device="cpu", seed=0, requires_grad=False):
+    """q, k, v as the strided views MultiHeadAttention.project_qkv produces (no copies)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, N, 3, H, D, generator=g).to(device=device, dtype=dtype)
+    q, k, v = x.permute(2, 0, 3, 1, 4).unbind(0)
+    if requires_grad:
+        q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    return q, k, v
+
+
+def _geom(N, bq, bk, keep=0.3, special=0, frame_len=None, top_k=None):
+    return sla_geometry(
+        N,
+        block_q=bq,
+        block_k=bk,
+        keep_ratio=None if top_k else keep,
+        top_k_blocks=top_k,
+        special_tokens_per_frame=special,
+        frame_len=frame_len,
+    )
+
+
+def _assert_valid_topk(lut, scores, topk):
+    """Same selection as torch.topk up to exact ties: sorted, distinct, and every selected score ≥ every
+    unselected one."""
+    lut = lut.long()
+    assert lut.shape[-1] == topk
+    assert bool((lut.diff(dim=-1) > 0).all()), "look-up table rows must be ascending and distinct"
+    picked = scores.gather(-1, lut)
+    mask = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, lut, True)
+    rest = scores.masked_fill(mask, -math.inf).amax(-1)
+    assert bool((picked.amin(-1) >= rest).all())
+
+
+# ------------------------------------------------------------------------------------------- CPU
+# (B, H, N, D, block_q, block_k, special, frame_len, keep, feature, linear, dtype)
+PREPARE_CASES = [
+    (2, 2, 150, 16, 32, 16, 2, 50, 0.3, "elu", "complement", torch.float32),  # partial blocks, special
+    (1, 3, 100, 32, 16, 32, 0, None, 0.3, "softmax", "all", torch.float16),
+]
+
+
+@pytest.mark.parametrize("case", PREPARE_CASES)
+def test_prepare_matches_reference(case):
+    B, H, N, D, bq, bk, s, L, keep, feat, lin, dt = case
+    q, k, v = _qkv(B, H, N, D, dt)
+    g = _geom(N, bq, bk, keep, s, L)
+    got = prepare.sla_prepare(q, k, v, g, feat, lin)
+    ref = prepare.prepare_reference(q, k, v, g, feat, lin)
+    names = ("pq", "pk", "kmean", "s_blk", "z_blk", "s_tot", "z_tot")
+    tol = 1e-5 if dt == torch.float32 else 2e-2
+    for name, a, r in zip(names, got, ref):
+        if a.numel() == 0:
+            assert lin != "complement" and name in ("s_blk", "z_blk")
+            continue
+        torch.testing.assert_close(a.float(), r, rtol=tol, atol=tol, msg=name)
+
+
+@pytest.mark.parametrize(
+    "N, bq, bk, keep, special, frame_len",
+    [
+        (150, 32, 16, 0.3, 2, 50),  # forced special block, partial last blocks
+        (1100, 64, 16, 0.2, 0, None),  # 69 key blocks: several streamed chunks
+        (40, 64, 64, 0.5, 0, None),  # one block of each
+        (333, 16, 16, 0.1, 1, 111),
+    ],
+)
+def test_block_select_is_exact_topk(N, bq, bk, keep, special, frame_len):
+    q, k, v = _qkv(1, 2, N, 16)
+    g = _geom(N, bq, bk, keep, special, frame_len)
+    pq, pk, kmean, *_ = prepare.sla_prepare(q, k, v, g, "elu", "none")
+    lut = select.sla_block_select(pq, pk, kmean, g)
+    order = virtual_key_order(g)
+    scores = block_scores_reference(q, k if order is None else k[:, :, order], g)
+    _assert_valid_topk(lut, scores, g.topk)
+    if g.n_forced:
+        assert bool((lut[..., : g.n_forced].long() == torch.arange(g.n_forced)).all())
+
+
+def test_block_select_breaks_ties_by_block_order():
+    """Identical keys give identical scores: the first blocks in order are taken, exactly topk of them."""
+    N, D = 256, 16
+    q = torch.randn(1, 1, N, D)
+    k = torch.ones(1, 1, N, D)
+    g = _geom(N, 32, 16, top_k=5)
+    pq, pk, kmean, *_ = prepare.sla_prepare(q, k, k, g, "elu", "none")
+    lut = select.sla_block_select(pq, pk, kmean, g)
+    assert torch.equal(lut.long(), torch.arange(5).expand(1, 1, g.n_qblocks, 5))
+
+
+# (B, H, N, D, bq, bk, special, frame_len, keep, feature, linear, dtype)
+FORWARD_CASES = [
+    (2, 2, 150, 16, 32, 16, 2, 50, 0.3, "elu", "complement", torch.float32),
+    (1, 2, 300, 32, 16, 32, 0, None, 0.2, "softmax", "all", torch.float32),
+    (1, 1, 40, 16, 64, 64, 0, None, 0.5, "elu", "complement", torch.float16),  # a single block
+    (1, 2, 222, 16, 32, 16, 1, 111, 0.1, "elu", "complement", torch.float16),
+    (1, 2, 200, 16, 32, 16, 0, None, 1.0, "elu", "complement", torch.float32),  # everything kept
+    (1, 2, 200, 16, 32, 16, 0, None, 0.3, "elu", "none", torch.float32),
+]
+
+
+@pytest.mark.parametrize("case", FORWARD_CASES)
+def test_forward_matches_reference(case):
+    B, H, N, D, bq, bk, s, L, keep, feat, lin, dt = case
+    q, k, v = _qkv(B, H, N, D, dt)
+    w = torch.randn(D, D) * 0.2
+    g = _geom(N, bq, bk, keep, s, L)
+    pq, pk, km, sb, zb, st, zt = prepare.sla_prepare(q, k, v, g, feat, lin)
+    lut = select.sla_block_select(pq, pk, km, g)
+    kw = dict(feature=feat, linear=lin, eps=1e-6, scale=D**-0.5)
+    o, _, _ = forward.sla_forward(q, k, v, lut, sb, zb, st, zt, w, g, fuse_proj=True, **kw)
+    o_s, o_l, lse = forward.sla_forward(q, k, v, lut, sb, zb, st, zt, w, g, fuse_proj=False, **kw)
+    d64 = [t.double() for t in (q, k, v, w)]
+    ref, ref_s, ref_l, _ = sla_attention_reference(*d64, g, lut=lut.long(), return_parts=True, **kw)
+    tol = 2e-5 if dt == torch.float32 else 2e-3
+    assert o.stride(-2) == H * D, "output is stored [B, N, H, D] so the head merge is a view"
+    torch.testing.assert_close(o.double(), ref, rtol=tol, atol=tol)
+    torch.testing.assert_close(o_s.double(), ref_s, rtol=tol, atol=tol)
+    if lin != "none":
+        torch.testing.assert_close(o_l.double(), ref_l, rtol=tol, atol=tol)
+    # lse is the base-2 log-sum-exp of the selected logits
+    assert lse.shape == (B, H, N) and bool(torch.isfinite(lse).all())
+
+
+# (B, H, N, D, bq, bk, special, frame_len, keep, feature, linear)
+BACKWARD_CASES = [
+    (1, 2, 150, 16, 32, 16, 2, 50, 0.3, "elu", "complement"),
+    (2, 1, 100, 16, 16, 32, 0, None, 0.4, "softmax", "all"),
+    (1, 2, 120, 16, 32, 16, 1, 60, 0.3, "softmax", "complement"),
+    (1, 2, 90, 16, 16, 16, 0, None, 0.3, "elu", "none"),
+]
+
+
+@pytest.mark.parametrize("case", BACKWARD_CASES)
+def test_backward_matches_reference(case):
+    B, H, N, D, bq, bk, s, L, keep, feat, lin = case
+    q, k, v = _qkv(B, H, N, D, requires_grad=True)
+    w = (torch.randn(D, D) * 0.3).requires_grad_()
+    g = _geom(N, bq, bk, keep, s, L)
+    kw = dict(feature=feat, linear=lin, eps=1e-6, scale=D**-0.5)
+    o = ops.sla_attention(q, k, v, w, g, **kw)
+    grad_out = torch.randn_like(o)
+    o.backward(grad_out)
+    leaves = [t.detach().double().requires_grad_() for t in (q, k, v, w)]
+    ref = sla_attention_reference(*leaves, g, **kw)
+    ref.backward(grad_out.double())
+    torch.testing.assert_close(o.double(), ref.detach(), rtol=1e-5, atol=1e-5)
+    for name, a, r in zip("qkvw", (q, k, v, w), leaves):
+        if name == "w" and lin == "none":
+            assert a.grad is None
+            continue
+        torch.testing.assert_close(a.grad.double(), r.grad, rtol=1e-4, atol=1e-5, msg=f"d{name}")
+
+
+def test_weight_only_gradient_path():
+    """Frozen backbone (q, k, v without grad): only proj_lin gets a gradient, no sparse backward."""
+    q, k, v = _qkv(1, 2, 96, 16)
+    w = (torch.randn(16, 16) * 0.3).requires_grad_()
+    g = _geom(96, 32, 16, 0.3)
+    kw = dict(feature="elu", linear="complement", eps=1e-6, scale=0.25)
+    ops.sla_attention(q, k, v, w, g, **kw).square().sum().backward()
+    w2 = w.detach().double().requires_grad_()
+    sla_attention_reference(q.double(), k.double(), v.double(), w2, g, **kw).square().sum().backward()
+    torch.testing.assert_close(w.grad.double(), w2.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_inverse_lut_lists_the_selecting_query_blocks():
+    lut = torch.tensor([[[[0, 2], [1, 2], [0, 1]]]])  # B=H=1, 3 query blocks, top-2 of 3 key blocks
+    qlist, offsets = dkdv.inverse_lut(lut, 3)
+    lists = [qlist[offsets[j] : offsets[j + 1]].tolist() for j in range(3)]
+    assert lists == [[0, 2], [1, 2], [0, 1]]
+
+
+def test_custom_ops_trace_without_graph_breaks():
+    """The ops have fake kernels, so a model using them compiles as one graph (eager backend here)."""
+    q, k, v = _qkv(1, 2, 96, 16)
+    w = torch.randn(16, 16) * 0.2
+    g = _geom(96, 32, 16, 0.3)
+    kw = dict(feature="elu", linear="complement", eps=1e-6, scale=0.25)
+
+    def f(q, k, v, w):
+        return ops.sla_attention(q, k, v, w, g, **kw)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(q, k, v, w), f(q, k, v, w))
+
+
+# ------------------------------------------------------------------------------------------- GPU
+VGGT_FRAME = 1374  # tokens per frame at 518 px (1 camera + 4 registers + 37·37 patches)
+
+
+def _rel_err(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("linear", ["complement", "all"])
+def test_gpu_forward_bf16_vggt_shapes(D, linear):
+    frames, H = 4, 1024 // D
+    N = frames * VGGT_FRAME
+    q, k, v = _qkv(1, H, N, D, torch.bfloat16, "cuda")
+    w = torch.randn(D, D, device="cuda") * 0.05
+    g = _geom(N, 128, 64, 0.1, 5, VGGT_FRAME)
+    kw = dict(feature="elu", linear=linear, eps=1e-6, scale=D**-0.5)
+    with torch.no_grad():
+        pq, pk, km, *_ = prepare.sla_prepare(q, k, v, g, "elu", linear)
+        lut = select.sla_block_select(pq, pk, km, g)
+        o = ops.sla_attention(q, k, v, w, g, **kw)
+        ref = sla_attention_reference(q.float(), k.float(), v.float(), w, g, lut=lut.long(), **kw)
+    assert _rel_err(o, ref) < 1e-2
+    order = virtual_key_order(g, "cuda")
+    scores = block_scores_reference(q, k[:, :, order], g)
+    _assert_valid_topk_tolerant(lut, scores, g.topk)
+
+
+def _assert_valid_topk_tolerant(lut, scores, topk, tol=1e-4):
+    lut = lut.long()
+    assert bool((lut.diff(dim=-1) > 0).all())
+    picked = scores.gather(-1, lut).clamp(max=1e30)
+    mask = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, lut, True)
+    rest = scores.masked_fill(mask, -math.inf).amax(-1)
+    scale = scores.clamp(-1e30, 1e30).abs().amax(-1) + 1e-6
+    assert bool((picked.amin(-1) >= rest - tol * scale).all())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("linear", ["complement", "all", "none"])
+def test_gpu_backward_vs_float32_reference(dtype, linear):
+    frames, H, D = 3, 4, 64
+    N = frames * VGGT_FRAME
+    q, k, v = _qkv(2, H, N, D, dtype, "cuda", requires_grad=True)
+    w = (torch.randn(D, D, device="cuda") * 0.1).requires_grad_()
+    g = _geom(N, 128, 64, 0.2, 5, VGGT_FRAME)
+    kw = dict(feature="elu", linear=linear, eps=1e-6, scale=D**-0.5)
+    o = ops.sla_attention(q, k, v, w, g, **kw)
+    grad_out = torch.randn_like(o)
+    o.backward(grad_out)
+    with torch.no_grad():
+        pq, pk, km, *_ = prepare.sla_prepare(q, k, v, g, "elu", "none")
+        lut = select.sla_block_select(pq, pk, km, g)
+    leaves = [t.detach().float().requires_grad_() for t in (q, k, v, w)]
+    ref = sla_attention_reference(*leaves, g, lut=lut.long(), **kw)
+    ref.backward(grad_out.float())
+    assert _rel_err(o, ref) < 1e-2
+    for name, a, r in zip("qkvw", (q, k, v, w), leaves):
+        if name == "w" and linear == "none":
+            continue
+        assert _rel_err(a.grad, r.grad) < 3e-2, f"d{name}"
+
+
+@pytest.mark.gpu
+def test_gpu_block_select_long_sequence_memory():
+    """200 frames (≈4.3k key blocks): streamed selection, extra memory = pooled q/k + the LUT only."""
+    frames, H, D = 200, 16, 64
+    N = frames * VGGT_FRAME
+    g = _geom(N, 128, 64, 0.1, 5, VGGT_FRAME)
+    pq = torch.randn(1, H, g.n_qblocks, D, device="cuda")
+    pk = torch.randn(1, H, g.n_kblocks, D, device="cuda")
+    km = torch.randn(1, H, D, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    lut = select.sla_block_select(pq, pk, km, g)
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    assert extra <= lut.numel() * lut.element_size() + (1 << 20)
+    scores = pq[:, :, :64] @ (pk - km[:, :, None]).transpose(-1, -2)
+    scores[..., : g.n_forced] = math.inf
+    _assert_valid_topk_tolerant(lut[:, :, :64], scores, g.topk)
