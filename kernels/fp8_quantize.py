@@ -63,7 +63,7 @@ def _fp8_quantize_rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scale = torch.empty((M, 1), dtype=torch.float32, device=x.device)
     if M == 0:
         return q, scale
-    block_m, block_k, num_warps = row_tiling(K)
+    block_m, block_k, num_warps = row_tiling(int(K))  # specialised per row width (constexprs)
     wrap_triton(_fp8_quantize_rowwise_kernel)[(triton.cdiv(M, block_m),)](
         x,
         q,

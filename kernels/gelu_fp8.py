@@ -63,7 +63,7 @@ def _gelu_fp8_rows(h: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Te
     scale = torch.empty((M, 1), dtype=torch.float32, device=h.device)
     if M == 0:
         return q, scale
-    block_m, block_k, num_warps = row_tiling(K)
+    block_m, block_k, num_warps = row_tiling(int(K))  # specialised per row width (constexprs)
     wrap_triton(_gelu_fp8_kernel)[(triton.cdiv(M, block_m),)](
         h,
         bias if bias is not None else h,

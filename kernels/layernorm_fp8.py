@@ -75,7 +75,7 @@ def _layernorm_fp8_rows(
     scale = torch.empty((M, 1), dtype=torch.float32, device=x.device)
     if M == 0:
         return q, scale
-    block_m, block_k, num_warps = row_tiling(K)
+    block_m, block_k, num_warps = row_tiling(int(K))  # specialised per row width (constexprs)
     wrap_triton(_layernorm_fp8_kernel)[(triton.cdiv(M, block_m),)](
         x,
         weight if weight is not None else x,

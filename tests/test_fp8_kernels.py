@@ -150,3 +150,55 @@ def test_gelu_fp8_half_inputs(k):
     h = (_data((64, 512), torch.float32) / 100).clamp(-8, 8).to(torch.bfloat16)
     q, s = k["gelu_fp8"].gelu_fp8(h)
     assert_fp8_close(q, s, *k["gelu_fp8"].gelu_fp8_reference(h))
+
+
+_TRACE_SCRIPT = r"""
+import torch
+from torch._functorch.aot_autograd import aot_module_simplified
+from lite3r.kernels import fp8_quantize as fq, gelu_fp8 as ge, layernorm_fp8 as ln
+
+def f(x, w, b):
+    q, s = fq.fp8_quantize(x)
+    q2, s2 = ln.layernorm_fp8(x, w, b, 1e-5)
+    q3, s3 = ge.gelu_fp8(x, b)
+    return q.float() * s + q2.float() * s2 + q3.float() * s3
+
+graphs = []
+class Captured(Exception):
+    pass
+
+def backend(gm, inputs):
+    def fw(g, _):
+        graphs.append(g.code)
+        def run(*a):
+            raise Captured()
+        return run
+    return aot_module_simplified(gm, inputs, fw_compiler=fw)
+
+cf = torch.compile(f, backend=backend, dynamic=True, fullgraph=True)
+for M in (7, 19):
+    try:
+        cf(torch.randn(M, 64), torch.rand(64), torch.rand(64))
+    except Captured:
+        pass
+code = graphs[-1]
+assert code.count("triton_kernel_wrapper_functional(") == 3, code
+assert "lite3r" not in code, code  # traced into the kernels, not an opaque op
+print("TRACED", len(graphs))
+"""
+
+
+@pytest.mark.slow  # ~15 s: a fresh interpreter importing torch + dynamo
+def test_custom_ops_trace_into_kernels_under_compile_with_dynamic_shapes():
+    """fullgraph torch.compile traces the three ops down to Triton kernel HOPs (what Inductor
+    schedules), with a symbolic token count. Compiled (not interpreted) kernels are needed for that,
+    so it runs in a subprocess without TRITON_INTERPRET; nothing is launched."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run(
+        [sys.executable, "-c", _TRACE_SCRIPT], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0 and "TRACED" in r.stdout, r.stdout[-2000:] + r.stderr[-4000:]
