@@ -32,6 +32,7 @@ from lite3r.quant import (
     compile_trunk,
     dequantize_activation,
     dequantize_features,
+    dequantize_frames,
     dequantize_rowwise,
     fake_quantize_rowwise,
     fake_quantize_ste,
@@ -283,6 +284,10 @@ def test_feature_storage_roundtrip_and_bytes():
         assert a.shape == b.shape and a.dtype == torch.float32
         assert _same_bits(a, fake_quantize_rowwise(b.float()))
     assert feature_bytes(q["layers"]) == 4 * (20 * 32 + 20 * 4)
+    chunk = dequantize_frames(q, 1, 2, torch.float32)  # one frame, as a per-frame head chunk reads it
+    for a, b in zip(chunk["layers"], back["layers"]):
+        assert a.shape == (1, 1, 10, 32) and _same_bits(a, b[:, 1:2])
+    assert torch.equal(chunk["pos"], feats["pos"])  # 1-D tensors pass through
     assert feature_bytes(feats["layers"]) == 4 * 20 * 32 * 2
 
 

@@ -13,7 +13,7 @@ Triton is imported only when a kernel-mode module is built (``lite3r.kernels``).
 
 from .compile import COMPILE_MODES, CompileReport, compile_trunk, mark_step
 from .fake_quant import FP8FakeQuantLinear, apply_fp8_qat, fake_quantize_ste, remove_fp8_qat
-from .fp8_features import dequantize_features, feature_bytes, quantize_features
+from .fp8_features import dequantize_features, dequantize_frames, feature_bytes, quantize_features
 from .fp8_format import (
     AMAX_EPS,
     FP8_DTYPE,
@@ -52,6 +52,7 @@ __all__ = [
     "compile_trunk",
     "dequantize_activation",
     "dequantize_features",
+    "dequantize_frames",
     "dequantize_rowwise",
     "fake_quantize_rowwise",
     "fake_quantize_ste",

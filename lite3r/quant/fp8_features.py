@@ -8,7 +8,9 @@ enable it only where that measurement says the accuracy allows.
 
 ``quantize_features`` walks lists, tuples, dicts and dataclasses and replaces every floating tensor
 with ≥ 2 dims by a ``QuantizedActivation`` (per token = per row of the last dim); other values pass
-through. ``dequantize_features`` undoes it.
+through. ``dequantize_features`` undoes it; ``dequantize_frames`` undoes it for a range of frames
+only (dim 1 of [B, S, ...] tensors), so per-frame heads can work chunk by chunk without ever holding
+all features in bf16 or float32 at once.
 """
 
 from __future__ import annotations
@@ -68,6 +70,27 @@ def dequantize_features(features, dtype: torch.dtype = torch.bfloat16):
     )
 
 
+def dequantize_frames(features, start: int, stop: int, dtype: torch.dtype = torch.bfloat16):
+    """Frames ``start:stop`` (dim 1) of every tensor / FP8 carrier in ``features``, as ``dtype`` tensors.
+
+    Plain tensors are sliced (views); carriers are dequantised for those frames only.
+    """
+
+    def fn(t):
+        if isinstance(t, QuantizedActivation):
+            shape = tuple(t.shape)
+            if len(shape) < 3:
+                raise ValueError(f"dequantize_frames needs [B, S, ..., C] carriers, got shape {shape}")
+            q = t.data.view(*shape)[:, start:stop]
+            scale = t.scale.view(*shape[:-1], 1)[:, start:stop]
+            return (q.float() * scale).to(dtype)
+        if isinstance(t, torch.Tensor) and t.dim() >= 2:
+            return t[:, start:stop]
+        return t
+
+    return _map(features, fn)
+
+
 def feature_bytes(features) -> int:
     """Bytes held by the tensors and FP8 carriers in ``features`` (shared tensors counted once)."""
     seen: set[int] = set()
@@ -87,4 +110,11 @@ def feature_bytes(features) -> int:
     return total
 
 
-__all__ = ["dequantize_features", "feature_bytes", "fp8_bytes", "quantize_features", "quantize_tensor"]
+__all__ = [
+    "dequantize_features",
+    "dequantize_frames",
+    "feature_bytes",
+    "fp8_bytes",
+    "quantize_features",
+    "quantize_tensor",
+]
