@@ -27,7 +27,7 @@ def test_parse_variants():
     assert (d.label, d.precision, d.attention, d.compile) == ("dense", "bf16", "dense", "none")
     v = parse_variant("lite3r:fp8:sla0.1:compile")
     assert (v.precision, v.attention, v.keep, v.compile) == ("fp8", "sla", 0.1, "default")
-    assert v.sla_config() == {"keep": 0.1}
+    assert v.sla_config().keep_ratio == 0.1 and d.sla_config() is None  # a lite3r.convert.Lite3RConfig
     assert parse_variant("lite3r:bf16").attention == "sla"  # the label implies SLA unless told otherwise
     assert parse_variant("lite3r:bf16:dense").attention == "dense"
     c = parse_variant("x:fp32:cudagraphs:sdpa=math:chunk=4")
@@ -153,18 +153,23 @@ def test_bench_cpu_sweep_writes_json_markdown_and_plot(tmp_path, capsys):
     out = tmp_path / "bench"
     argv = [
         "bench", "--model", CONFIG, "--frames", "2", "3", "--image-size", "28", "--warmup", "0", "--iters", "2",
-        "--device", "cpu", "--variant", "dense:fp32", "--variant", "other:fp32", "--out", str(out), "--name", "b",
+        "--device", "cpu", "--variant", "dense:fp32", "--variant", "lite3r:fp32:sla0.5", "--out", str(out), "--name", "b",
         "--heads", "cameras-depth",
     ]  # fmt: skip
     assert main(argv) == 0
     data = json.loads((out / "b.json").read_text())
     rows = data["results"]["rows"]
     assert [(r["variant"], r["frames"], r["status"]) for r in rows] == [
-        ("dense", 2, "ok"), ("dense", 3, "ok"), ("other", 2, "ok"), ("other", 3, "ok")
+        ("dense", 2, "ok"), ("dense", 3, "ok"), ("lite3r", 2, "ok"), ("lite3r", 3, "ok")
     ]  # fmt: skip
     assert rows[0]["timer"].startswith("wall_clock_cpu") and rows[0]["latency_ms"]["runs"] == 2
     assert "speedup_vs_baseline" in rows[2] and "speedup_vs_baseline" not in rows[0]
-    assert data["provenance"]["torch"] and data["results"]["baseline"] == "dense"
+    assert rows[0]["attention"].startswith("dense") and rows[2]["attention"].startswith(
+        "SLA"
+    )  # via lite3r.convert
+    assert (
+        data["provenance"]["torch"] and data["results"]["baseline"] == "dense" and data["results"]["complete"]
+    )
     assert (out / "b.md").read_text().count("| dense |") == 2
     assert (out / "b.png").stat().st_size > 1000
     capsys.readouterr()

@@ -288,7 +288,6 @@ def run(args) -> int:
     import torch
 
     from lite3r.errors import InputError
-    from lite3r.eval.cli import _load_provenance
     from lite3r.eval.variants import ModelSource, parse_variants
 
     variants = parse_variants(args.variant or ["dense:bf16", "lite3r:bf16:sla"])
@@ -308,47 +307,64 @@ def run(args) -> int:
     hw = _image_size(args, source)
     frames = sorted(set(args.frames))
 
-    rows: list[dict] = []
-    for v in variants:
-        rows += measure_variant(source, v, frames, hw, args, device)
-    add_ratios(rows, variants[0].label)
-
     out = Path(args.out or os.environ.get("OUT") or "benchmarks/results")
     stem = args.name or f"bench_{Path(args.model).stem}_{hw[0]}x{hw[1]}"
     title = f"{Path(args.model).stem} · {hw[0]}×{hw[1]} · {device}"
-    results = {
+    header = {
         "model": source.describe(),
         "device": device,
         "image_size": list(hw),
         "heads": args.heads,
         "warmup": args.warmup,
         "iters": args.iters,
+        "untimed_runs_before_warmup": 2 if device.startswith("cuda") else 0,
         "baseline": variants[0].label,
         "variants": [v.to_dict() for v in variants],
         "tf32_global": {
             "matmul": torch.backends.cuda.matmul.allow_tf32,
             "cudnn": torch.backends.cudnn.allow_tf32,
         },
-        "rows": rows,
     }
+    rows: list[dict] = []
+    for i, v in enumerate(variants):
+        rows += measure_variant(source, v, frames, hw, args, device)
+        add_ratios(rows, variants[0].label)
+        # written after every variant, so a run stopped by a time limit keeps what it measured
+        md = _write(
+            out,
+            stem,
+            title,
+            {**header, "complete": i == len(variants) - 1, "rows": rows},
+            rows,
+            plot_png=not args.no_plot,
+        )
+    print(md)
+    print(f"wrote {out / (stem + '.json')}")
+    return 0
+
+
+def _write(out: Path, stem: str, title: str, results: dict, rows: list[dict], plot_png: bool) -> str:
+    """JSON (with provenance) + markdown (+ PNG) of the rows so far; returns the markdown."""
+    import json
+
+    from lite3r.eval.cli import _load_provenance
+
     md = f"### {title}\n\n" + table_markdown(rows)
-    prov = _load_provenance()
+    if not results.get("complete"):
+        md += "\n(partial: not every variant has run yet)\n"
     out.mkdir(parents=True, exist_ok=True)
+    prov = _load_provenance()
     if prov is not None:
         prov.write_result(out / f"{stem}.json", results, md)
     else:
-        import json
-
         log.warning("benchmarks/provenance.py not found: writing results without provenance")
         (out / f"{stem}.json").write_text(
             json.dumps({"provenance": None, "results": results}, indent=2, default=float)
         )
         (out / f"{stem}.md").write_text(md)
-    if not args.no_plot:
+    if plot_png:
         plot(rows, out / f"{stem}.png", title)
-    print(md)
-    print(f"wrote {out / (stem + '.json')}")
-    return 0
+    return md
 
 
 def _image_size(args, source) -> tuple[int, int]:

@@ -41,10 +41,14 @@ class VariantSpec:
     frames_chunk_size: int = 8
     text: str = ""
 
-    def sla_config(self) -> dict | None:
-        if self.attention != "sla":
+    def sla_config(self):
+        """The ``lite3r.convert.Lite3RConfig`` for a bare conversion (None: dense, or an adapter, whose
+        own conversion config is used)."""
+        if self.attention != "sla" or self.adapter is not None:
             return None
-        return {k: v for k, v in (("keep", self.keep), ("adapter", self.adapter)) if v is not None}
+        from lite3r.convert import Lite3RConfig
+
+        return Lite3RConfig(keep_ratio=self.keep)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -185,16 +189,23 @@ def build_reconstructor(source: ModelSource, variant: VariantSpec, device, input
     from lite3r.engine.reconstructor import Reconstructor
 
     model, spec = build_model(source, device)
+    attention = variant.attention
+    if variant.adapter is not None:
+        # The adapter carries its own conversion config and is tied to these exact base weights.
+        from lite3r.adapters import base_hash_of, load_adapter
+
+        model = load_adapter(model, variant.adapter, base_hash_of(model))
+        attention = "dense"  # already converted: the engine only sets the SDPA backend and dtypes
     kwargs = {}
     if spec is not None:
         kwargs = {"preprocess_rule": spec.preprocessing, "input_size": input_size or spec.default_input_size}
     elif input_size is not None:
         kwargs = {"input_size": input_size}
-    return Reconstructor(
+    rc = Reconstructor(
         model,
         precision=variant.precision,
         device=device,
-        attention=variant.attention,
+        attention=attention,
         sla=variant.sla_config(),
         compile=variant.compile,
         frames_chunk_size=variant.frames_chunk_size,
@@ -202,3 +213,7 @@ def build_reconstructor(source: ModelSource, variant: VariantSpec, device, input
         sdpa_backend=variant.sdpa_backend,
         **kwargs,
     )
+    if variant.adapter is not None:  # name the path that runs (the engine saw a converted model)
+        desc = getattr(rc.model, "attention_description", None)
+        rc.attention = f"{desc() if callable(desc) else desc} · adapter {Path(variant.adapter).name}"
+    return rc
