@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 from conftest import PARITY_DIR
-from eval_fixtures import make_blendedmvs
+from eval_fixtures import make_blendedmvs, make_dtu64
 
 from lite3r.cli import build_parser, main
 from lite3r.errors import InputError
@@ -143,6 +143,27 @@ def test_eval_oracle_scores_perfectly_and_constant_does_not(bmvs, tmp_path, caps
     assert main([*common, "--model", "baseline:constant", "--out", str(tmp_path / "c")]) == 0
     c = json.loads((tmp_path / "c" / "summary.json").read_text())["summary"]["constant"]
     assert c["pose.auc@30"]["mean"] < 100 and c["depth.lsq_scene.abs_rel"]["mean"] > 0
+    capsys.readouterr()
+
+
+def test_eval_pose_only_dataset_and_reference_protocol(tmp_path, capsys):
+    root = make_dtu64(tmp_path / "d64")
+    out = tmp_path / "d"
+    argv = ["eval", "--dataset", "dtu64", "--root", str(root), "--scenes", "24", "--views", "5",
+            "--model", "baseline:oracle", "--input-size", "28", "--bootstrap", "20", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    s = summary["summary"]["oracle"]
+    assert s["pose.auc@3"]["mean"] == pytest.approx(100.0) and not any(k.startswith("depth.") for k in s)
+    assert json.loads((out / "manifest.json").read_text())["samples"][0]["views"] == [33, 0, 1, 2, 40]
+
+    from lite3r.eval.cli import _apply_protocol
+
+    args = build_parser().parse_args(["eval", "--dataset", "blendedmvs", "--root", "x", "--out", "o",
+                                      "--protocol", "lite3r-reference"])  # fmt: skip
+    _apply_protocol(args)
+    assert (args.views, args.strategy, args.eval_crop, args.normalization, args.gt_mask, args.split,
+            args.max_samples) == (2, "random", 518, "lite3r_reference", "lite3r_reference", "all", 32)  # fmt: skip
     capsys.readouterr()
 
 
