@@ -346,6 +346,17 @@ def test_evaluate_sample_sim3_transformed_prediction_scores_perfectly(rng):
     assert "depth.lsq_scene.abs_rel" in flat and "lite3r_reference.fscore_5cm" in flat
 
 
+def test_pixel_points_match_dense_unprojection(rng):
+    from lite3r.eval.evaluate import pixel_points
+
+    gt = make_gt(rng)
+    dense = unproject_depth(gt.depth, gt.extrinsics, gt.intrinsics)
+    pix = (np.array([0, 3, 2]), np.array([5, 11, 0]), np.array([15, 2, 7]))
+    np.testing.assert_allclose(
+        pixel_points(gt.depth, gt.intrinsics, gt.extrinsics, pix), dense[pix], atol=1e-12
+    )
+
+
 def test_evaluate_sample_pose_only_and_shape_errors(rng):
     gt = make_gt(rng)
     pose_only = GroundTruth(gt.extrinsics, gt.intrinsics)

@@ -220,27 +220,33 @@ def add_ratios(rows: list[dict], baseline: str) -> None:
 
 def table_markdown(rows: list[dict]) -> str:
     gib = 2**30
+
+    def num(x, fmt):
+        return "–" if x is None else fmt.format(x)
+
     lines = [
-        "| variant | frames | median ms | p10–p90 ms | speed-up | peak GiB | weights GiB | activations GiB | attention | precision |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | frames | median ms | p10–p90 ms | speed-up | peak GiB | peak ratio | weights GiB "
+        "| activations GiB | attention | precision |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        head = f"| {r['variant']} | {r['frames']} | "
+        tail = f" | {r['attention']} | {r['precision']} |"
         if r.get("status") != "ok":
-            lines.append(
-                f"| {r['variant']} | {r['frames']} | {r['status']} | | | | | | {r['attention']} | {r['precision']} |"
-            )
+            lines.append(head + " | ".join([r["status"]] + [""] * 6) + tail)
             continue
         lat = r["latency_ms"]
-        sp = r.get("speedup_vs_baseline")
-        pk = r.get("peak_bytes")
-        wb = r.get("weights_allocated_bytes")
-        ab = r.get("activation_peak_bytes")
-        lines.append(
-            f"| {r['variant']} | {r['frames']} | {lat['median']:.2f} | {lat['p10']:.2f}–{lat['p90']:.2f} | "
-            f"{'–' if sp is None else f'{sp:.2f}×'} | {'–' if pk is None else f'{pk / gib:.2f}'} | "
-            f"{'–' if wb is None else f'{wb / gib:.2f}'} | {'–' if ab is None else f'{ab / gib:.2f}'} | "
-            f"{r['attention']} | {r['precision']} |"
-        )
+        pk, wb, ab = r.get("peak_bytes"), r.get("weights_allocated_bytes"), r.get("activation_peak_bytes")
+        cells = [
+            f"{lat['median']:.2f}",
+            f"{lat['p10']:.2f}–{lat['p90']:.2f}",
+            num(r.get("speedup_vs_baseline"), "{:.2f}×"),
+            num(None if pk is None else pk / gib, "{:.2f}"),
+            num(r.get("peak_memory_ratio_vs_baseline"), "{:.2f}×"),
+            num(None if wb is None else wb / gib, "{:.2f}"),
+            num(None if ab is None else ab / gib, "{:.2f}"),
+        ]
+        lines.append(head + " | ".join(cells) + tail)
     return "\n".join(lines) + "\n"
 
 

@@ -24,7 +24,6 @@ import numpy as np
 
 from lite3r.eval import metrics as M
 from lite3r.eval.align import Sim3, align_cameras, umeyama
-from lite3r.geometry import unproject_depth
 
 __all__ = ["GroundTruth", "MetricConfig", "Prediction", "evaluate_sample", "flatten"]
 
@@ -103,10 +102,40 @@ def _thresholds(diag: float, cfg: MetricConfig) -> dict[str, float]:
     return th
 
 
+def pixel_points(depth: np.ndarray, K: np.ndarray, E: np.ndarray, pix: tuple) -> np.ndarray:
+    """World points [N, 3] (float64) of the pixels ``pix`` = (view, row, col) index arrays.
+
+    The same formula as :func:`lite3r.geometry.unproject_depth` (integer pixel grid, X_world =
+    Rᵀ(X_cam − t)) evaluated only at the given pixels, so clouds of many views never need a dense
+    [S, H, W, 3] float64 array."""
+    s, v, u = pix
+    d = np.asarray(depth[s, v, u], np.float64)
+    K = _f64(K)[s]
+    E = _f64(E)[s]
+    cam = np.stack([(u - K[:, 0, 2]) * d / K[:, 0, 0], (v - K[:, 1, 2]) * d / K[:, 1, 1], d], axis=1)
+    return np.einsum("nji,nj->ni", E[:, :, :3], cam - E[:, :, 3])
+
+
+def _pick(pix: tuple, max_points: int | None, seed: int) -> tuple:
+    idx = M.subsample_indices(len(pix[0]), max_points, seed)
+    return tuple(a[idx] for a in pix)
+
+
+def gt_scene_diagonal(gt: GroundTruth, mask: np.ndarray) -> float:
+    """Bounding-box diagonal of every valid GT point (computed view by view)."""
+    lo, hi = np.full(3, np.inf), np.full(3, -np.inf)
+    for i in range(mask.shape[0]):
+        v, u = np.nonzero(mask[i])
+        if v.size == 0:
+            continue
+        p = pixel_points(gt.depth, gt.intrinsics, gt.extrinsics, (np.full(v.size, i), v, u))
+        lo, hi = np.minimum(lo, p.min(0)), np.maximum(hi, p.max(0))
+    return float(np.linalg.norm(hi - lo)) if np.isfinite(lo).all() else 0.0
+
+
 def _point_alignment(pred_pts, gt_pts, pred: Prediction, gt: GroundTruth, cfg: MetricConfig) -> Sim3:
     if cfg.point_alignment == "points":
-        idx = M.subsample_indices(len(pred_pts), cfg.align_max_points, cfg.seed)
-        return umeyama(pred_pts[idx], gt_pts[idx])
+        return umeyama(pred_pts, gt_pts)
     if cfg.point_alignment in ("centers", "centers_ransac"):
         return align_cameras(
             pred.extrinsics,
@@ -118,61 +147,56 @@ def _point_alignment(pred_pts, gt_pts, pred: Prediction, gt: GroundTruth, cfg: M
     raise ValueError(f"unknown point alignment {cfg.point_alignment!r}")
 
 
-def _point_metrics(pred: Prediction, gt: GroundTruth, gt_world: np.ndarray, mask: np.ndarray, cfg) -> dict:
-    out: dict = {}
-    diag = M.scene_diagonal(gt_world[mask])
-    out["diagonal"] = diag
+def _point_metrics(pred: Prediction, gt: GroundTruth, mask: np.ndarray, diag: float, cfg) -> dict:
+    out: dict = {"diagonal": diag}
     th = _thresholds(diag, cfg)
+    gt_pix = _pick(np.nonzero(mask), cfg.max_points, cfg.seed + 1)
+    gt_cloud = pixel_points(gt.depth, gt.intrinsics, gt.extrinsics, gt_pix)
     sources = []
     if "depth" in cfg.point_sources:
-        sources.append(
-            (
-                "depth",
-                unproject_depth(_f64(pred.depth), _f64(pred.extrinsics), _f64(pred.intrinsics)),
-                pred.depth_conf,
-            )
-        )
+        depth = np.asarray(pred.depth)
+        get = lambda pix, d=depth: pixel_points(d, pred.intrinsics, pred.extrinsics, pix)
+        sources.append(("depth", np.isfinite(depth) & (depth > 0), get, pred.depth_conf))
     if "points" in cfg.point_sources and pred.world_points is not None:
-        sources.append(("points", np.asarray(pred.world_points, np.float64), pred.world_points_conf))
-    for name, pts, conf in sources:
-        usable = mask & np.isfinite(pts).all(-1)
+        wp = np.asarray(pred.world_points)
+        get = lambda pix, w=wp: np.asarray(w[pix], np.float64)
+        sources.append(("points", np.isfinite(wp).all(-1), get, pred.world_points_conf))
+    for name, finite, points_at, conf in sources:
+        usable = mask & finite
         res: dict = {}
+        align_pix = _pick(np.nonzero(usable), cfg.align_max_points, cfg.seed)
         try:
-            sim = _point_alignment(pts[usable], gt_world[usable], pred, gt, cfg)
+            gt_at = pixel_points(gt.depth, gt.intrinsics, gt.extrinsics, align_pix)
+            sim = _point_alignment(points_at(align_pix), gt_at, pred, gt, cfg)
         except ValueError as exc:  # degenerate (too few points / cameras): metrics undefined
             out[name] = {"error": str(exc)}
             continue
         res["alignment"] = {"method": cfg.point_alignment, **sim.to_dict()}
-        aligned = sim.apply(pts)
         filters = [("all", usable)]
         if conf is not None:
-            filters.append(
-                (
-                    f"conf{round(cfg.conf_fraction * 100)}",
-                    M.top_fraction_mask(conf, cfg.conf_fraction, usable),
-                )
-            )
-        gt_cloud = M.subsample(gt_world[mask], cfg.max_points, cfg.seed + 1)
+            top = M.top_fraction_mask(conf, cfg.conf_fraction, usable)
+            filters.append((f"conf{round(cfg.conf_fraction * 100)}", top))
         for fname, fmask in filters:
-            pc = M.subsample(aligned[fmask], cfg.max_points, cfg.seed)
-            res[fname] = M.chamfer_fscore(pc, gt_cloud, th)
+            pix = _pick(np.nonzero(fmask), cfg.max_points, cfg.seed)
+            res[fname] = M.chamfer_fscore(sim.apply(points_at(pix)), gt_cloud, th)
+            res[fname]["n_pixels"] = int(fmask.sum())
         out[name] = res
     return out
 
 
 def _reference_geometry(pred: Prediction, gt: GroundTruth, mask: np.ndarray, cfg: MetricConfig) -> dict:
     """Reference geometry: both clouds in their own view-0 camera frame, no alignment, all finite
-    predicted pixels vs valid GT pixels."""
-    pe = M.view0_relative(np.asarray(pred.extrinsics, np.float64))
-    ge = M.view0_relative(np.asarray(gt.extrinsics, np.float64))
-    pp = unproject_depth(_f64(pred.depth), pe, _f64(pred.intrinsics)).reshape(-1, 3)
-    pp = pp[np.isfinite(pp).all(1)]
-    gp = unproject_depth(np.where(mask, gt.depth, 0.0).astype(np.float64), ge, _f64(gt.intrinsics))[mask]
+    predicted pixels vs valid GT pixels, each subsampled to ``reference_max_points``."""
+    pe = M.view0_relative(_f64(pred.extrinsics))
+    ge = M.view0_relative(_f64(gt.extrinsics))
+    depth = np.asarray(pred.depth)
+    pred_pix = _pick(np.nonzero(np.isfinite(depth)), cfg.reference_max_points, cfg.seed)
+    gt_pix = _pick(np.nonzero(mask), cfg.reference_max_points, cfg.seed + 1)
+    pp = pixel_points(depth, pred.intrinsics, pe, pred_pix)
+    gp = pixel_points(gt.depth, gt.intrinsics, ge, gt_pix)
     return {
-        "chamfer_l2": M.lite3r_reference_chamfer_l2(pp, gp, cfg.reference_max_points, cfg.seed),
-        "fscore_5cm": M.lite3r_reference_fscore(
-            pp, gp, cfg.reference_tau, cfg.reference_max_points, cfg.seed
-        ),
+        "chamfer_l2": M.lite3r_reference_chamfer_l2(pp, gp, None, cfg.seed),
+        "fscore_5cm": M.lite3r_reference_fscore(pp, gp, cfg.reference_tau, None, cfg.seed),
     }
 
 
@@ -187,21 +211,17 @@ def evaluate_sample(pred: Prediction, gt: GroundTruth, cfg: MetricConfig | None 
     out["pose"] = M.pose_metrics(pred.extrinsics, gt.extrinsics, cfg.pose_thresholds)
     mask = gt.valid_mask() if gt.has_depth else None
     diag = None
-    gt_world = None
     if gt.has_depth:
         if pred.depth.shape != gt.depth.shape:
             raise ValueError(
                 f"predicted depth {pred.depth.shape} and GT depth {gt.depth.shape} differ: the evaluation "
                 "must run the model at the GT resolution"
             )
-        gt_world = unproject_depth(
-            np.where(mask, _f64(gt.depth), 0.0), _f64(gt.extrinsics), _f64(gt.intrinsics)
-        )
-        diag = M.scene_diagonal(gt_world[mask])
+        diag = gt_scene_diagonal(gt, mask)
     out["ate"] = M.ate(pred.extrinsics, gt.extrinsics, cfg.ate_ransac, diag, cfg.seed)
     if gt.has_depth:
         out["depth"] = {p: M.depth_metrics(pred.depth, gt.depth, mask, policy=p) for p in cfg.depth_policies}
-        out["points"] = _point_metrics(pred, gt, gt_world, mask, cfg)
+        out["points"] = _point_metrics(pred, gt, mask, diag, cfg)
     if cfg.lite3r_reference:
         ref: dict = {"pose": M.lite3r_reference_pose_metrics(pred.extrinsics, gt.extrinsics)}
         if gt.has_depth:
