@@ -94,6 +94,23 @@ def hash_state_dict(state: dict[str, torch.Tensor]) -> str:
     return _STATE_PREFIX + h.hexdigest()
 
 
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def base_hash_of(model: nn.Module) -> str:
+    """The base hash for a model as loaded: the hash of the weights file its loader read
+    (``model.load_report.source``, cached by path/size/mtime), else of its state dict (random
+    weights — compute it before any dtype cast or conversion)."""
+    source = getattr(getattr(model, "load_report", None), "source", None)
+    if source and os.path.isfile(source):
+        st = os.stat(source)
+        key = (os.path.realpath(source), st.st_size, st.st_mtime_ns)
+        if key not in _FILE_HASHES:
+            _FILE_HASHES[key] = hash_weights_file(source)
+        return _FILE_HASHES[key]
+    return hash_state_dict(model.state_dict())
+
+
 # ---- the adapter file ------------------------------------------------------------------------------
 @dataclass
 class Adapter:
@@ -193,15 +210,17 @@ def _safetensors_metadata(data: bytes) -> dict[str, str]:
     return header.get("__metadata__", {}) or {}
 
 
-def load_adapter(model: nn.Module, path: str | os.PathLike, base_hash: str) -> nn.Module:
+def load_adapter(model: nn.Module, path: str | os.PathLike, base_hash: str | None = None) -> nn.Module:
     """Convert dense ``model`` per the adapter's conversion config and load the trained tensors.
 
     ``base_hash`` is the hash of the weights ``model`` was loaded from (:func:`hash_weights_file`, or
-    :func:`hash_state_dict` for a random-weight base). An adapter made for other weights is refused:
-    its tensors were fitted to those weights and would silently degrade these. Returns the converted
-    model (the conversion may replace modules in place).
+    :func:`hash_state_dict` for a random-weight base); None → :func:`base_hash_of` (``model``). An
+    adapter made for other weights is refused: its tensors were fitted to those weights and would
+    silently degrade these. Returns the converted model (the conversion may replace modules in place).
     """
     adapter = read_adapter(path)
+    if base_hash is None:
+        base_hash = base_hash_of(model)
     if adapter.base_hash != base_hash:
         raise CheckpointError(
             f"adapter {adapter.path} was trained on a different base model "

@@ -9,8 +9,6 @@ real components replace them where the real modules exist.
 
 from __future__ import annotations
 
-import fnmatch
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -132,7 +130,7 @@ def toy_qat(model: nn.Module, qat) -> nn.Module:
     for root in roots:
         for name, m in list(model.get_submodule(root).named_modules()):
             full = f"{root}.{name}" if root else name
-            if type(m) is nn.Linear and not any(fnmatch.fnmatchcase(full, p) for p in qat.skip):
+            if type(m) is nn.Linear and not any(p in full for p in qat.skip):
                 m.__class__ = ToyFP8Linear
     return model
 
@@ -150,23 +148,26 @@ def toy_loss(preds, batch, loss_cfg):
 
 
 class ToyScenes:
+    """Random scenes; micro-batch / scene ``g`` is a pure function of (seed, split, g)."""
+
     def __init__(self, split: str, seed: int, size: int = 8) -> None:
         self.offset = {"train": 0, "val": 10_000_000, "test": 20_000_000}[split]
         self.seed, self.size = seed, size
 
-    def get(self, index: int, views: int) -> dict[str, np.ndarray]:
-        rng = sample_rng(self.seed, 7, self.offset + index)
-        S, H = views, self.size
-        depth = rng.uniform(1, 3, (S, H, H)).astype(np.float32)
-        ext = np.tile(np.eye(4, dtype=np.float32)[:3], (S, 1, 1))
-        ext[:, :, 3] = rng.normal(0, 0.3, (S, 3))
-        return {
-            "images": rng.uniform(0, 1, (S, 3, H, H)).astype(np.float32),
+    def batch(self, g: int, batch_size: int, views: tuple[int, int]) -> dict[str, torch.Tensor]:
+        rng = sample_rng(self.seed, 7, self.offset + g)
+        B, S, H = batch_size, int(rng.integers(views[0], views[1] + 1)), self.size
+        depth = rng.uniform(1, 3, (B, S, H, H)).astype(np.float32)
+        ext = np.tile(np.eye(4, dtype=np.float32)[:3], (B, S, 1, 1))
+        ext[..., 3] = rng.normal(0, 0.3, (B, S, 3))
+        out = {
+            "images": rng.uniform(0, 1, (B, S, 3, H, H)).astype(np.float32),
             "depth": depth,
             "valid": depth > 1.2,
             "extrinsics": ext,
-            "intrinsics": np.tile(np.eye(3, dtype=np.float32), (S, 1, 1)),
+            "intrinsics": np.tile(np.eye(3, dtype=np.float32), (B, S, 1, 1)),
         }
+        return {k: torch.from_numpy(v) for k, v in out.items()}
 
 
 def toy_metrics(preds, batch):
@@ -186,7 +187,7 @@ def components() -> Components:
         convert=toy_convert,
         apply_qat=toy_qat,
         task_loss=toy_loss,
-        make_dataset=lambda data_cfg, split, seed: ToyScenes(split, seed, data_cfg.image_size),
+        make_dataset=lambda data_cfg, split, seed, device: ToyScenes(split, seed, data_cfg.image_size),
         batch_metrics=toy_metrics,
     )
 

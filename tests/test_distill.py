@@ -102,7 +102,7 @@ def test_kd_loss_is_zero_without_conversion_effect(tmp_path):
         p.data.zero_()
     d.student.global_blocks[0].attn.attend = d.teacher.global_blocks[0].attn.attend
     d.student.global_blocks[1].attn.attend = d.teacher.global_blocks[1].attn.attend
-    batch = d.prepare_batch(MicroBatches(d._train_data, 1, (2, 2), 0)[0])
+    batch = d.prepare_batch(MicroBatches(d._train_data, 1, (2, 2))[0])
     _, terms, _, _ = d.losses(batch, kd_gamma=0.1)
     assert float(terms["kd"]) == 0.0
 
@@ -126,7 +126,7 @@ def test_run_writes_adapter_config_and_log(tmp_path):
     }
     assert adapter.conversion == {"sites": ["global"]} and adapter.step == 6
     assert adapter.base_hash.startswith("sha256-state:") and adapter.config["seed"] == 3
-    assert adapter.precision["fp8_qat"] and adapter.precision["qat_skip"] == ["*proj_lin*"]
+    assert adapter.precision["fp8_qat"] and adapter.precision["qat_skip"] == ["proj_lin"]
     assert result.adapter.stat().st_size < 10_000
     assert (tmp_path / "config.yaml").exists() and len(
         (tmp_path / "log.jsonl").read_text().splitlines()
@@ -168,7 +168,7 @@ def test_activation_checkpointing_same_gradients(tmp_path):
     for ckpt in (False, True):
         d = Distiller(ds.config(tmp_path, **{"precision.activation_checkpointing": ckpt}), ds.components())
         assert d.checkpointed_blocks == (4 if ckpt else 0)
-        batch = d.prepare_batch(MicroBatches(d._train_data, 1, (2, 2), 0)[0])
+        batch = d.prepare_batch(MicroBatches(d._train_data, 1, (2, 2))[0])
         total, _, _, rec = d.losses(batch, kd_gamma=0.1)
         total.backward()
         # the recorder saw the forward pass only (not the recomputation in backward)
@@ -182,9 +182,11 @@ def test_data_order_independent_of_ranks_and_accumulation():
     two = sorted(list(RankSampler(0, 3, 1, DistInfo(0, 2))) + list(RankSampler(0, 3, 1, DistInfo(1, 2))))
     assert one == two == list(range(6))
     assert list(RankSampler(2, 3, 2, DistInfo())) == [4, 5]
-    data = MicroBatches(ds.ToyScenes("train", 0), 2, (2, 5), seed=0)
+    data = MicroBatches(ds.ToyScenes("train", 0), 2, (2, 5))
     a, b = data[7], data[7]
-    assert a["images"].shape[:2] == (2, data.num_views(7)) and torch.equal(a["images"], b["images"])
+    assert (
+        a["images"].shape[0] == 2 and 2 <= a["images"].shape[1] <= 5 and torch.equal(a["images"], b["images"])
+    )
 
 
 def test_canonicalise_to_view0():

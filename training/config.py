@@ -31,6 +31,9 @@ class ModelConfig:
     weights: str | None = None  # weights file; None → the registry's default for `name`
     random_init: bool = False  # seeded random weights instead of a checkpoint (tests, memory checks)
     init_seed: int = 0
+    # The family's model config (e.g. VGGTConfig.to_dict()) for random_init; None → the registry's
+    # config for `name` (VGGT-1B has one; lite3r-tiny's comes with its weights).
+    config: dict[str, Any] | None = None
 
 
 @dataclass
@@ -38,11 +41,12 @@ class QATConfig:
     """FP8 fake quantisation of the student's Linears (E4M3, per-token / per-row, as the kernel)."""
 
     enabled: bool = True
-    # Which Linears: "trunk" (the model's trunk_modules()), "all", or a list of fnmatch patterns on
-    # qualified module names.
+    # Which Linears: "trunk" (those under the model's trunk_modules(), what deployment runs in FP8),
+    # "all", or a list of qualified module names whose Linears are wrapped.
     modules: str | list[str] = "trunk"
-    # One policy for training and deployment (method.md C2): proj_lin stays bf16 in both.
-    skip: list[str] = field(default_factory=lambda: ["*proj_lin*"])
+    # Substrings of qualified names left unquantised. One policy for training and deployment
+    # (method.md C2): proj_lin stays bf16 in both (lite3r.quant.selection.DEFAULT_SKIP).
+    skip: list[str] = field(default_factory=lambda: ["proj_lin"])
 
 
 @dataclass

@@ -29,14 +29,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
 from lite3r.adapters import atomic_write_bytes, save_adapter
-from lite3r.errors import CheckpointError, InputError
+from lite3r.errors import CheckpointError, InputError, UnsupportedError
 
 from .config import DataConfig, DistillRunConfig, LossConfig, ModelConfig, QATConfig
 from .ddp import DistInfo, any_rank, average_gradients, broadcast_tensors, mean_over_ranks
@@ -71,7 +71,9 @@ class Components:
     convert: Callable[[nn.Module, dict[str, Any]], nn.Module]
     apply_qat: Callable[[nn.Module, QATConfig], nn.Module]
     task_loss: Callable[[dict[str, Any], dict[str, torch.Tensor], LossConfig], tuple[torch.Tensor, dict]]
-    make_dataset: Callable[[DataConfig, str, int], Any]  # (data config, split, seed) → scenes by index
+    # (data config, split, run seed, device) → Scenes; the device is where scenes are made when the
+    # data are generated in the training process (num_workers = 0), e.g. the GPU renderer.
+    make_dataset: Callable[[DataConfig, str, int, torch.device], Scenes]
     batch_metrics: Callable[[dict[str, Any], dict[str, torch.Tensor]], dict[str, float]] | None = None
 
 
@@ -231,35 +233,40 @@ def attention_site_modules(model: nn.Module, site_names: list[str] | None, conve
 
 
 # ---- data ------------------------------------------------------------------------------------------
+class Scenes(Protocol):
+    """A split as the distiller reads it (implemented in :mod:`lite3r.training.components`).
+
+    ``batch(g, batch_size, views)`` → {"images" [B,S,3,H,W] in [0, 1], "depth" [B,S,H,W] (0 =
+    invalid), "valid" [B,S,H,W] bool, "extrinsics" [B,S,3,4] world→camera (any world frame),
+    "intrinsics" [B,S,3,3], optionally "world_points" [B,S,H,W,3]}. For the training split ``g`` is the
+    global micro-batch id and the view count is drawn in the inclusive range ``views``; for held-out
+    splits ``g`` is the scene index and ``views`` is (S, S).
+    """
+
+    def batch(self, g: int, batch_size: int, views: tuple[int, int]) -> dict[str, torch.Tensor]: ...
+
+
 def sample_rng(seed: int, *parts: int) -> np.random.Generator:
     """An RNG owned by one sample: a pure function of the run seed and the sample's coordinates."""
     return np.random.default_rng(np.random.SeedSequence([seed & 0xFFFFFFFF, *parts]))
 
 
 class MicroBatches(torch.utils.data.Dataset):
-    """Micro-batch ``g`` of a split: ``batch_size`` scenes with the same view count, all from indices.
+    """Micro-batch ``g`` of the training split: ``scenes.batch(g, batch_size, views)``.
 
-    Micro-batch ``g`` holds scenes ``g·B … g·B + B − 1`` and its view count is drawn from an RNG owned
-    by ``g``, so the data do not depend on worker count, rank count or where a run was resumed.
+    ``scenes`` maps a global micro-batch id to its scenes and view count as a pure function of the
+    run seed and ``g`` (see :class:`Scenes`), so the data do not depend on the number of workers or
+    ranks, nor on where a run was resumed.
     """
 
-    def __init__(self, scenes, batch_size: int, views: tuple[int, int], seed: int) -> None:
-        self.scenes = scenes
-        self.batch_size = batch_size
-        self.views = views
-        self.seed = seed
-
-    def num_views(self, g: int) -> int:
-        lo, hi = self.views
-        return int(sample_rng(self.seed, 1, g).integers(lo, hi + 1))
+    def __init__(self, scenes, batch_size: int, views: tuple[int, int]) -> None:
+        self.scenes, self.batch_size, self.views = scenes, batch_size, views
 
     def __len__(self) -> int:
         return 2**62  # indices are unbounded; the sampler decides which ones a rank reads
 
     def __getitem__(self, g: int) -> dict[str, torch.Tensor]:
-        s = self.num_views(g)
-        items = [self.scenes.get(g * self.batch_size + b, s) for b in range(self.batch_size)]
-        return {k: torch.stack([torch.as_tensor(it[k]) for it in items]) for k in items[0]}
+        return self.scenes.batch(g, self.batch_size, self.views)
 
 
 class RankSampler(torch.utils.data.Sampler):
@@ -387,7 +394,7 @@ class Distiller:
         seed_everything(config.seed)
         self._build_models()
         self._build_optimiser()
-        self._train_data = self.comp.make_dataset(config.data, "train", config.seed)
+        self._train_data = self.comp.make_dataset(config.data, "train", config.seed, self._data_device())
         self._val_data = None
         self._teacher_metrics: dict[str, float] | None = None
 
@@ -558,8 +565,12 @@ class Distiller:
 
     def prepare_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        if "extrinsics" in batch:
-            batch["extrinsics"] = canonicalise_to_view0(batch["extrinsics"])
+        if "world_points" in batch:  # into camera 0's frame, like the poses below
+            e0 = batch["extrinsics"][:, 0].to(batch["world_points"].dtype)  # [B, 3, 4]
+            pts = batch["world_points"]
+            moved = torch.einsum("bij,bshwj->bshwi", e0[:, :, :3], pts) + e0[:, None, None, None, :, 3]
+            batch["world_points"] = torch.where(batch["valid"][..., None], moved, torch.zeros_like(moved))
+        batch["extrinsics"] = canonicalise_to_view0(batch["extrinsics"])
         images = batch["images"]
         if self.input_normalization == "imagenet":
             mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(3, 1, 1)
@@ -602,19 +613,27 @@ class Distiller:
         return total, terms, preds, (rec_s if self.kd_modules else None)
 
     # -- training ---------------------------------------------------------------------------------------
-    def _loader(self, start_step: int):
+    def _data_device(self) -> torch.device:
+        return self.device if self.cfg.data.num_workers == 0 else torch.device("cpu")
+
+    def _loader(self, start_step: int) -> Iterator[dict[str, torch.Tensor]]:
+        """This rank's micro-batches from ``start_step`` on (in-process, or from DataLoader workers)."""
         cfg = self.cfg
-        data = MicroBatches(self._train_data, cfg.data.batch_size, cfg.data.views, cfg.seed)
+        data = MicroBatches(self._train_data, cfg.data.batch_size, cfg.data.views)
         sampler = RankSampler(start_step, cfg.steps, cfg.optim.grad_accum, self.info)
+        if cfg.data.num_workers == 0:
+            return (data[g] for g in sampler)
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.info.rank)
-        return torch.utils.data.DataLoader(
-            data,
-            batch_size=None,
-            sampler=sampler,
-            num_workers=cfg.data.num_workers,
-            worker_init_fn=_seed_worker if cfg.data.num_workers else None,
-            generator=gen,
-            pin_memory=self.device.type == "cuda",
+        return iter(
+            torch.utils.data.DataLoader(
+                data,
+                batch_size=None,
+                sampler=sampler,
+                num_workers=cfg.data.num_workers,
+                worker_init_fn=_seed_worker,
+                generator=gen,
+                pin_memory=self.device.type == "cuda",
+            )
         )
 
     def train_step(self, micro_batches: Iterator[dict[str, torch.Tensor]]) -> dict[str, float]:
@@ -625,6 +644,13 @@ class Distiller:
         for _ in range(A):
             batch = self.prepare_batch(next(micro_batches))
             total, terms, _, rec = self.losses(batch, gamma)
+            if not total.requires_grad:
+                raise UnsupportedError(
+                    "no trainable parameter influences the loss: every converted attention ran its dense "
+                    f"fallback (sequences shorter than 2 key blocks of {self.cfg.conversion.get('block_k', 64)} "
+                    "tokens?) or the trainable tensors are not used",
+                    hint="use more views / larger images, or smaller conversion.block_q / block_k",
+                )
             (total / A).backward()
             if rec is not None:
                 rec.clear()
@@ -679,7 +705,7 @@ class Distiller:
                 "base_hash": self.base_hash,
             }
         )
-        batches = iter(self._loader(start))
+        batches = self._loader(start)
         t0 = time.perf_counter()
         window: list[float] = []
         last = t0
@@ -743,7 +769,7 @@ class Distiller:
         """
         cfg = self.cfg
         if self._val_data is None:
-            self._val_data = self.comp.make_dataset(cfg.data, cfg.eval.split, cfg.seed)
+            self._val_data = self.comp.make_dataset(cfg.data, cfg.eval.split, cfg.seed, self.device)
         need_teacher = self.comp.batch_metrics is not None and self._teacher_metrics is None
         n = cfg.eval.scenes
         mine = range(self.info.rank, n, self.info.world_size)
@@ -755,8 +781,8 @@ class Distiller:
 
         with torch.no_grad():
             for i in mine:
-                scene = self._val_data.get(i, cfg.eval.views)
-                batch = self.prepare_batch({k: torch.as_tensor(v)[None] for k, v in scene.items()})
+                views = (cfg.eval.views, cfg.eval.views)
+                batch = self.prepare_batch(self._val_data.batch(i, 1, views))
                 _, terms, preds, rec = self.losses(batch, kd_gamma=0.0)
                 if rec is not None:
                     rec.clear()
