@@ -1,0 +1,339 @@
+"""Sparse-linear attention vs dense cuDNN SDPA at VGGT global-attention shapes (GPU).
+
+    python benchmarks/bench_sla_attention.py [--frames 8 32 64 128] [--keeps 0.05 0.1 0.2]
+        [--backward-frames 8 32 64] [--select-frames 1000] [--repeats 20] [--out DIR]
+
+Shapes: B = 1, 16 heads × 64, 1,374 tokens per frame (5 special tokens each), bf16; q, k, v are the
+strided views ``MultiHeadAttention.project_qkv`` produces (no copies); blocks 128 × 64; ELU+1
+complement linear branch with the fused projection (the inference path).
+
+Per frame count and kept fraction:
+- ``dense_ms``: cuDNN SDPA forward; ``sla_ms``: the SLA module's ``attend`` (prepare + select + fused
+  kernel, everything the module runs); ``speedup``;
+- ``kernel_ms`` / ``kernel_tflops``: the fused sparse-linear forward kernel alone, with FLOPs counted on
+  the blocks it computes (4·BM·BN·D per selected block pair); ``sparse_only_*``: the same kernel without
+  the linear branch; ``outside_ms`` / ``outside_pct``: module time outside the kernel, split into
+  ``prepare_ms`` and ``select_ms``;
+- backward (``--backward-frames``): dense SDPA backward vs the SLA backward (autograd of the module,
+  dQ + dK/dV kernels, inverse LUT), forward not included.
+Block selection at ``--select-frames`` (default 1,000): time and peak extra device memory of pooling +
+streamed selection (the LUT included), and of the linear-branch block states separately.
+
+Timing: CUDA events, warm-up first (covers Triton autotuning), median of ``--repeats`` (≥ 20) runs.
+Results: JSON + markdown via benchmarks/provenance.py in ``--out`` (default $OUT or
+benchmarks/results), rewritten after every part so a time-out keeps what was measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import markdown_table, write_result
+
+from lite3r.attention.sla import SLAConfig, SparseLinearAttention
+from lite3r.kernels import sla_ops
+
+TOKENS, SPECIAL, HEADS, HEAD_DIM = 1374, 5, 16, 64
+BLOCK_Q, BLOCK_K = 128, 64
+DEVICE, DTYPE = "cuda", torch.bfloat16
+TARGETS = {
+    "outside_pct_at_32_frames_max": 15.0,
+    "speedup_at_64_frames_10pct_min": 8.0,
+    "kernel_tflops_min": 380.0,
+    "backward_speedup_at_64_frames_10pct_min": 5.0,
+    "select_extra_gb_at_1000_frames_max": 2.0,
+}
+
+
+def median_ms(fn, repeats: int, warmup: int = 3, before=None) -> float:
+    """Median CUDA-event time of ``fn()``; ``before()`` runs untimed ahead of every call."""
+    for _ in range(warmup):
+        if before:
+            before()
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(max(20, repeats)):
+        if before:
+            before()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def qkv_views(frames: int, requires_grad: bool = False):
+    """q, k, v [1, H, N, D] as strided views of one [1, N, 3, H, D] tensor, like the model's."""
+    n = frames * TOKENS
+    qkv = torch.randn(1, n, 3, HEADS, HEAD_DIM, device=DEVICE, dtype=DTYPE, requires_grad=requires_grad)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    return qkv, q, k, v
+
+
+def sla_module(keep: float, linear: str = "complement") -> SparseLinearAttention:
+    cfg = SLAConfig(keep_ratio=keep, block_q=BLOCK_Q, block_k=BLOCK_K, linear=linear, backend="triton")
+    m = SparseLinearAttention(HEADS * HEAD_DIM, HEADS, config=cfg, special_tokens_per_frame=SPECIAL)
+    m = m.to(DEVICE).eval()
+    with torch.no_grad():
+        if m.proj_lin is not None:
+            m.proj_lin.weight.normal_(0, 0.02)
+    return m
+
+
+def dense_attention(q, k, v):
+    with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+        return F.scaled_dot_product_attention(q, k, v)
+
+
+def _forward_one(frames: int, keep: float, q, k, v, dense_ms: float, repeats: int) -> dict:
+    n = frames * TOKENS
+    m = sla_module(keep)
+    geom = m.geometry(n, TOKENS)
+    g = sla_ops.geom_to_list(geom)
+    eps, scale = m.config.eps, m.scale
+    empty = q.new_empty(0, dtype=torch.float32)
+    with torch.no_grad():
+        sla_ms = median_ms(partial(m.attend, q, k, v, frame_len=TOKENS), repeats)
+        prepare = partial(sla_ops.sla_prepare_op, q, k, v, g, "elu", "complement")
+        pq, pk, km, sb, zb, st, zt = prepare()
+        prepare_ms = median_ms(prepare, repeats)
+        select = partial(sla_ops.sla_block_select_op, pq, pk, km, g)
+        lut = select()
+        select_ms = median_ms(select, repeats)
+        fused = partial(
+            sla_ops.sla_forward_op, q, k, v, lut, sb, zb, st, zt, m.proj_lin.weight, g,
+            "elu", "complement", eps, scale, True,
+        )  # fmt: skip
+        kernel_ms = median_ms(fused, repeats)
+        sparse = partial(
+            sla_ops.sla_forward_op,
+            q,
+            k,
+            v,
+            lut,
+            empty,
+            empty,
+            empty,
+            empty,
+            None,
+            g,
+            "elu",
+            "none",
+            eps,
+            scale,
+            True,
+        )
+        sparse_ms = median_ms(sparse, repeats)
+    flops = 4 * HEADS * geom.n_qblocks * geom.topk * geom.block_q * geom.block_k * HEAD_DIM
+    return {
+        "frames": frames,
+        "tokens": n,
+        "keep": keep,
+        "kept_blocks": f"{geom.topk}/{geom.n_kblocks}",
+        "dense_ms": dense_ms,
+        "dense_tflops": 4 * HEADS * n * n * HEAD_DIM / dense_ms / 1e9,
+        "sla_ms": sla_ms,
+        "speedup": dense_ms / sla_ms,
+        "kernel_ms": kernel_ms,
+        "kernel_tflops": flops / kernel_ms / 1e9,
+        "sparse_only_ms": sparse_ms,
+        "sparse_only_tflops": flops / sparse_ms / 1e9,
+        "prepare_ms": prepare_ms,
+        "select_ms": select_ms,
+        "outside_ms": sla_ms - kernel_ms,
+        "outside_pct": 100.0 * (sla_ms - kernel_ms) / sla_ms,
+    }
+
+
+def forward_rows(frames_list, keeps, repeats):
+    rows = []
+    for frames in frames_list:
+        _, q, k, v = qkv_views(frames)
+        with torch.no_grad():
+            dense_ms = median_ms(partial(dense_attention, q, k, v), repeats)
+        for keep in keeps:
+            rows.append(_forward_one(frames, keep, q, k, v, dense_ms, repeats))
+            print(
+                {key: (round(x, 3) if isinstance(x, float) else x) for key, x in rows[-1].items()}, flush=True
+            )
+        torch.cuda.empty_cache()
+    return rows
+
+
+class _Backward:
+    """Untimed forward (``prepare``), then the timed backward (``__call__``) of one attention call."""
+
+    def __init__(self, qkv, q, k, v, attend, params=()) -> None:
+        self.qkv, self.q, self.k, self.v, self.attend, self.params = qkv, q, k, v, attend, params
+        self.grad = torch.randn_like(q)
+        self.out = None
+
+    def prepare(self) -> None:
+        self.qkv.grad = None
+        for p in self.params:
+            p.grad = None
+        self.out = self.attend(self.q, self.k, self.v)
+
+    def __call__(self) -> None:
+        self.out.backward(self.grad)
+
+
+def backward_rows(frames_list, keeps, repeats):
+    rows = []
+    for frames in frames_list:
+        qkv, q, k, v = qkv_views(frames, requires_grad=True)
+        dense = _Backward(qkv, q, k, v, dense_attention)
+        dense_ms = median_ms(dense, repeats, before=dense.prepare)
+        for keep in keeps:
+            m = sla_module(keep)
+            m.proj_lin.weight.requires_grad_(True)
+            sla = _Backward(qkv, q, k, v, partial(m.attend, frame_len=TOKENS), (m.proj_lin.weight,))
+            sla_ms = median_ms(sla, repeats, before=sla.prepare)
+            rows.append(
+                {"frames": frames, "keep": keep, "dense_bwd_ms": dense_ms, "sla_bwd_ms": sla_ms,
+                 "bwd_speedup": dense_ms / sla_ms}
+            )  # fmt: skip
+            print(rows[-1], flush=True)
+        torch.cuda.empty_cache()
+    return rows
+
+
+def _peak_extra_bytes(fn):
+    """(result, peak device memory allocated by ``fn`` beyond what was allocated before)."""
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    result = fn()
+    torch.cuda.synchronize()
+    return result, torch.cuda.max_memory_allocated() - base
+
+
+def _select(q, k, v, g):
+    pq, pk, km, *_ = sla_ops.sla_prepare_op(q, k, v, g, "elu", "none")
+    return sla_ops.sla_block_select_op(pq, pk, km, g)
+
+
+def _selection_one(frames: int, keep: float, q, k, v, repeats: int) -> dict:
+    n = frames * TOKENS
+    geom = sla_module(keep).geometry(n, TOKENS)
+    g = sla_ops.geom_to_list(geom)
+    with torch.no_grad():
+        lut, select_extra = _peak_extra_bytes(partial(_select, q, k, v, g))
+        lut_bytes = lut.numel() * lut.element_size()
+        del lut
+        ms = median_ms(partial(_select, q, k, v, g), repeats, warmup=1)
+        _, states_extra = _peak_extra_bytes(partial(sla_ops.sla_prepare_op, q, k, v, g, "elu", "complement"))
+    dense_map = geom.n_qblocks * geom.n_kblocks * HEADS * (4 + 1 + 8)  # thu-ml main: f32 + int8 + int64
+    return {
+        "frames": frames,
+        "tokens": n,
+        "keep": keep,
+        "kept_blocks": f"{geom.topk}/{geom.n_kblocks}",
+        "select_ms": ms,
+        "select_extra_gb": select_extra / 1e9,
+        "lut_gb": lut_bytes / 1e9,
+        "linear_states_extra_gb": states_extra / 1e9,
+        "dense_block_map_gb_avoided": dense_map / 1e9,
+    }
+
+
+def selection_rows(frames_list, keeps, repeats):
+    rows = []
+    for frames in frames_list:
+        _, q, k, v = qkv_views(frames)
+        for keep in keeps:
+            rows.append(_selection_one(frames, keep, q, k, v, repeats))
+            print(rows[-1], flush=True)
+        torch.cuda.empty_cache()
+    return rows
+
+
+def check_targets(fwd, bwd, sel) -> dict:
+    def pick(rows, **kv):
+        return [r for r in rows if all(abs(r[k] - v) < 1e-9 for k, v in kv.items())]
+
+    out = {}
+    r32 = pick(fwd, frames=32)
+    if r32:
+        out["outside_pct_at_32_frames"] = {str(r["keep"]): r["outside_pct"] for r in r32}
+    r64 = pick(fwd, frames=64, keep=0.1)
+    if r64:
+        out["speedup_at_64_frames_10pct"] = r64[0]["speedup"]
+    big = [r["kernel_tflops"] for r in fwd if r["frames"] >= 32]
+    if big:
+        out["kernel_tflops_median_32_frames_up"] = statistics.median(big)
+    b64 = pick(bwd, frames=64, keep=0.1)
+    if b64:
+        out["backward_speedup_at_64_frames_10pct"] = b64[0]["bwd_speedup"]
+    s1000 = pick(sel, frames=1000)
+    if s1000:
+        out["select_extra_gb_at_1000_frames"] = {str(r["keep"]): r["select_extra_gb"] for r in s1000}
+    out["targets"] = TARGETS
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    ap.add_argument("--frames", type=int, nargs="*", default=[8, 32, 64, 128])
+    ap.add_argument("--keeps", type=float, nargs="*", default=[0.05, 0.1, 0.2])
+    ap.add_argument("--backward-frames", type=int, nargs="*", default=[8, 32, 64])
+    ap.add_argument("--backward-keeps", type=float, nargs="*", default=[0.1])
+    ap.add_argument("--select-frames", type=int, nargs="*", default=[1000])
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--out", default=None, help="output folder (default $OUT or benchmarks/results)")
+    args = ap.parse_args(argv)
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        print("needs a CUDA GPU", file=sys.stderr)
+        return 2
+    out = Path(args.out or os.environ.get("OUT") or "benchmarks/results") / "bench_sla_attention.json"
+    results = {
+        "shapes": {
+            "tokens_per_frame": TOKENS,
+            "special": SPECIAL,
+            "heads": HEADS,
+            "head_dim": HEAD_DIM,
+            "dtype": str(DTYPE),
+            "blocks": f"{BLOCK_Q}x{BLOCK_K}",
+            "linear": "complement, elu, fused proj",
+        }
+    }
+    fwd, bwd, sel = [], [], []
+
+    def save():
+        results.update(forward=fwd, backward=bwd, selection=sel, summary=check_targets(fwd, bwd, sel))
+        table = "## Forward (global attention)\n\n" + markdown_table(
+            fwd,
+            ["frames", "keep", "kept_blocks", "dense_ms", "sla_ms", "speedup", "kernel_ms", "kernel_tflops",
+             "sparse_only_tflops", "prepare_ms", "select_ms", "outside_pct"],
+        )  # fmt: skip
+        if bwd:
+            table += "\n## Backward\n\n" + markdown_table(bwd)
+        if sel:
+            table += "\n## Block selection\n\n" + markdown_table(sel)
+        write_result(out, results, table)
+
+    fwd.extend(forward_rows(args.frames, args.keeps, args.repeats))
+    save()
+    bwd.extend(backward_rows(args.backward_frames, args.backward_keeps, args.repeats))
+    save()
+    sel.extend(selection_rows(args.select_frames, args.keeps, args.repeats))
+    save()
+    print(out.with_suffix(".md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
