@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QHBoxLayout,
     QLabel,
+    QSizePolicy,
     QSlider,
     QSpinBox,
     QSplitter,
@@ -153,10 +154,19 @@ class CompareView(QWidget):
         ):
             controls.addWidget(w)
         controls.addStretch(1)
+        for view in self.views:  # long engine path descriptions wrap instead of widening the window;
+            view.title.setWordWrap(True)  # equal title heights keep both 3D views the same shape
+            view.title.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+            view.title.setFixedHeight(2 * view.title.fontMetrics().lineSpacing() + 4)
+            view.title.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
+        self.summary.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(self.left)
         split.addWidget(self.right)
         split.setChildrenCollapsible(False)
+        split.setStretchFactor(0, 1)
+        split.setStretchFactor(1, 1)
+        self.splitter = split
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addLayout(controls)

@@ -40,8 +40,9 @@ def describe(recon: Reconstruction, source: str, conf_percentile: float) -> list
 
 
 def filtered_points(recon: Reconstruction, source: str, conf_percentile: float):
-    src = source if (source == "depth" or recon.world_points is not None) else "depth"
-    return recon.point_cloud(source=src, conf_percentile=conf_percentile or None)
+    from .scene import filtered_points as shown
+
+    return shown(recon, source, conf_percentile)
 
 
 def export_ply(

@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
     QMainWindow,
     QMessageBox,
     QProgressBar,
+    QSizePolicy,
     QSplitter,
     QTabWidget,
     QWidget,
@@ -175,11 +176,13 @@ class MainWindow(QMainWindow):
             QDockWidget.DockWidgetFeature.DockWidgetMovable | QDockWidget.DockWidgetFeature.DockWidgetClosable
         )
         self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, dock)
+        self.resizeDocks([dock], [130], Qt.Orientation.Vertical)
         self.log_dock = dock
 
         sb = self.statusBar()
         self.device_label = QLabel("device: starting the model worker…")
         self.last_run_label = QLabel("")
+        self.last_run_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.stage_label = QLabel("")
         self.progress = QProgressBar()
         self.progress.setRange(0, 1000)

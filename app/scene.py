@@ -38,6 +38,22 @@ class CloudData:
         return int(self.xyz.shape[0])
 
 
+def filtered_points(recon, source: str = "depth", conf_percentile: float | None = None):
+    """``recon.point_cloud`` for what the views show, also for partial results.
+
+    A partial result (cameras only, or some views' depth missing) holds NaN confidences; views without
+    any valid point yield an empty cloud instead of a percentile over nothing. The point head is used
+    only when the model has one.
+    """
+    if source == "points" and recon.world_points is None:
+        source = "depth"
+    conf = recon.world_points_conf if source == "points" else recon.depth_conf
+    if conf is None or not np.isfinite(conf).any():
+        empty = np.zeros((0, 3), np.float32)
+        return empty, np.zeros((0, 3), np.uint8), np.zeros(0, np.float32)
+    return recon.point_cloud(source=source, conf_percentile=conf_percentile or None)
+
+
 def random_subset(n: int, budget: int, seed: int = 0) -> np.ndarray | None:
     """Sorted random indices of at most ``budget`` of ``n`` items, or None when all fit."""
     if n <= budget:

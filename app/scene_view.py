@@ -142,7 +142,7 @@ class SceneView(QWidget):
         self.title.setTextFormat(Qt.TextFormat.RichText)
         self.title.setVisible(False)
         self.info = QLabel("No reconstruction yet: drop photos on the window and press Run.")
-        self.info.setStyleSheet("color: palette(mid);")
+        self.info.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
 
         self._filter_timer = QTimer(self)
         self._filter_timer.setSingleShot(True)
@@ -306,8 +306,7 @@ class SceneView(QWidget):
         recon = self.recon
         if recon is None:
             return
-        source = self.source if (self.source == "depth" or recon.world_points is not None) else "depth"
-        xyz, rgb, conf = recon.point_cloud(source=source, conf_percentile=self.conf_percentile or None)
+        xyz, rgb, conf = scene.filtered_points(recon, self.source, self.conf_percentile)
         total = len(xyz)
         idx = scene.random_subset(total, self.display_budget, seed=1)
         if idx is not None:

@@ -161,6 +161,7 @@ class FakeBackend:
         cams_only = Reconstruction(**{**recon.__dict__})
         cams_only.depth = np.full_like(recon.depth, np.nan)
         cams_only.points_from_depth = np.full_like(recon.points_from_depth, np.nan)
+        cams_only.depth_conf = np.full_like(recon.depth_conf, np.nan)  # as the engine's partial results
         cams_only.world_points = None
         cams_only.world_points_conf = None
         progress("cameras", 0.5)

@@ -158,6 +158,7 @@ def test_compare_mode_links_cameras_and_colours_by_distance(qtbot, make_main_win
         "dense" in cv.left.title.text() and "sla" in cv.right.title.text() and "peak" in cv.left.title.text()
     )
     assert cv.left.plotter.camera is cv.right.plotter.camera
+    assert cv.left.plotter.renderer.GetActiveCamera() is cv.right.plotter.renderer.GetActiveCamera()
     cam = cv.left.plotter.camera
     cam.azimuth = 25
     cv.left.camera_moved.emit()
