@@ -363,6 +363,7 @@ def test_evaluate_sample_pose_only_and_shape_errors(rng):
     pred = Prediction(gt.depth, None, gt.extrinsics, gt.intrinsics)
     res = evaluate_sample(pred, pose_only)
     assert "depth" not in res and res["pose"]["auc@30"] == pytest.approx(100)
+    assert res["ate"]["ate_normalizer"] == "gt_camera_diagonal" and res["ate"]["ate_rmse_rel"] < 1e-9
     assert set(res["lite3r_reference"]) == {"pose"}
     bad = Prediction(gt.depth[:, :-1], None, gt.extrinsics, gt.intrinsics)
     with pytest.raises(ValueError, match="GT resolution"):

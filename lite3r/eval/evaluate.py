@@ -6,7 +6,8 @@ side so that a result file says which is which:
 * ``depth.<policy>`` — depth metrics under each declared scale policy (default ``lsq_scene``, the
   primary, and ``median_view``).
 * ``pose`` — all-pairs AUC / RRA / RTA; ``ate`` — camera-centre RMSE after Umeyama Sim(3) (S ≥ 3),
-  also as a fraction of the GT scene diagonal.
+  also as a fraction of the GT scene diagonal (bounding box of the valid GT points; of the GT camera
+  centres for pose-only GT — ``ate_normalizer`` says which).
 * ``points.<source>.<filter>`` — predicted depth unprojected with the *predicted* intrinsics and poses
   (the same rule for every model), Sim(3)-aligned to GT (Umeyama on pixel correspondences inside the
   GT-valid mask by default), then Acc / Comp / Chamfer (mean L2) and F@τ for τ as fractions of the GT
@@ -24,6 +25,7 @@ import numpy as np
 
 from lite3r.eval import metrics as M
 from lite3r.eval.align import Sim3, align_cameras, umeyama
+from lite3r.geometry import camera_centers
 
 __all__ = ["GroundTruth", "MetricConfig", "Prediction", "evaluate_sample", "flatten"]
 
@@ -218,7 +220,13 @@ def evaluate_sample(pred: Prediction, gt: GroundTruth, cfg: MetricConfig | None 
                 "must run the model at the GT resolution"
             )
         diag = gt_scene_diagonal(gt, mask)
-    out["ate"] = M.ate(pred.extrinsics, gt.extrinsics, cfg.ate_ransac, diag, cfg.seed)
+    if diag is not None and diag > 0:
+        out["ate"] = {**M.ate(pred.extrinsics, gt.extrinsics, cfg.ate_ransac, diag, cfg.seed),
+                      "ate_normalizer": "gt_points_diagonal"}  # fmt: skip
+    else:  # pose-only GT: the extent of the GT cameras
+        cam_diag = M.scene_diagonal(camera_centers(_f64(gt.extrinsics)))
+        out["ate"] = {**M.ate(pred.extrinsics, gt.extrinsics, cfg.ate_ransac, cam_diag, cfg.seed),
+                      "ate_normalizer": "gt_camera_diagonal"}  # fmt: skip
     if gt.has_depth:
         out["depth"] = {p: M.depth_metrics(pred.depth, gt.depth, mask, policy=p) for p in cfg.depth_policies}
         out["points"] = _point_metrics(pred, gt, mask, diag, cfg)
