@@ -174,11 +174,9 @@ def _family_class(family: str):
 
         return VGGT
     if family == "da3":
-        from lite3r.models import da3
+        from lite3r.models.da3.model import DA3
 
-        for name in ("DA3", "DepthAnything3", "DepthAnything3Net"):
-            if hasattr(da3, name):
-                return getattr(da3, name)
+        return DA3
     from lite3r.errors import UnsupportedError
 
     raise UnsupportedError(f"random-weight construction of the {family} family is not available")
