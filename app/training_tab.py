@@ -36,7 +36,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from .jobs import JsonLinesProcess
+from .jobs import CANCEL_GRACE_MS, JsonLinesProcess
 from .project import BACKBONES
 from .protocol import worker_command
 from .settings import Preferences
@@ -137,8 +137,10 @@ class TrainingTab(QWidget):
         worker_command: WorkerCommand | None = None,
         runs_dir: str | Path | None = None,
         extra_config: dict | None = None,
+        cancel_grace_ms: int = CANCEL_GRACE_MS,
     ) -> None:
         super().__init__(parent)
+        self.cancel_grace_ms = cancel_grace_ms  # SIGTERM → finish the step, checkpoint, exit; then kill
         self.prefs = prefs
         self.extra_config = dict(extra_config or {})  # merged over the form's values (advanced settings)
         self.make_command = worker_command or (lambda args: _default_command(args))
@@ -397,7 +399,7 @@ class TrainingTab(QWidget):
     def cancel(self) -> None:
         if self.running:
             self.status.setText("cancelling: saving a checkpoint…")
-            self.job.cancel()
+            self.job.cancel(grace_ms=self.cancel_grace_ms)
             self._update_buttons()
 
     def _on_event(self, ev: dict) -> None:
