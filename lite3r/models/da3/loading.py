@@ -60,7 +60,7 @@ def legacy_rename(key: str) -> str:
     k = "model." + key
     k = k.replace(".net.", ".backbone.")
     if k == "model.backbone.pretrained.camera_token":
-        return key + LEGACY_UNUSED
+        return k[len("model.") :] + LEGACY_UNUSED
     k = k.replace(".camera_token_extra", ".camera_token")
     k = k.replace("model.all_heads.camera_cond_head", "model.cam_enc")
     k = k.replace("model.all_heads.camera_head", "model.cam_dec")
