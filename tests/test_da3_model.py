@@ -250,3 +250,50 @@ def test_engine_reconstructs_photos_with_reduced_da3():
         rtol=1e-4,
         atol=1e-4,
     )
+
+
+def test_sla_conversion_targets_the_cross_view_blocks():
+    """The default conversion swaps exactly the cross-view blocks; with every block kept it is dense."""
+    from lite3r.attention.sla import SparseLinearAttention
+    from lite3r.convert import Lite3RConfig, convert
+
+    io = load_file(str(PARITY_DIR / "da3_small_io.safetensors"))
+    images = io["mv3_ref.input.images"]  # 3 views × 16 tokens: 3 key blocks of 16
+    dense, _ = reference.load(REF_CONFIG, STATE)
+    with torch.no_grad():
+        ref = dense(images)
+    for keep in (1.0, 0.5):
+        model, _ = reference.load(REF_CONFIG, STATE)
+        convert(model, Lite3RConfig(keep_ratio=keep, block_q=16, block_k=16, backend="torch"))
+        converted = [n for n, m in model.named_modules() if isinstance(m, SparseLinearAttention)]
+        assert converted == model.attention_sites()["cross_view"].modules
+        with torch.no_grad():
+            out = model(images)
+        assert torch.isfinite(out["depth"]).all()
+        if keep == 1.0:
+            torch.testing.assert_close(out["depth"], ref["depth"], rtol=1e-4, atol=1e-4)
+
+
+def test_hub_download_and_offline_message(monkeypatch, tmp_path, state):
+    import huggingface_hub
+
+    from lite3r.errors import WeightsNotFoundError
+
+    hub_file = _save(tmp_path, {f"model.{k}": v for k, v in state.items()}, "model.safetensors")
+    calls = []
+    monkeypatch.setattr(
+        huggingface_hub, "hf_hub_download", lambda repo_id, filename: calls.append(repo_id) or str(hub_file)
+    )
+    model = DA3.from_pretrained("depth-anything/DA3-LARGE-1.1", config=SMALL)
+    assert calls == ["depth-anything/DA3-LARGE-1.1"] and model.load_report.stripped_prefix == "model."
+
+    def offline(*a, **k):
+        raise OSError("We couldn't connect to 'https://huggingface.co' (offline)")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    monkeypatch.setattr(registry, "WEIGHTS_HOME", tmp_path / "home")
+    with pytest.raises(WeightsNotFoundError) as e:
+        registry.load_model("da3-large")
+    msg = str(e.value)
+    assert "https://huggingface.co/depth-anything/DA3-LARGE-1.1/resolve/main/model.safetensors" in msg
+    assert "DA3-Large weights not found" in msg and "--weights PATH" in msg
