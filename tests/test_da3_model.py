@@ -85,6 +85,8 @@ def test_da3_large_sites_and_layers(da3_large):
     assert all(da3_large.backbone.is_cross_view(i) for i in (11, 15, 19, 23))
     assert da3_large.backbone.pretrained.blocks[0].attn.head_dim == 64
     assert da3_large.cam_enc.trunk[0].attn.head_dim == 64
+    with pytest.raises(TypeError, match="DA3Backbone"):  # no silent per-view-only forward
+        da3_large.backbone.pretrained(torch.zeros(1, 3, 14, 14, device="meta"))
 
 
 def test_config_round_trip_and_validation():

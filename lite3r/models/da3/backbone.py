@@ -116,6 +116,14 @@ class DA3VisionTransformer(DinoVisionTransformer):
         if "camera_token" in self._parameters:
             self.reset_camera_token()
 
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        raise TypeError(
+            "DA3's ViT has no stand-alone per-view forward (its blocks alternate per-view and cross-view "
+            "attention); call the enclosing DA3Backbone"
+        )
+
+    forward = forward_features
+
 
 class DA3Backbone(nn.Module):
     """``backbone``: the alternating loop around ``pretrained`` (see the module docstring)."""
