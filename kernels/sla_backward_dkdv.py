@@ -83,10 +83,10 @@ def _sla_backward_dkdv_kernel(
         qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
         p_t = tl.exp2(qk_t * qk_scale - lse[None, :])
         p_t = tl.where(cmask[:, None] & rmask[None, :], p_t, 0.0)
-        dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
+        dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         ds_t = p_t * (dp_t - delta[None, :])
-        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
+        dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
         if LINEAR == 2:
             blk_q = bh * n_qblocks + i
             g_sel += tl.load(GBLK + (blk_q * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :])

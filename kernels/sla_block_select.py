@@ -47,7 +47,7 @@ def _sla_block_select_kernel(
     PQ, PK, KMEAN, LUT,
     n_qblocks, n_kblocks, topk, n_forced,
     ROWS: tl.constexpr, CHUNK: tl.constexpr, HEAD_DIM: tl.constexpr,
-    RADIX_BITS: tl.constexpr, PASSES: tl.constexpr,
+    RADIX_BITS: tl.constexpr, PASSES: tl.constexpr, NB: tl.constexpr,
 ):  # fmt: skip
     g = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -56,7 +56,6 @@ def _sla_block_select_kernel(
     d = tl.arange(0, HEAD_DIM)
     pq = tl.load(PQ + (bh * n_qblocks + r)[:, None] * HEAD_DIM + d[None, :], mask=rvalid[:, None], other=0.0)
 
-    NB: tl.constexpr = 1 << RADIX_BITS
     digits = tl.arange(0, NB)
     prefix = tl.zeros([ROWS], dtype=tl.int64)
     remaining = tl.zeros([ROWS], dtype=tl.int32) + topk
@@ -113,7 +112,7 @@ def sla_block_select(
     _sla_block_select_kernel[(triton.cdiv(M, ROWS), B * H)](
         pq, pk, kmean, lut,
         M, n_k, geom.topk, geom.n_forced,
-        ROWS=ROWS, CHUNK=chunk, HEAD_DIM=D, RADIX_BITS=_RADIX_BITS, PASSES=_PASSES,
+        ROWS=ROWS, CHUNK=chunk, HEAD_DIM=D, RADIX_BITS=_RADIX_BITS, PASSES=_PASSES, NB=1 << _RADIX_BITS,
         **kwargs,
     )  # fmt: skip
     return lut

@@ -166,6 +166,7 @@ def sla_prepare(
         BLOCK_Q=geom.block_q, BLOCK_K=geom.block_k, HEAD_DIM=D,
         FEATURE=FEATURE_CODES[feature], LINEAR=lin, HAS_SPECIAL=geom.n_special > 0,
         DOT_PRECISION=dot_precision_for(q.dtype),
+        **({"num_warps": 4 if D <= 64 else 8} if q.is_cuda else {}),
     )  # fmt: skip
     kmean = kpart.sum(2) / N
     if lin:

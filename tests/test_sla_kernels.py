@@ -11,6 +11,9 @@ import sla_triton_env
 sla_triton_env.set_interpret_env()  # before anything imports triton (collection time)
 
 import math  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -215,6 +218,23 @@ def test_custom_ops_trace_without_graph_breaks():
     torch._dynamo.reset()
     compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(q, k, v, w), f(q, k, v, w))
+
+
+def test_kernels_compile_for_hopper():
+    """Triton front end + ptxas for sm_90a, no GPU needed: catches what the interpreter cannot (dot shapes,
+    layouts, shared memory). One config per kernel at head_dim 64; the full grid is
+    ``python -m lite3r.kernels.sla_compile_check --head-dims 64 128``."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "lite3r.kernels.sla_compile_check", "--quick"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    print(proc.stdout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("ok ") == 6
 
 
 # ------------------------------------------------------------------------------------------- GPU

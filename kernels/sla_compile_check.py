@@ -1,0 +1,196 @@
+"""Compile the SLA kernels for Hopper (sm_90a) on any machine, GPU or not, and report their resources.
+
+    python -m lite3r.kernels.sla_compile_check [--quick] [--head-dims 64 128]
+
+Triton's front end, its MLIR passes and the bundled ``ptxas`` run without a GPU, so this catches what
+the interpreter cannot (invalid ``tl.dot`` shapes, layouts, type errors in compiled code, shared memory
+overflow) and shows registers / spills / shared memory per autotune config. Arguments get the
+16-divisibility hints the JIT gives them at VGGT shapes (aligned pointers, strides multiple of 16), so
+the software pipeliner behaves as it will on the device (``async`` = cp.async copies in the loop).
+
+Must run without ``TRITON_INTERPRET`` (interpreted kernels cannot be compiled); tests call it in a
+subprocess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+_FLOATS = {"qk_scale", "eps", "sm_scale"}
+
+
+def _signature(fn, pointers: dict[str, str], consts: dict) -> tuple[dict, dict]:
+    sig, attrs = {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if name in consts:
+            sig[name] = "constexpr"
+        elif name in pointers:
+            sig[name] = pointers[name]
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif name in _FLOATS:
+            sig[name] = "fp32"
+        else:
+            sig[name] = "i32"
+            if name.startswith("stride"):
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    return sig, attrs
+
+
+def compile_kernel(fn, pointers: dict[str, str], consts: dict, num_warps: int, num_stages: int) -> dict:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    sig, attrs = _signature(fn, pointers, consts)
+    src = ASTSource(
+        fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()}, attrs=attrs
+    )
+    k = triton.compile(
+        src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": num_stages}
+    )
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    info = {"shared": k.metadata.shared, "wgmma": "wgmma" in k.asm["ptx"]}
+    info["async"] = len(re.findall("async_copy_global_to_local", k.asm["ttgir"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.ptx")
+        with open(path, "w") as f:
+            f.write(k.asm["ptx"])
+        out = subprocess.run(
+            [ptxas, "-arch=sm_90a", "-v", path, "-o", os.devnull], capture_output=True, text=True
+        )
+    if out.returncode:
+        raise RuntimeError(out.stderr)
+    regs = re.search(r"Used (\d+) registers", out.stderr)
+    spill = re.search(r"(\d+) bytes spill stores", out.stderr)
+    info["regs"] = int(regs.group(1)) if regs else None
+    info["spill_bytes"] = int(spill.group(1)) if spill else 0
+    return info
+
+
+def variants(head_dims=(64,), quick=False):
+    """(name, kernel, pointer dtypes, constexprs, [(num_warps, num_stages)])."""
+    from . import sla_backward_dkdv, sla_backward_dq, sla_block_select, sla_forward, sla_prepare
+
+    bf, f32, lut = "*bf16", "*fp32", "*i16"
+    fwd_ptrs = dict(
+        Q=bf, K=bf, V=bf, O=bf, OL=bf, LSE=f32, LUT=lut, SBLK=bf, ZBLK=f32, STOT=f32, ZTOT=f32, W=f32
+    )
+    dq_ptrs = dict(
+        Q=bf, K=bf, V=bf, O=bf, DO=bf, DOL=bf, DQ=bf, LSE=f32, DELTA=f32,
+        LUT=lut, SBLK=bf, ZBLK=f32, STOT=f32, ZTOT=f32, GBLK=f32, DZBLK=f32,
+    )  # fmt: skip
+    dkdv_ptrs = dict(
+        Q=bf, K=bf, V=bf, DO=bf, DK=bf, DV=bf, LSE=f32, DELTA=f32,
+        QLIST="*i32", QOFF="*i64", GBLK=f32, DZBLK=f32, GTOT=f32, DZTOT=f32,
+    )  # fmt: skip
+    prep_ptrs = dict(Q=bf, K=bf, V=bf, PQ=f32, PK=f32, SBLK=bf, ZBLK=f32, SPART=f32, ZPART=f32, KPART=f32)
+    sel_ptrs = dict(PQ=f32, PK=f32, KMEAN=f32, LUT=lut)
+    fwd_cfgs = [(8, 3)] if quick else [(c.num_warps, c.num_stages) for c in sla_forward._configs()]
+    dq_cfgs = [(8, 3)] if quick else [(c.num_warps, c.num_stages) for c in sla_backward_dq._configs()]
+    dkdv_cfgs = [(8, 3)] if quick else [(c.num_warps, c.num_stages) for c in sla_backward_dkdv._configs()]
+    out = []
+    for D in head_dims:
+        common = dict(BLOCK_M=128, BLOCK_N=64, HEAD_DIM=D, FEATURE=0, HAS_SPECIAL=True, DOT_PRECISION="tf32")
+        fwd = sla_forward._sla_forward_kernel
+        out.append(
+            (
+                f"forward inference complement D{D}",
+                fwd,
+                fwd_ptrs,
+                {**common, "LINEAR": 2, "FUSE_PROJ": True, "STORE_LSE": False},
+                fwd_cfgs,
+            )
+        )
+        if not quick:
+            out.append(
+                (
+                    f"forward sparse only D{D}",
+                    fwd,
+                    fwd_ptrs,
+                    {**common, "LINEAR": 0, "FUSE_PROJ": True, "STORE_LSE": False},
+                    fwd_cfgs,
+                )
+            )
+            out.append(
+                (
+                    f"forward inference all D{D}",
+                    fwd,
+                    fwd_ptrs,
+                    {**common, "LINEAR": 1, "FUSE_PROJ": True, "STORE_LSE": False},
+                    fwd_cfgs,
+                )
+            )
+            out.append(
+                (
+                    f"forward inference softmax-φ D{D}",
+                    fwd,
+                    fwd_ptrs,
+                    {**common, "FEATURE": 1, "LINEAR": 2, "FUSE_PROJ": True, "STORE_LSE": False},
+                    fwd_cfgs,
+                )
+            )
+        out.append(
+            (
+                f"forward training complement D{D}",
+                fwd,
+                fwd_ptrs,
+                {**common, "LINEAR": 2, "FUSE_PROJ": False, "STORE_LSE": True},
+                fwd_cfgs,
+            )
+        )
+        out.append(
+            (
+                f"backward dQ complement D{D}",
+                sla_backward_dq._sla_backward_dq_kernel,
+                dq_ptrs,
+                {**common, "LINEAR": 2},
+                dq_cfgs,
+            )
+        )
+        out.append(
+            (
+                f"backward dK/dV complement D{D}",
+                sla_backward_dkdv._sla_backward_dkdv_kernel,
+                dkdv_ptrs,
+                {**common, "LINEAR": 2},
+                dkdv_cfgs,
+            )
+        )
+        prep = dict(
+            BLOCK_Q=128, BLOCK_K=64, HEAD_DIM=D, FEATURE=0, LINEAR=2, HAS_SPECIAL=True, DOT_PRECISION="tf32"
+        )
+        out.append((f"prepare complement D{D}", sla_prepare._sla_prepare_kernel, prep_ptrs, prep, [(4, 1)]))
+        sel = dict(ROWS=sla_block_select.ROWS, CHUNK=64, HEAD_DIM=D, RADIX_BITS=4, PASSES=8, NB=16)
+        out.append((f"block select D{D}", sla_block_select._sla_block_select_kernel, sel_ptrs, sel, [(8, 1)]))
+    return out  # fmt: skip
+
+
+def main(argv=None) -> int:
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        print("unset TRITON_INTERPRET: interpreted kernels cannot be compiled", file=sys.stderr)
+        return 2
+    ap = argparse.ArgumentParser(description="compile the SLA kernels for sm_90a and report resources")
+    ap.add_argument("--quick", action="store_true", help="one config of each kernel")
+    ap.add_argument("--head-dims", type=int, nargs="*", default=[64])
+    args = ap.parse_args(argv)
+    failures = 0
+    for name, fn, ptrs, consts, cfgs in variants(tuple(args.head_dims), args.quick):
+        for w, s in cfgs:
+            try:
+                info = compile_kernel(fn, ptrs, consts, w, s)
+                print(f"ok   {name:<40} warps={w} stages={s} {info}", flush=True)
+            except Exception as e:  # report every failure, then exit non-zero
+                failures += 1
+                print(
+                    f"FAIL {name:<40} warps={w} stages={s}: {type(e).__name__}: {str(e)[:2000]}", flush=True
+                )
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
