@@ -10,6 +10,7 @@ real components replace them where the real modules exist.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -192,12 +193,21 @@ def components() -> Components:
     )
 
 
+@pytest.fixture(autouse=True)
+def restore_threads():
+    """Runs set torch's thread count (``threads: 1``: tiny models on 2 shared cores); put it back."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 def config(tmp_path, **overrides):
     """A small CPU run config for the toy model."""
     from lite3r.training.config import DistillRunConfig
 
     data = {
         "name": "toy",
+        "threads": 1,
         "output_dir": str(tmp_path),
         "seed": 3,
         "device": "cpu",

@@ -7,6 +7,7 @@ import json
 import distill_standins as ds
 import pytest
 import torch
+from distill_standins import restore_threads  # noqa: F401  (autouse fixture)
 
 from lite3r.adapters import (
     apply_adapter_tensors,

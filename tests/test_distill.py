@@ -8,6 +8,7 @@ import math
 import distill_standins as ds
 import pytest
 import torch
+from distill_standins import restore_threads  # noqa: F401  (autouse fixture)
 from safetensors.torch import load_file
 
 from lite3r.adapters import read_adapter

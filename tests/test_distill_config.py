@@ -52,3 +52,14 @@ def test_bad_configs_name_the_file_and_key(tmp_path, text, match):
 def test_missing_file():
     with pytest.raises(InputError, match="cannot read the config"):
         DistillRunConfig.load("/nonexistent/run.yaml")
+
+
+def test_lite3r_train_prints_a_loadable_default_config(tmp_path, capsys):
+    from lite3r.cli import main
+
+    assert main(["train", "--print-config"]) == 0
+    path = tmp_path / "run.yaml"
+    path.write_text(capsys.readouterr().out)
+    assert DistillRunConfig.load(path) == DistillRunConfig()
+    assert main(["train"]) == 2  # no --config: a user error, not a traceback
+    assert "needs --config" in capsys.readouterr().err

@@ -10,6 +10,7 @@ import sys
 import distill_standins as ds
 import torch
 from conftest import TESTS
+from distill_standins import restore_threads  # noqa: F401  (autouse fixture)
 from safetensors.torch import load_file
 
 from lite3r.training.distill import run_distillation

@@ -10,6 +10,7 @@ import distill_standins as ds
 import numpy as np
 import pytest
 import torch
+from distill_standins import restore_threads  # noqa: F401  (autouse fixture)
 from safetensors.torch import load_file
 
 from lite3r.adapters import base_hash_of, load_adapter, read_adapter
@@ -63,7 +64,7 @@ def _config(out, folder, **over) -> DistillRunConfig:
         "seed": 1,
         "device": "cpu",
         "steps": 4,
-        "threads": 2,
+        "threads": 1,
         "model": {"name": "lite3r-tiny", "weights": str(folder)},
         # 21 tokens per frame at 56 px: 16-token blocks so that the global sequences have ≥ 2 key blocks
         "conversion": {"sites": ["global"], "keep_ratio": 0.5, "block_q": 16, "block_k": 16},
@@ -178,3 +179,44 @@ def test_adapter_loads_into_the_engine(tiny_folder, straight):
         other.get_parameter("aggregator.camera_token").add_(1.0)
     with pytest.raises(CheckpointError, match="different base model"):
         load_adapter(other, result.adapter, real.hash_state_dict(other.state_dict()))
+
+
+def test_da3_teacher_and_student_see_imagenet_normalised_images(tmp_path):
+    """DA3 takes (x − mean)/std (method.md C2): both models get it, VGGT gets [0, 1] images."""
+    import json
+
+    from conftest import PARITY_DIR
+
+    from lite3r.models import reference
+    from lite3r.training.distill import Distiller
+
+    da3_config = reference.build(json.loads((PARITY_DIR / "da3_small_config.json").read_text())).config
+
+    def depth_loss(preds, batch, loss_cfg):
+        conf = preds["depth_conf"]
+        d = (conf * (preds["depth"] - batch["depth"]).abs() - 0.2 * torch.log(conf))[batch["valid"]].mean()
+        return d, {"depth": d}
+
+    comp = components()
+    comp.task_loss = depth_loss
+    cfg = _config(
+        tmp_path,
+        None,
+        **{
+            "model": {"name": "da3-large", "random_init": True, "config": da3_config.to_dict()},
+            "conversion.sites": ["cross_view"],
+            "eval.at_end": False,
+            "steps": 1,
+        },
+    )
+    d = Distiller(cfg, comp)
+    seen = []
+    for m in (d.teacher, d.student):
+        m.backbone.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach()))
+    result = d.run()
+    assert result.status == "finished" and len(seen) == 2
+    raw = MicroBatches(d._train_data, 1, (2, 3))[0]["images"]
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    for images in seen:
+        torch.testing.assert_close(images, (raw - mean) / std)

@@ -14,6 +14,7 @@ import distill_standins as ds
 import pytest
 import torch
 from conftest import TESTS
+from distill_standins import restore_threads  # noqa: F401  (autouse fixture)
 
 from lite3r.adapters import read_adapter
 from lite3r.training.worker import main

@@ -57,15 +57,11 @@ def load_base(cfg: ModelConfig, device: torch.device) -> BaseModel:
         return BaseModel(model, hash_weights_file(source), str(source))
     if cfg.weights is not None:
         raise InputError("model.random_init and model.weights are exclusive", hint="set one of them")
-    if spec.family != "vggt":
-        raise UnsupportedError(
-            f"random initialisation is implemented for VGGT-family models, not {spec.family}"
-        )
-    from lite3r.models.vggt.config import VGGTConfig
-    from lite3r.models.vggt.model import VGGT
-
+    if spec.family not in FAMILY_CLASSES:
+        raise UnsupportedError(f"random initialisation is not implemented for the {spec.family} family")
+    config_cls, model_cls = (_import(path) for path in FAMILY_CLASSES[spec.family])
     if cfg.config is not None:
-        config = VGGTConfig.from_dict(cfg.config)
+        config = config_cls.from_dict(cfg.config)
     elif spec.config is not None:
         config = spec.config()
     else:
@@ -73,10 +69,23 @@ def load_base(cfg: ModelConfig, device: torch.device) -> BaseModel:
             f"model.random_init for {cfg.name} needs model.config (its config comes with its weights)"
         )
     torch.manual_seed(cfg.init_seed)
-    model = VGGT(config)
+    model = model_cls(config)
     model.init_weights()
     base_hash = hash_state_dict(model.state_dict())
     return BaseModel(model.eval(), base_hash, None)
+
+
+FAMILY_CLASSES = {
+    "vggt": ("lite3r.models.vggt.config:VGGTConfig", "lite3r.models.vggt.model:VGGT"),
+    "da3": ("lite3r.models.da3.config:DA3Config", "lite3r.models.da3.model:DA3"),
+}
+
+
+def _import(path: str):
+    import importlib
+
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def convert(model: nn.Module, conversion: dict) -> nn.Module:
@@ -203,10 +212,14 @@ def make_dataset(cfg: DataConfig, split: str, seed: int, device: torch.device):
 
 # ---- metrics ---------------------------------------------------------------------------------------
 def predictions_numpy(preds: dict, image_hw: tuple[int, int]):
-    """The reference output dict → (depth [B,S,H,W], conf, extrinsics [B,S,3,4], intrinsics) numpy."""
+    """A model's output dict (VGGT reference dict, DA3 network outputs) → numpy (depth [B,S,H,W], conf,
+    extrinsics [B,S,3,4] world→camera, intrinsics [B,S,3,3])."""
     from lite3r.geometry import pose_encoding_to_extri_intri
 
-    ext, intr = pose_encoding_to_extri_intri(preds["pose_enc"].float(), image_hw)
+    if "extrinsics" in preds:  # DA3: decoded cameras
+        ext, intr = preds["extrinsics"].float(), preds["intrinsics"].float()
+    else:  # VGGT: the last refinement's pose encoding
+        ext, intr = pose_encoding_to_extri_intri(preds["pose_enc"].float(), image_hw)
     depth = preds["depth"].float()
     if depth.ndim == 5:
         depth = depth[..., 0]
