@@ -395,6 +395,11 @@ class Distiller:
         self._build_models()
         self._build_optimiser()
         self._train_data = self.comp.make_dataset(config.data, "train", config.seed, self._data_device())
+        if config.eval.scenes < self.info.world_size:
+            raise InputError(
+                f"eval.scenes ({config.eval.scenes}) must be ≥ the number of processes "
+                f"({self.info.world_size}): every process evaluates a share of the scenes"
+            )
         self._val_data = None
         self._teacher_metrics: dict[str, float] | None = None
 
@@ -535,11 +540,8 @@ class Distiller:
                 f"{path} was saved by {state['world_size']} process(es), this run has {self.info.world_size}",
                 hint="resume with the same number of processes (the data order depends on it)",
             )
-        saved = dict(state["config"])
-        now = self.cfg.to_dict()
-        for key in ("steps", "output_dir", "eval", "checkpoint", "log_every", "threads", "name"):
-            saved.pop(key, None)
-            now.pop(key, None)
+        # Settings that do not change the trajectory may differ (more steps, another folder, …).
+        saved, now = _trajectory_settings(state["config"]), _trajectory_settings(self.cfg.to_dict())
         if saved != now:
             diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
             raise CheckpointError(
@@ -798,6 +800,16 @@ class Distiller:
         if need_teacher:
             self._teacher_metrics = {k: v for k, v in means.items() if k.startswith("teacher/")}
         return {**means, **(self._teacher_metrics or {})}
+
+
+def _trajectory_settings(config: dict) -> dict:
+    d = {
+        k: v
+        for k, v in config.items()
+        if k not in ("steps", "output_dir", "eval", "checkpoint", "log_every", "threads", "name", "device")
+    }
+    d["data"] = {k: v for k, v in d.get("data", {}).items() if k != "num_workers"}
+    return d
 
 
 def run_distillation(
