@@ -146,33 +146,38 @@ class EngineBackend:
 
         attention = settings.get("attention", "dense")
         sla = {"keep_ratio": float(settings.get("kept_fraction", 0.1))} if attention == "sla" else None
-        common = dict(
-            precision=settings.get("precision", "fp32"), device=device, attention=attention, sla=sla
-        )
-        if settings.get("adapter"):
-            raise UnsupportedError(
-                "running a trained Lite3R adapter is not wired into the engine yet",
-                "pick the backbone with 'Lite3R sparse-linear (SLA)' attention instead",
-            )
+        adapter = settings.get("adapter")
+        common = dict(precision=settings.get("precision", "fp32"), device=device)
+        model, name, kwargs = self._load_model(backbone, settings.get("weights"))
+        if adapter:
+            # the adapter carries its own conversion and is tied to the exact base weights (checked)
+            from lite3r.adapters import base_hash_of, load_adapter
+
+            model = load_adapter(model, adapter, base_hash_of(model))
+            rc = Reconstructor(model, model_name=name, attention="dense", **common, **kwargs)
+            desc = getattr(rc.model, "attention_description", None)
+            rc.attention = f"{desc() if callable(desc) else desc} · adapter {Path(adapter).parent.name}/{Path(adapter).name}"
+        else:
+            rc = Reconstructor(model, model_name=name, attention=attention, sla=sla, **common, **kwargs)
+        self._rc, self._key = rc, key
+        return rc
+
+    def _load_model(self, backbone: str, weights: str | None):
+        """(model on the CPU, display name, Reconstructor keyword arguments) for a backbone."""
         if backbone in self.dev_models:
+            import json
+
             from lite3r.models import reference
 
             folder = self.dev_models[backbone]
-            import json
-
             config = json.loads((folder / "vggt_small_config.json").read_text())
             model, _report = reference.load(config, folder / "vggt_small_state_dict.safetensors")
-            rc = Reconstructor(
-                model,
-                model_name=f"{backbone} (dev)",
-                preprocess_rule="vggt_crop",
-                input_size=DEV_INPUT_SIZE,
-                **common,
-            )
-        else:
-            rc = Reconstructor.from_name(backbone, settings.get("weights"), **common)
-        self._rc, self._key = rc, key
-        return rc
+            return model, f"{backbone} (dev)", {"preprocess_rule": "vggt_crop", "input_size": DEV_INPUT_SIZE}
+        from lite3r.models import registry
+
+        spec = registry.get_spec(backbone)
+        model = registry.load_model(backbone, weights=weights, device="cpu")
+        return model, backbone, {"preprocess_rule": spec.preprocessing, "input_size": spec.default_input_size}
 
     def reconstruct(self, images, settings, progress, partial):
         progress("loading the model", 0.0, "")

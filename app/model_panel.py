@@ -221,11 +221,20 @@ class ModelPanel(QWidget):
         self._update_weights_label()
 
     def _sync_enabled(self) -> None:
-        adapter = bool((self.backbone.currentData() or {}).get("adapter"))
+        adapter = (self.backbone.currentData() or {}).get("adapter")
         self.attention.setEnabled(not adapter)
         if adapter:
-            self.attention.setToolTip("A Lite3R adapter is trained for sparse-linear attention")
-        self.kept.setEnabled(self.attention.currentData() == "sla" or adapter)
+            # the adapter fixes the conversion it was trained with: show it, do not offer to change it
+            self.attention.blockSignals(True)
+            self.attention.setCurrentIndex(self.attention.findData("sla"))
+            self.attention.blockSignals(False)
+            keep = next((a.get("keep") for a in self._adapters if a["path"] == adapter), None)
+            if keep:
+                self.kept.blockSignals(True)
+                self.kept.setValue(100.0 * float(keep))
+                self.kept.blockSignals(False)
+            self.attention.setToolTip("This Lite3R adapter was trained for sparse-linear attention")
+        self.kept.setEnabled(self.attention.currentData() == "sla" and not adapter)
 
     def _changed(self) -> None:
         if self._updating:

@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLineEdit,
     QListWidget,
+    QMessageBox,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -48,12 +49,19 @@ class PreferencesDialog(QDialog):
         self.adapters = QListWidget()
         for a in prefs.adapters():
             self.adapters.addItem(a["path"])
+        self._added: dict[str, str] = {}  # path → base model, for adapters added in this dialog
+        add = QPushButton("Add adapter file…")
+        add.clicked.connect(self._add_adapter)
         remove = QPushButton("Remove from the list")
         remove.clicked.connect(
             lambda: [self.adapters.takeItem(self.adapters.row(i)) for i in self.adapters.selectedItems()]
         )
         alay.addWidget(self.adapters)
-        alay.addWidget(remove)
+        row = QHBoxLayout()
+        row.addWidget(add)
+        row.addWidget(remove)
+        row.addStretch(1)
+        alay.addLayout(row)
 
         vbox = QGroupBox("Display and performance")
         vform = QFormLayout(vbox)
@@ -93,6 +101,29 @@ class PreferencesDialog(QDialog):
         if path:
             edit.setText(path)
 
+    def _add_adapter(self) -> None:
+        from .adapter_files import read_adapter_info
+
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Lite3R adapter", str(Path.home()), "Adapters (*.safetensors)"
+        )
+        if not path:
+            return
+        try:
+            info = read_adapter_info(path)
+        except Exception as exc:  # CheckpointError with the reason and the fix
+            QMessageBox.warning(self, "Not an adapter", str(exc))
+            return
+        if info.base_model not in BACKBONES:
+            QMessageBox.warning(
+                self,
+                "Unknown base model",
+                f"{path} was trained for {info.base_model!r}, which this version of Lite3R does not offer.",
+            )
+            return
+        self._added[path] = info.base_model
+        self.adapters.addItem(path)
+
     def accept(self) -> None:
         for name, edit in self.weights.items():
             self.prefs.set_weights_path(name, edit.text().strip() or None)
@@ -100,6 +131,9 @@ class PreferencesDialog(QDialog):
         for a in self.prefs.adapters():
             if a["path"] not in keep:
                 self.prefs.remove_adapter(a["path"])
+        for path, base in self._added.items():
+            if path in keep:
+                self.prefs.add_adapter(path, base)
         self.prefs.set_display_budget(self.display_budget.value())
         self.prefs.set_lod_budget(self.lod_budget.value())
         self.prefs.set_worker_threads(self.threads.value())

@@ -86,13 +86,22 @@ class Preferences:
             self.qs.remove(f"weights/{backbone}")
 
     def adapters(self) -> list[dict]:
-        """Trained adapters: ``[{"path": …, "backbone": …, "name": …}]`` (missing files dropped)."""
+        """Trained adapters: ``[{"path", "backbone", "name", "keep"}]`` (missing files dropped)."""
         items = self._get_json("adapters/list", [])
         return [a for a in items if isinstance(a, dict) and a.get("path") and Path(a["path"]).exists()]
 
     def add_adapter(self, path: str, backbone: str, name: str | None = None) -> None:
+        """Remember an adapter; its name and kept fraction come from the file's own metadata."""
+        from .adapter_files import read_adapter_info
+
+        keep = None
+        try:
+            info = read_adapter_info(path)
+            name, keep, backbone = name or info.name, info.keep_ratio, info.base_model
+        except Exception:  # listed anyway: running it reports the problem with the fix
+            name = name or Path(path).stem
         items = [a for a in self.adapters() if a["path"] != str(path)]
-        items.append({"path": str(path), "backbone": backbone, "name": name or Path(path).stem})
+        items.append({"path": str(path), "backbone": backbone, "name": name, "keep": keep})
         self._set_json("adapters/list", items)
 
     def remove_adapter(self, path: str) -> None:

@@ -123,3 +123,45 @@ def test_training_tab_starts_cancels_and_resumes_a_job(qtbot, app_prefs, tmp_pat
     with qtbot.waitSignal(tab.adapter_ready, timeout=120000) as b:
         assert tab.start(resume=True)
     assert b.args[0].endswith("adapter.safetensors") and os.path.exists(b.args[0])
+
+
+def _parity_adapter(path):
+    """A Lite3R adapter for the parity VGGT, as a distillation run would write it (random proj_lin)."""
+    import json
+
+    import torch
+
+    from lite3r.adapters import base_hash_of, save_adapter
+    from lite3r.convert import Lite3RConfig, convert
+    from lite3r.models import reference
+
+    config = json.loads((PARITY_DIR / "vggt_small_config.json").read_text())
+    model, _ = reference.load(config, PARITY_DIR / "vggt_small_state_dict.safetensors")
+    base = base_hash_of(model)
+    conversion = {"sites": ["global"], "keep_ratio": 0.25}
+    convert(model, Lite3RConfig(**conversion))
+    torch.manual_seed(0)
+    tensors = {k: torch.randn_like(v) * 1e-3 for k, v in model.state_dict().items() if "proj_lin" in k}
+    return save_adapter(path, tensors, conversion=conversion, base_model="parity-vggt", base_hash=base)
+
+
+def test_trained_adapter_in_the_model_list_runs(qtbot, make_main_window, app_prefs, tmp_path):
+    from lite3r.app.adapter_files import read_adapter_info
+
+    path = _parity_adapter(tmp_path / "run" / "adapter.safetensors")
+    info = read_adapter_info(path)  # no torch needed for this
+    assert info.base_model == "parity-vggt" and info.keep_ratio == 0.25
+    app_prefs.add_adapter(str(path), "parity-vggt")
+    win = make_main_window(backend=None, dev_models=DEV)
+    panel = win.model_panel
+    idx = panel.backbone.findData({"backbone": "parity-vggt", "adapter": str(path)})
+    assert idx >= 0 and "adapter" in panel.backbone.itemText(idx)
+    panel.backbone.setCurrentIndex(idx)
+    s = win.project.settings
+    assert s.adapter == str(path) and s.attention == "sla" and s.kept_fraction == 0.25
+    assert not panel.attention.isEnabled() and not panel.kept.isEnabled()
+    win.open_paths([str(PHOTOS_DIR)])
+    with qtbot.waitSignal(win.run_finished, timeout=120000) as b:
+        win.run()
+    assert b.args[0] == "done", win.errors
+    assert "adapter run/adapter.safetensors" in win.project.current.attention
