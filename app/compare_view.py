@@ -96,6 +96,8 @@ class CompareView(QWidget):
         self.right.plotter.camera = self.left.plotter.camera  # the pyvista setter (docs/app.md §9.9)
         self.left.camera_moved.connect(self.right.plotter.update)
         self.right.camera_moved.connect(self.left.plotter.update)
+        self.left.interaction.connect(self.right.set_lod)  # dragging one view redraws both: both go light
+        self.right.interaction.connect(self.left.set_lod)
         self.left.view_picked.connect(self._picked)
         self.right.view_picked.connect(self._picked)
         self.result: cmp.CompareResult | None = None

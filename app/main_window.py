@@ -97,6 +97,8 @@ class MainWindow(QMainWindow):
         self._compare_results: dict[str, Reconstruction] = {}
         self._threads: list = []  # keep thread workers alive until they finish
         self._closing = False
+        self.selected_view: int | None = None  # camera / photo shown in the preview
+        self.preview_path: Path | None = None
 
         self.dev_models = dict(dev_models or {})
         self.client = InferenceClient(
@@ -203,6 +205,7 @@ class MainWindow(QMainWindow):
         self.model_panel.cancel_clicked.connect(self.cancel)
         self.model_panel.preferences_requested.connect(self.open_preferences)
         self.scene_view.view_picked.connect(self.select_view)
+        self.scene_view.screenshot_requested.connect(self.choose_screenshot)
         self.compare_view.view_picked.connect(self.select_view)
 
     def _make_training_tab(self):

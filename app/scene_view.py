@@ -94,6 +94,8 @@ class SceneView(QWidget):
     view_picked = Signal(int)  # camera index clicked in the view
     cloud_changed = Signal()  # the displayed points changed (filter, new result)
     camera_moved = Signal()  # the user moved the camera (for linked views)
+    interaction = Signal(bool)  # a drag started (True) / ended (False): linked views follow the LOD
+    screenshot_requested = Signal()
 
     def __init__(
         self,
@@ -218,7 +220,11 @@ class SceneView(QWidget):
         ):
             row.addWidget(widget)
         row.addStretch(1)
-        for widget in (self.bg_button, self.reset_button, self.fit_button):
+        self.shot_button = QToolButton()
+        self.shot_button.setText("Screenshot…")
+        self.shot_button.setToolTip("Save what the view shows as a PNG")
+        self.shot_button.clicked.connect(self.screenshot_requested)
+        for widget in (self.bg_button, self.reset_button, self.fit_button, self.shot_button):
             row.addWidget(widget)
         return w
 
@@ -453,18 +459,22 @@ class SceneView(QWidget):
         style.AddObserver("InteractionEvent", lambda *_: self.camera_moved.emit())
 
     def _start_interaction(self, *_args) -> None:
-        self._interacting = True
-        if self._lod_actor is not None and self._cloud_actor is not None:
-            self._cloud_actor.SetVisibility(False)
-            self._lod_actor.SetVisibility(True)
+        self.set_lod(True)
+        self.interaction.emit(True)
 
     def _end_interaction(self, *_args) -> None:
-        self._interacting = False
-        if self._lod_actor is not None and self._cloud_actor is not None:
-            self._lod_actor.SetVisibility(False)
-            self._cloud_actor.SetVisibility(True)
-            self.plotter.update()
+        self.set_lod(False)
+        self.interaction.emit(False)
         self.camera_moved.emit()
+
+    def set_lod(self, on: bool) -> None:
+        """Swap the level-of-detail subset in (while the camera moves) or the full cloud back."""
+        self._interacting = on
+        if self._lod_actor is not None and self._cloud_actor is not None:
+            self._cloud_actor.SetVisibility(not on)
+            self._lod_actor.SetVisibility(on)
+            if not on:
+                self.plotter.update()
 
     @property
     def lod_active(self) -> bool:

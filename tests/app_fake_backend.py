@@ -175,3 +175,14 @@ class FakeBackend:
 
 class SlowFakeBackend(FakeBackend):
     delay_s = 1.0
+
+
+class CrashingFakeBackend(FakeBackend):
+    """Dies like a worker killed by the out-of-memory killer, in the middle of a reconstruction."""
+
+    def reconstruct(self, images, settings, progress, partial):
+        import os
+        import signal
+
+        progress("trunk", 0.2)
+        os.kill(os.getpid(), signal.SIGKILL)

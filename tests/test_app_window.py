@@ -150,6 +150,7 @@ def test_compare_mode_links_cameras_and_colours_by_distance(qtbot, make_main_win
     win = make_main_window()
     win.open_paths([str(good_photos)])
     cv = win.compare_view
+    cv.left.lod_budget = cv.right.lod_budget = 500
     with qtbot.waitSignal(cv.compared, timeout=30000):
         win.run_compare()
     left, right = cv.pair
@@ -169,6 +170,11 @@ def test_compare_mode_links_cameras_and_colours_by_distance(qtbot, make_main_win
     assert 0 < s["median_rel"] < 10 and 0 < s["within"] <= 100
     assert "within" in cv.summary.text() and res.alignment == "pixels"
     assert cv.left.color_mode == "distance"
+    # dragging one view redraws both: both swap in their level-of-detail subset, and back
+    cv.left._start_interaction()
+    assert cv.left.lod_active and cv.right.lod_active and cv.right.drawn_points == 500
+    cv.left._end_interaction()
+    assert not cv.right.lod_active and cv.right.drawn_points == cv.right.cloud.n
     img = cv.screenshot()
     assert non_blank(img) and img.shape[1] > cv.left.screenshot().shape[1]
 
@@ -241,3 +247,14 @@ def test_cancel_during_a_run_and_close_during_a_run(qtbot, make_main_window, goo
     win.close()
     assert not process_alive(pid)
     assert any("the window was closed" in line for line in win.log_panel.lines)
+
+
+def test_a_crashing_worker_is_an_error_not_a_dead_window(qtbot, make_main_window, good_photos):
+    win = make_main_window(backend="app_fake_backend:CrashingFakeBackend")
+    win.open_paths([str(good_photos)])
+    assert run_and_wait(qtbot, win) == "error"
+    assert "killed" in win.errors[-1] and "out of memory" in win.errors[-1]
+    assert not win.busy and win.model_panel.run_button.isEnabled()
+    win.capabilities = None
+    win.request_capabilities()  # a fresh worker serves the next request
+    wait_caps(qtbot, win)
