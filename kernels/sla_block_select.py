@@ -28,14 +28,25 @@ _PASSES = 32 // _RADIX_BITS
 
 
 @triton.jit
-def _score_keys(pq, PK, KMEAN, bh, c0, n_kblocks, n_forced, CHUNK: tl.constexpr, HEAD_DIM: tl.constexpr):
+def _score_keys(
+    pq,
+    PK,
+    KMEAN,
+    bh,
+    c0,
+    n_kblocks,
+    n_forced,
+    CHUNK: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
     """Order-preserving int64 keys of the scores of key blocks [c0, c0 + CHUNK) (-1 where invalid)."""
     d = tl.arange(0, HEAD_DIM)
     j = c0 + tl.arange(0, CHUNK)
     jvalid = j < n_kblocks
     pk = tl.load(PK + (bh * n_kblocks + j)[:, None] * HEAD_DIM + d[None, :], mask=jvalid[:, None], other=0.0)
     km = tl.load(KMEAN + bh * HEAD_DIM + d)
-    s = tl.dot(pq, tl.trans(pk - km[None, :]), input_precision="ieee")
+    s = tl.dot(pq, tl.trans(pk - km[None, :]), input_precision=DOT_PRECISION)
     s = tl.where((j < n_forced)[None, :], float("inf"), s)
     bits = s.to(tl.int32, bitcast=True)
     key = tl.where(bits >= 0, bits.to(tl.int64) + 2147483648, (~bits).to(tl.int64))
@@ -47,7 +58,7 @@ def _sla_block_select_kernel(
     PQ, PK, KMEAN, LUT,
     n_qblocks, n_kblocks, topk, n_forced,
     ROWS: tl.constexpr, CHUNK: tl.constexpr, HEAD_DIM: tl.constexpr,
-    RADIX_BITS: tl.constexpr, PASSES: tl.constexpr, NB: tl.constexpr,
+    RADIX_BITS: tl.constexpr, PASSES: tl.constexpr, NB: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     g = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -59,11 +70,15 @@ def _sla_block_select_kernel(
     digits = tl.arange(0, NB)
     prefix = tl.zeros([ROWS], dtype=tl.int64)
     remaining = tl.zeros([ROWS], dtype=tl.int32) + topk
-    for p in range(PASSES):
+    # Radix passes from the most significant digit; stop early once, in every row, the bucket holding the
+    # k-th largest key is needed whole (then the keys are separated at this resolution already).
+    p = tl.full([], 0, dtype=tl.int32)
+    n_open = tl.full([], ROWS, dtype=tl.int32)
+    while (p < PASSES) & (n_open > 0):
         shift = 32 - RADIX_BITS * (p + 1)
         counts = tl.zeros([ROWS, NB], dtype=tl.int32)
         for c0 in range(0, n_kblocks, CHUNK):
-            key, _ = _score_keys(pq, PK, KMEAN, bh, c0, n_kblocks, n_forced, CHUNK, HEAD_DIM)
+            key, _ = _score_keys(pq, PK, KMEAN, bh, c0, n_kblocks, n_forced, CHUNK, HEAD_DIM, DOT_PRECISION)
             match = (key >= 0) & ((key >> (shift + RADIX_BITS)) == (prefix[:, None] >> (shift + RADIX_BITS)))
             digit = ((key >> shift) & (NB - 1)).to(tl.int32)
             hit = (digit[:, :, None] == digits[None, None, :]) & match[:, :, None]
@@ -72,18 +87,24 @@ def _sla_block_select_kernel(
         at_or_above = tl.sum(counts, axis=1)[:, None] - tl.cumsum(counts, axis=1) + counts
         best = tl.max(tl.where(at_or_above >= remaining[:, None], digits[None, :], -1), axis=1)
         above = tl.sum(tl.where(digits[None, :] > best[:, None], counts, 0), axis=1)
+        in_best = tl.sum(tl.where(digits[None, :] == best[:, None], counts, 0), axis=1)
         remaining -= above
         prefix = prefix | (best.to(tl.int64) << shift)
+        n_open = tl.sum((rvalid & (in_best != remaining)).to(tl.int32), axis=0)
+        p += 1
+    resolution = 32 - RADIX_BITS * p  # keys are compared on their bits above this one
 
     # Emit: every key above the threshold, and the first `remaining` keys equal to it.
     ties_seen = tl.zeros([ROWS], dtype=tl.int32)
     written = tl.zeros([ROWS], dtype=tl.int32)
     out = LUT + (bh * n_qblocks + r) * topk
     for c0 in range(0, n_kblocks, CHUNK):
-        key, j = _score_keys(pq, PK, KMEAN, bh, c0, n_kblocks, n_forced, CHUNK, HEAD_DIM)
+        key, j = _score_keys(pq, PK, KMEAN, bh, c0, n_kblocks, n_forced, CHUNK, HEAD_DIM, DOT_PRECISION)
         valid = key >= 0
-        above = valid & (key > prefix[:, None])
-        tie = valid & (key == prefix[:, None])
+        high = key >> resolution
+        threshold = prefix[:, None] >> resolution
+        above = valid & (high > threshold)
+        tie = valid & (high == threshold)
         tie_rank = ties_seen[:, None] + tl.cumsum(tie.to(tl.int32), axis=1)
         take = above | (tie & (tie_rank <= remaining[:, None]))
         pos = written[:, None] + tl.cumsum(take.to(tl.int32), axis=1) - 1
@@ -107,12 +128,13 @@ def sla_block_select(
     if geom.topk >= n_k:  # everything is selected
         return torch.arange(n_k, device=pq.device, dtype=dtype).expand(B, H, M, n_k).contiguous()
     lut = torch.empty(B, H, M, geom.topk, device=pq.device, dtype=dtype)
-    chunk = max(16, min(64, triton.next_power_of_2(n_k)))
+    chunk = max(16, min(32, triton.next_power_of_2(n_k)))
     kwargs = {"num_warps": 8} if pq.is_cuda else {}
     _sla_block_select_kernel[(triton.cdiv(M, ROWS), B * H)](
         pq, pk, kmean, lut,
         M, n_k, geom.topk, geom.n_forced,
         ROWS=ROWS, CHUNK=chunk, HEAD_DIM=D, RADIX_BITS=_RADIX_BITS, PASSES=_PASSES, NB=1 << _RADIX_BITS,
+        DOT_PRECISION="tf32x3" if pq.is_cuda else "ieee",
         **kwargs,
     )  # fmt: skip
     return lut

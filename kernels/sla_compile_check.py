@@ -164,8 +164,24 @@ def variants(head_dims=(64,), quick=False):
         prep = dict(
             BLOCK_Q=128, BLOCK_K=64, HEAD_DIM=D, FEATURE=0, LINEAR=2, HAS_SPECIAL=True, DOT_PRECISION="tf32"
         )
-        out.append((f"prepare complement D{D}", sla_prepare._sla_prepare_kernel, prep_ptrs, prep, [(4, 1)]))
-        sel = dict(ROWS=sla_block_select.ROWS, CHUNK=64, HEAD_DIM=D, RADIX_BITS=4, PASSES=8, NB=16)
+        out.append(
+            (
+                f"prepare complement D{D}",
+                sla_prepare._sla_prepare_kernel,
+                prep_ptrs,
+                prep,
+                [(4 if D <= 64 else 8, 3)],
+            )
+        )
+        sel = dict(
+            ROWS=sla_block_select.ROWS,
+            CHUNK=32,
+            HEAD_DIM=D,
+            RADIX_BITS=4,
+            PASSES=8,
+            NB=16,
+            DOT_PRECISION="tf32x3",
+        )
         out.append((f"block select D{D}", sla_block_select._sla_block_select_kernel, sel_ptrs, sel, [(8, 1)]))
     return out  # fmt: skip
 
