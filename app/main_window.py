@@ -204,6 +204,8 @@ class MainWindow(QMainWindow):
         self.model_panel.compare_clicked.connect(self.run_compare)
         self.model_panel.cancel_clicked.connect(self.cancel)
         self.model_panel.preferences_requested.connect(self.open_preferences)
+        self.model_panel.notice.connect(self._notice)
+        self.project.set_settings(self.model_panel.current_settings())  # what the panel can offer so far
         self.scene_view.view_picked.connect(self.select_view)
         self.scene_view.screenshot_requested.connect(self.choose_screenshot)
         self.compare_view.view_picked.connect(self.select_view)
@@ -395,6 +397,10 @@ class MainWindow(QMainWindow):
         self.preview_path = path
 
     # ---- settings ------------------------------------------------------------------------------------
+
+    def _notice(self, text: str) -> None:
+        self.log_panel.warning(text)
+        self.statusBar().showMessage(text, 10000)
 
     def _settings_changed(self, s: RunSettings) -> None:
         self.project.set_settings(s)

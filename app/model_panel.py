@@ -34,6 +34,7 @@ class ModelPanel(QWidget):
     compare_clicked = Signal()
     cancel_clicked = Signal()
     preferences_requested = Signal()
+    notice = Signal(str)  # something the user asked for cannot be done here (shown in the log)
 
     def __init__(
         self,
@@ -44,6 +45,7 @@ class ModelPanel(QWidget):
         super().__init__(parent)
         self._settings = settings
         self._extra = dict(extra_backbones or {})
+        self._wanted_precision = settings.precision
         self._caps: dict | None = None
         self._weights_paths: dict[str, str | None] = {}
         self._adapters: list[dict] = []
@@ -111,7 +113,9 @@ class ModelPanel(QWidget):
         self.kept.valueChanged.connect(self._changed)
         self.precision.currentIndexChanged.connect(self._changed)
         self._fill_backbones()
+        self._updating = True  # nothing is announced while the panel builds itself
         self.set_capabilities(None)
+        self._updating = False
         self.set_settings(settings)
 
     # ---- options -------------------------------------------------------------------------------------
@@ -151,10 +155,17 @@ class ModelPanel(QWidget):
                 ok, reason = bool(info.get("ok")), info.get("reason")
             item.setEnabled(ok)
             item.setToolTip(reason or "")
-        current = self.precision.currentData()
-        if not model.item(PRECISIONS.index(current)).isEnabled():
-            self.precision.setCurrentIndex(0)
+        # the precision the user asked for (settings, command line), once the device is known
+        wanted = self._wanted_precision
+        idx = PRECISIONS.index(wanted)
+        was_updating, self._updating = self._updating, True
+        self.precision.setCurrentIndex(idx if model.item(idx).isEnabled() else 0)
+        self._updating = was_updating
+        if not model.item(idx).isEnabled() and caps is not None and wanted != "fp32":
+            self.notice.emit(f"{wanted} cannot run here ({model.item(idx).toolTip()}); using fp32")
         self._update_weights_label()
+        if not self._updating:
+            self._emit()
 
     def weights_problem(self, backbone: str | None = None) -> str | None:
         """Why the selected backbone cannot run (missing weights), or None."""
@@ -212,6 +223,7 @@ class ModelPanel(QWidget):
                 break
         self.attention.setCurrentIndex(max(0, self.attention.findData(s.attention)))
         self.kept.setValue(s.kept_fraction * 100.0)
+        self._wanted_precision = s.precision
         idx = self.precision.findData(s.precision)
         if idx >= 0 and self.precision.model().item(idx).isEnabled():
             self.precision.setCurrentIndex(idx)
@@ -239,6 +251,7 @@ class ModelPanel(QWidget):
     def _changed(self) -> None:
         if self._updating:
             return
+        self._wanted_precision = self.precision.currentData()
         self._sync_enabled()
         self._update_weights_label()
         self._emit()

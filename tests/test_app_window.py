@@ -258,3 +258,13 @@ def test_a_crashing_worker_is_an_error_not_a_dead_window(qtbot, make_main_window
     win.capabilities = None
     win.request_capabilities()  # a fresh worker serves the next request
     wait_caps(qtbot, win)
+
+
+def test_a_precision_the_device_cannot_run_is_refused_with_the_reason(qtbot, make_main_window, app_prefs):
+    app_prefs.set_run_settings(app_prefs.run_settings().with_(precision="fp8"))  # e.g. from a GPU machine
+    win = make_main_window()
+    wait_caps(qtbot, win)
+    assert win.project.settings.precision == "fp32"
+    assert any("fp8 cannot run here" in line and "FP8" in line for line in win.log_panel.lines)
+    win.model_panel.precision.setCurrentIndex(1)  # bf16 is allowed here
+    assert win.project.settings.precision == "bf16" and app_prefs.run_settings().precision == "bf16"
