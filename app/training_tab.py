@@ -148,6 +148,7 @@ class TrainingTab(QWidget):
         self.job: JsonLinesProcess | None = None
         self.events: list[dict] = []
         self.config_path: Path | None = None
+        self._caps: dict | None = None
         self._t0 = 0.0
 
         self.teacher = QComboBox()
@@ -253,10 +254,26 @@ class TrainingTab(QWidget):
     # ---- form ----------------------------------------------------------------------------------------
 
     def set_capabilities(self, caps: dict) -> None:
-        """Add development models the inference worker offers (e.g. the parity VGGT)."""
-        for name, info in caps.get("models", {}).items():
-            if info.get("dev") and self.teacher.findData(name) < 0:
-                self.teacher.addItem(f"{info.get('display_name', name)} (teacher, frozen)", name)
+        """Mark teachers whose weights are not on this computer (the worker knows where they go)."""
+        self._caps = caps
+        models = caps.get("models", {})
+        for i in range(self.teacher.count()):
+            name = self.teacher.itemData(i)
+            info = models.get(name, {})
+            label = f"{BACKBONES.get(name, name)} (teacher, frozen)"
+            missing = not info.get("weights_found", True) and not self.prefs.weights_path(name)
+            self.teacher.setItemText(i, label + (" — weights missing" if missing else ""))
+            self.teacher.setItemData(i, info.get("hint") if missing else "", Qt.ItemDataRole.ToolTipRole)
+
+    def teacher_problem(self) -> str | None:
+        """Why the chosen teacher cannot be loaded (missing weights), or None."""
+        name = self.teacher.currentData()
+        if self.prefs.weights_path(name) or self.extra_config.get("model", {}).get("random_init"):
+            return None
+        info = (self._caps or {}).get("models", {}).get(name)
+        if info is not None and not info.get("weights_found", True):
+            return f"no weights for the teacher {BACKBONES.get(name, name)} ({info.get('hint')})"
+        return None
 
     def _teacher_changed(self) -> None:
         fam = FAMILY.get(self.teacher.currentData(), "vggt")
@@ -353,6 +370,10 @@ class TrainingTab(QWidget):
             return False
         if not self.selected_sites():
             self.error.emit("Cannot start training", "Choose at least one attention site to convert.", "")
+            return False
+        problem = self.teacher_problem()
+        if problem:
+            self.error.emit("Cannot start training", problem, "")
             return False
         try:
             if resume:

@@ -72,6 +72,13 @@ def test_launch_warms_the_worker_and_disables_what_the_device_cannot_run(qtbot, 
     # VGGT-1B has no weights in the fake worker: the panel says so, and Run refuses with the fix
     panel.backbone.setCurrentIndex(panel.backbone.findData({"backbone": "vggt-1b", "adapter": None}))
     assert "no weights" in panel.weights_label.text()
+    # the training tab knows it too: a teacher without weights is marked and refused with the fix
+    tab = win.training_tab
+    tab.teacher.setCurrentIndex(tab.teacher.findData("vggt-1b"))
+    assert tab.teacher.currentText().endswith("weights missing")
+    errors = []
+    tab.error.connect(lambda title, msg, details: errors.append(msg))
+    assert not tab.start() and "Preferences" in errors[-1]
 
 
 def test_drop_folder_lists_photos_flags_bad_ones_and_remembers_it(
