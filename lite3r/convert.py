@@ -179,14 +179,19 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def convert(model: nn.Module, config: Lite3RConfig | None = None) -> nn.Module:
+def convert(
+    model: nn.Module, config: Lite3RConfig | None = None, *, device: str | torch.device | None = None
+) -> nn.Module:
     """Swap the attention at the configured sites for SLA (in place); returns ``model``.
 
-    Sets ``model.attention_description`` (the one-line path the engine shows) and returns the same
-    model object; :func:`describe_conversion` gives the per-site report.
+    ``config.backend`` None is resolved once, here, from ``device`` (where the model will run; pass it
+    when converting before moving the model) or else the model's current device: CUDA → "triton",
+    anything else → "torch". Sets ``model.attention_description`` (the one-line path the engine shows)
+    and returns the same model object; :func:`describe_conversion` gives the per-site report.
     """
     config = config or Lite3RConfig()
-    backend = config.backend or ("triton" if _model_device(model).type == "cuda" else "torch")
+    run_on = torch.device(device) if device is not None else _model_device(model)
+    backend = config.backend or ("triton" if run_on.type == "cuda" else "torch")
     sla = config.sla_config(backend)
     for site in _chosen_sites(model, config):
         for name in site.modules:

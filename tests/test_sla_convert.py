@@ -67,6 +67,8 @@ def test_default_converts_the_cross_view_trunk_sites_only():
     assert model.global_blocks[0].attn.qkv is qkv  # pretrained weights reused, not copied
     assert model.global_blocks[0].attn.special_tokens_per_frame == 1
     assert model.global_blocks[0].attn.config.backend == "torch"  # chosen from the CPU device
+    other = convert(TwoSiteModel(), Lite3RConfig(), device="cuda")  # converted before moving to the GPU
+    assert other.global_blocks[0].attn.config.backend == "triton"
     report = describe_conversion(model)
     rows = {r.site: r for r in report.sites}
     assert rows["global"].modules == 2 and rows["global"].trainable_params == 2 * 16 * 16
