@@ -198,7 +198,7 @@ class MainWindow(QMainWindow):
 
         self.image_panel.open_folder_requested.connect(self.choose_folder)
         self.image_panel.recent_folder_requested.connect(lambda f: self.open_paths([f]))
-        self.image_panel.photo_selected.connect(self.select_view)
+        self.image_panel.photo_selected.connect(self._photo_row_selected)
         self.model_panel.settings_changed.connect(self._settings_changed)
         self.model_panel.run_clicked.connect(self.run)
         self.model_panel.compare_clicked.connect(self.run_compare)
@@ -362,24 +362,34 @@ class MainWindow(QMainWindow):
         self.preview.setText("Click a camera in the 3D view, or a photo in the list, to see it here.")
         return True
 
-    def select_view(self, index: int) -> None:
-        """Show photo ``index`` (from a frustum pick or the list) and highlight its camera."""
-        if index is None or index < 0:
+    def _photo_row_selected(self, row: int) -> None:
+        """A photo clicked in the list: show it, and highlight its camera when it has one."""
+        if not 0 <= row < len(self.project.photos):
             return
+        path = self.project.photos[row].path
         recon = self.project.current
-        path = None
-        if recon is not None and index < len(recon.image_paths):
-            path = Path(recon.image_paths[index])
-            row = next((i for i, p in enumerate(self.project.photos) if p.path == path), None)
-        else:
-            row = index
-            if index < len(self.project.photos):
-                path = self.project.photos[index].path
-        self.image_panel.select(row)
-        self.scene_view.set_highlight(index if recon is not None else None)
-        self.selected_view = index
-        if path is None:
+        view = None
+        if recon is not None:
+            view = next((i for i, p in enumerate(recon.image_paths) if Path(p) == path), None)
+        for v in (self.scene_view, self.compare_view.left, self.compare_view.right):
+            if v.recon is not None:
+                v.set_highlight(view)
+        self.selected_view = view
+        self._preview(path, row)
+
+    def select_view(self, index: int) -> None:
+        """Camera ``index`` picked in a 3D view: show its photo and select it in the list."""
+        recon = self.project.current
+        if index is None or index < 0 or recon is None or index >= len(recon.image_paths):
             return
+        path = Path(recon.image_paths[index])
+        row = next((i for i, p in enumerate(self.project.photos) if p.path == path), None)
+        self.image_panel.select(row)
+        self.scene_view.set_highlight(index)
+        self.selected_view = index
+        self._preview(path, index)
+
+    def _preview(self, path: Path, index: int) -> None:
         worker = _load_preview(path, PREVIEW_SIZE)
         worker.returned.connect(lambda res, path=path, index=index: self._show_preview(path, index, *res))
         self._keep(worker)

@@ -127,6 +127,11 @@ def test_run_shows_cloud_cameras_and_a_real_image(qtbot, make_main_window, good_
     assert view.highlight == win.selected_view
     qtbot.waitUntil(lambda: getattr(win, "preview_path", None) is not None, timeout=5000)
     assert win.preview_path.name == f"view{win.selected_view}.png"
+    assert win.image_panel.list.currentRow() == win.selected_view
+    # and the other way round: a photo clicked in the list highlights its camera
+    win.image_panel.list.setCurrentRow(0)
+    assert view.highlight == 0
+    qtbot.waitUntil(lambda: win.preview_path.name == "view0.png", timeout=5000)
     # the same run again comes from the cache
     assert run_and_wait(qtbot, win) == "done"
     assert any("cached" in line for line in win.log_panel.lines)
