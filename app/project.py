@@ -79,6 +79,7 @@ class Project:
     current: Reconstruction | None = None
     current_settings: RunSettings | None = None
     compare_pair: tuple[Reconstruction, Reconstruction] | None = None
+    max_cached: int = 8  # result files kept for instant re-display (each can be hundreds of MB)
 
     def __post_init__(self) -> None:
         self.photos_changed = Signal()  # ()
@@ -140,7 +141,15 @@ class Project:
         return path if path is not None and path.exists() else None
 
     def remember(self, settings: RunSettings, path: Path) -> None:
-        self._results[self.result_key(settings)] = Path(path)
+        """Cache a result file; beyond ``max_cached`` the oldest files are deleted (they can be large)."""
+        key = self.result_key(settings)
+        self._results.pop(key, None)
+        self._results[key] = Path(path)
+        while len(self._results) > self.max_cached:
+            old_key = next(iter(self._results))
+            old = self._results.pop(old_key)
+            if old != Path(path):
+                old.unlink(missing_ok=True)
 
     def show_result(self, recon: Reconstruction | None, settings: RunSettings | None, partial=False) -> None:
         self.current = recon

@@ -54,6 +54,10 @@ def test_project_cache_key_follows_photos_and_settings(tmp_path, photo_folder):
     (tmp_path / "r.npz").write_bytes(b"x")
     p.remember(dense, tmp_path / "r.npz")
     assert p.cached_path(dense) == tmp_path / "r.npz" and p.cached_path(sla) is None
+    p.max_cached = 1  # the oldest result file goes when the cache is full
+    (tmp_path / "s.npz").write_bytes(b"y")
+    p.remember(sla, tmp_path / "s.npz")
+    assert not (tmp_path / "r.npz").exists() and p.cached_path(dense) is None and p.cached_path(sla)
     with pytest.raises(ValueError):
         RunSettings(precision="fp16")
     assert "SLA keep 25%" in RunSettings(attention="sla", kept_fraction=0.25).label()
