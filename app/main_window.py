@@ -399,9 +399,9 @@ class MainWindow(QMainWindow):
             self.preview.setText(f"{path.name}: {problem.message if problem else 'cannot be shown'}")
             return
         pm = _pixmap_from_array(arr)
-        w = max(100, self.preview.width() - 8)
+        w, h = max(100, self.preview.width() - 8), max(80, self.preview.height() - 8)
         self.preview.setPixmap(
-            pm.scaledToWidth(min(w, pm.width() * 2), Qt.TransformationMode.SmoothTransformation)
+            pm.scaled(w, h, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation)
         )
         self.preview.setToolTip(f"photo {index + 1}: {path}")
         self.preview_path = path
