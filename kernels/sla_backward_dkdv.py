@@ -81,8 +81,9 @@ def _sla_backward_dkdv_kernel(
         lse = tl.load(LSE + bh * N + rows64, mask=rmask, other=0.0)
         delta = tl.load(DELTA + bh * N + rows64, mask=rmask, other=0.0)
         qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
+        # No mask needed: padded query rows load q = dO = 0 and lse = 0 (finite, and they add nothing to dV
+        # or dK); padded key rows only touch their own dK/dV rows, which are never stored.
         p_t = tl.exp2(qk_t * qk_scale - lse[None, :])
-        p_t = tl.where(cmask[:, None] & rmask[None, :], p_t, 0.0)
         dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         ds_t = p_t * (dp_t - delta[None, :])

@@ -89,8 +89,9 @@ def _sla_backward_dq_kernel(
         k = tl.load(k_base + phys[:, None] * stride_kn + d[None, :], mask=cmask[:, None], other=0.0)
         v = tl.load(v_base + phys[:, None] * stride_vn + d[None, :], mask=cmask[:, None], other=0.0)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-        p = tl.exp2(qk * qk_scale - lse[:, None])
-        p = tl.where(cmask[None, :] & rmask[:, None], p, 0.0)
+        # Padded keys (zero rows) would give P = 2^(-lse), which overflows for very negative rows: mask them.
+        # Padded query rows (q = 0, lse = 0) stay finite and are never stored.
+        p = tl.where(cmask[None, :], tl.exp2(qk * qk_scale - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)

@@ -29,6 +29,36 @@ def _configs():
 
 
 @triton.jit
+def _attend_block(
+    q, k_base, v_base, stride_kn, stride_vn, j, m_i, l_i, acc, N, n_special, frame_len, n_special_total,
+    qk_scale, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HAS_SPECIAL: tl.constexpr, MASK: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    """One online-softmax step over key block ``j`` (base 2; the scale is folded into the exponent)."""
+    d = tl.arange(0, HEAD_DIM)
+    cols = j * BLOCK_N + tl.arange(0, BLOCK_N)
+    phys = virtual_to_physical(cols, n_special, frame_len, n_special_total, HAS_SPECIAL).to(tl.int64)
+    k_ptrs = k_base + phys[:, None] * stride_kn + d[None, :]
+    v_ptrs = v_base + phys[:, None] * stride_vn + d[None, :]
+    if MASK:
+        cmask = cols < N
+        k = tl.load(k_ptrs, mask=cmask[:, None], other=0.0)
+        v = tl.load(v_ptrs, mask=cmask[:, None], other=0.0)
+    else:
+        k = tl.load(k_ptrs)
+        v = tl.load(v_ptrs)
+    qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+    if MASK:
+        qk = tl.where(cmask[None, :], qk, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, axis=1) * qk_scale)
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(qk * qk_scale - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _sla_forward_kernel(
     Q, K, V, O, OL, LSE,
     stride_qb, stride_qh, stride_qn,
@@ -67,29 +97,27 @@ def _sla_forward_kernel(
         s_sel = tl.zeros([HEAD_DIM, HEAD_DIM], dtype=tl.float32)
         z_sel = tl.zeros([HEAD_DIM], dtype=tl.float32)
     lut = LUT + (bh * n_qblocks + i) * topk
-    for t in range(0, topk):
+    # LUT rows are ascending, so only the last entry can be the trailing partial key block: the loop runs
+    # unmasked and the last block is peeled off with masks.
+    for t in range(0, topk - 1):
         j = tl.load(lut + t).to(tl.int32)
-        cols = j * BLOCK_N + tl.arange(0, BLOCK_N)
-        cmask = cols < N
-        phys = virtual_to_physical(cols, n_special, frame_len, n_special_total, HAS_SPECIAL)
-        k = tl.load(
-            k_base + phys.to(tl.int64)[:, None] * stride_kn + d[None, :], mask=cmask[:, None], other=0.0
-        )
-        v = tl.load(
-            v_base + phys.to(tl.int64)[:, None] * stride_vn + d[None, :], mask=cmask[:, None], other=0.0
-        )
-        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-        qk = tl.where(cmask[None, :], qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(qk - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = _attend_block(
+            q, k_base, v_base, stride_kn, stride_vn, j, m_i, l_i, acc, N, n_special, frame_len,
+            n_special_total, qk_scale, BLOCK_N, HEAD_DIM, HAS_SPECIAL, False, DOT_PRECISION,
+        )  # fmt: skip
         if LINEAR == 2:
             blk = bh * n_kblocks + j
             s_sel += tl.load(SBLK + (blk * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :]).to(tl.float32)
             z_sel += tl.load(ZBLK + blk * HEAD_DIM + d)
+    j = tl.load(lut + topk - 1).to(tl.int32)
+    m_i, l_i, acc = _attend_block(
+        q, k_base, v_base, stride_kn, stride_vn, j, m_i, l_i, acc, N, n_special, frame_len,
+        n_special_total, qk_scale, BLOCK_N, HEAD_DIM, HAS_SPECIAL, True, DOT_PRECISION,
+    )  # fmt: skip
+    if LINEAR == 2:
+        blk = bh * n_kblocks + j
+        s_sel += tl.load(SBLK + (blk * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :]).to(tl.float32)
+        z_sel += tl.load(ZBLK + blk * HEAD_DIM + d)
     out = acc / l_i[:, None]
 
     o_offs = b * stride_ob + h * stride_oh + rows.to(tl.int64)[:, None] * stride_on + d[None, :]
