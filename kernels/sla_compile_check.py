@@ -93,97 +93,36 @@ def variants(head_dims=(64,), quick=False):
     fwd_cfgs = [(8, 3)] if quick else [(c.num_warps, c.num_stages) for c in sla_forward._configs()]
     dq_cfgs = [(8, 3)] if quick else [(c.num_warps, c.num_stages) for c in sla_backward_dq._configs()]
     dkdv_cfgs = [(8, 3)] if quick else [(c.num_warps, c.num_stages) for c in sla_backward_dkdv._configs()]
+    fwd = sla_forward._sla_forward_kernel
+    fwd_kinds = {  # name → (LINEAR, FUSE_PROJ, STORE_LSE, RECOMPUTE_STATES, FEATURE, in quick mode)
+        "forward inference complement": (2, True, False, False, 0, True),
+        "forward sparse only": (0, True, False, False, 0, False),
+        "forward inference all": (1, True, False, False, 0, False),
+        "forward inference recomputed states": (2, True, False, True, 0, False),
+        "forward inference softmax-φ": (2, True, False, False, 1, False),
+        "forward training complement": (2, False, True, False, 0, True),
+    }
     out = []
     for D in head_dims:
         common = dict(BLOCK_M=128, BLOCK_N=64, HEAD_DIM=D, FEATURE=0, HAS_SPECIAL=True, DOT_PRECISION="tf32")
-        fwd = sla_forward._sla_forward_kernel
-        out.append(
-            (
-                f"forward inference complement D{D}",
-                fwd,
-                fwd_ptrs,
-                {**common, "LINEAR": 2, "FUSE_PROJ": True, "STORE_LSE": False},
-                fwd_cfgs,
-            )
-        )
-        if not quick:
-            out.append(
-                (
-                    f"forward sparse only D{D}",
-                    fwd,
-                    fwd_ptrs,
-                    {**common, "LINEAR": 0, "FUSE_PROJ": True, "STORE_LSE": False},
-                    fwd_cfgs,
-                )
-            )
-            out.append(
-                (
-                    f"forward inference all D{D}",
-                    fwd,
-                    fwd_ptrs,
-                    {**common, "LINEAR": 1, "FUSE_PROJ": True, "STORE_LSE": False},
-                    fwd_cfgs,
-                )
-            )
-            out.append(
-                (
-                    f"forward inference softmax-φ D{D}",
-                    fwd,
-                    fwd_ptrs,
-                    {**common, "FEATURE": 1, "LINEAR": 2, "FUSE_PROJ": True, "STORE_LSE": False},
-                    fwd_cfgs,
-                )
-            )
-        out.append(
-            (
-                f"forward training complement D{D}",
-                fwd,
-                fwd_ptrs,
-                {**common, "LINEAR": 2, "FUSE_PROJ": False, "STORE_LSE": True},
-                fwd_cfgs,
-            )
-        )
-        out.append(
-            (
-                f"backward dQ complement D{D}",
-                sla_backward_dq._sla_backward_dq_kernel,
-                dq_ptrs,
-                {**common, "LINEAR": 2},
-                dq_cfgs,
-            )
-        )
-        out.append(
-            (
-                f"backward dK/dV complement D{D}",
-                sla_backward_dkdv._sla_backward_dkdv_kernel,
-                dkdv_ptrs,
-                {**common, "LINEAR": 2},
-                dkdv_cfgs,
-            )
-        )
-        prep = dict(
-            BLOCK_Q=128, BLOCK_K=64, HEAD_DIM=D, FEATURE=0, LINEAR=2, HAS_SPECIAL=True, DOT_PRECISION="tf32"
-        )
-        out.append(
-            (
-                f"prepare complement D{D}",
-                sla_prepare._sla_prepare_kernel,
-                prep_ptrs,
-                prep,
-                [(4 if D <= 64 else 8, 3)],
-            )
-        )
-        sel = dict(
-            ROWS=sla_block_select.ROWS,
-            CHUNK=32,
-            HEAD_DIM=D,
-            RADIX_BITS=4,
-            PASSES=8,
-            NB=16,
-            DOT_PRECISION="tf32x3",
-        )
+        for name, (lin, fuse, lse, recompute, feature, in_quick) in fwd_kinds.items():
+            if quick and not in_quick:
+                continue
+            consts = {**common, "LINEAR": lin, "FUSE_PROJ": fuse, "STORE_LSE": lse}
+            consts.update(RECOMPUTE_STATES=recompute, FEATURE=feature)
+            out.append((f"{name} D{D}", fwd, fwd_ptrs, consts, fwd_cfgs))
+        dq = sla_backward_dq._sla_backward_dq_kernel
+        out.append((f"backward dQ complement D{D}", dq, dq_ptrs, {**common, "LINEAR": 2}, dq_cfgs))
+        dkdv = sla_backward_dkdv._sla_backward_dkdv_kernel
+        out.append((f"backward dK/dV complement D{D}", dkdv, dkdv_ptrs, {**common, "LINEAR": 2}, dkdv_cfgs))
+        prep = dict(BLOCK_Q=128, BLOCK_K=64, HEAD_DIM=D, FEATURE=0, LINEAR=2, STORE_STATES=True)
+        prep.update(HAS_SPECIAL=True, DOT_PRECISION="tf32")
+        prep_cfg = [(4 if D <= 64 else 8, 3)]
+        out.append((f"prepare complement D{D}", sla_prepare._sla_prepare_kernel, prep_ptrs, prep, prep_cfg))
+        sel = dict(ROWS=sla_block_select.ROWS, CHUNK=32, HEAD_DIM=D, RADIX_BITS=4, PASSES=8, NB=16)
+        sel.update(DOT_PRECISION="tf32x3")
         out.append((f"block select D{D}", sla_block_select._sla_block_select_kernel, sel_ptrs, sel, [(8, 1)]))
-    return out  # fmt: skip
+    return out
 
 
 def main(argv=None) -> int:

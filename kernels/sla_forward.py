@@ -55,7 +55,25 @@ def _attend_block(
     p = tl.exp2(qk * qk_scale - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
     acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
-    return m_new, l_i, acc
+    return m_new, l_i, acc, k, v
+
+
+@triton.jit
+def _add_block_state(
+    s_sel, z_sel, SBLK, ZBLK, blk, k, v, cmask, FEATURE: tl.constexpr, RECOMPUTE: tl.constexpr,
+    HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    """Add key block j's linear state (S_j = φ(K_j)ᵀV_j, z_j = Σφ(K_j)): read from the prepare pass,
+    or recomputed from the K/V tiles already loaded (no state traffic, one more small MMA)."""
+    d = tl.arange(0, HEAD_DIM)
+    if RECOMPUTE:
+        phik = tl.where(cmask[:, None], feature_map(k.to(tl.float32), FEATURE), 0.0)
+        s_sel = tl.dot(tl.trans(phik.to(v.dtype)), v, s_sel, input_precision=DOT_PRECISION)
+        z_sel += tl.sum(phik, axis=0)
+    else:
+        s_sel += tl.load(SBLK + (blk * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :]).to(tl.float32)
+        z_sel += tl.load(ZBLK + blk * HEAD_DIM + d)
+    return s_sel, z_sel
 
 
 @triton.jit
@@ -72,7 +90,8 @@ def _sla_forward_kernel(
     qk_scale, eps,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
     FEATURE: tl.constexpr, LINEAR: tl.constexpr, FUSE_PROJ: tl.constexpr,
-    HAS_SPECIAL: tl.constexpr, STORE_LSE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_SPECIAL: tl.constexpr, STORE_LSE: tl.constexpr, RECOMPUTE_STATES: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     i = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)  # int64 offsets: 1,000 frames of qkv views exceed 2**31 elements
@@ -101,23 +120,27 @@ def _sla_forward_kernel(
     # unmasked and the last block is peeled off with masks.
     for t in range(0, topk - 1):
         j = tl.load(lut + t).to(tl.int32)
-        m_i, l_i, acc = _attend_block(
+        m_i, l_i, acc, k, v = _attend_block(
             q, k_base, v_base, stride_kn, stride_vn, j, m_i, l_i, acc, N, n_special, frame_len,
             n_special_total, qk_scale, BLOCK_N, HEAD_DIM, HAS_SPECIAL, False, DOT_PRECISION,
         )  # fmt: skip
         if LINEAR == 2:
-            blk = bh * n_kblocks + j
-            s_sel += tl.load(SBLK + (blk * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :]).to(tl.float32)
-            z_sel += tl.load(ZBLK + blk * HEAD_DIM + d)
+            full = tl.full([BLOCK_N], 1, dtype=tl.int1)
+            s_sel, z_sel = _add_block_state(
+                s_sel, z_sel, SBLK, ZBLK, bh * n_kblocks + j, k, v, full, FEATURE, RECOMPUTE_STATES,
+                HEAD_DIM, DOT_PRECISION,
+            )  # fmt: skip
     j = tl.load(lut + topk - 1).to(tl.int32)
-    m_i, l_i, acc = _attend_block(
+    m_i, l_i, acc, k, v = _attend_block(
         q, k_base, v_base, stride_kn, stride_vn, j, m_i, l_i, acc, N, n_special, frame_len,
         n_special_total, qk_scale, BLOCK_N, HEAD_DIM, HAS_SPECIAL, True, DOT_PRECISION,
     )  # fmt: skip
     if LINEAR == 2:
-        blk = bh * n_kblocks + j
-        s_sel += tl.load(SBLK + (blk * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :]).to(tl.float32)
-        z_sel += tl.load(ZBLK + blk * HEAD_DIM + d)
+        cmask = (j * BLOCK_N + tl.arange(0, BLOCK_N)) < N
+        s_sel, z_sel = _add_block_state(
+            s_sel, z_sel, SBLK, ZBLK, bh * n_kblocks + j, k, v, cmask, FEATURE, RECOMPUTE_STATES,
+            HEAD_DIM, DOT_PRECISION,
+        )  # fmt: skip
     out = acc / l_i[:, None]
 
     o_offs = b * stride_ob + h * stride_oh + rows.to(tl.int64)[:, None] * stride_on + d[None, :]
@@ -147,7 +170,17 @@ def _sla_forward_kernel(
 
 _sla_forward_kernel_tuned = triton.autotune(
     configs=_configs(),
-    key=["HEAD_DIM", "BLOCK_M", "BLOCK_N", "FEATURE", "LINEAR", "FUSE_PROJ", "HAS_SPECIAL", "STORE_LSE"],
+    key=[
+        "HEAD_DIM",
+        "BLOCK_M",
+        "BLOCK_N",
+        "FEATURE",
+        "LINEAR",
+        "FUSE_PROJ",
+        "HAS_SPECIAL",
+        "STORE_LSE",
+        "RECOMPUTE_STATES",
+    ],
 )(_sla_forward_kernel)
 
 
@@ -173,6 +206,7 @@ def sla_forward(
     eps: float,
     scale: float,
     fuse_proj: bool,
+    recompute_states: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the forward kernel.
 
@@ -212,7 +246,7 @@ def sla_forward(
         scale * LOG2E, eps,
         BLOCK_M=geom.block_q, BLOCK_N=geom.block_k, HEAD_DIM=D,
         FEATURE=FEATURE_CODES[feature], LINEAR=lin, FUSE_PROJ=fuse,
-        HAS_SPECIAL=geom.n_special > 0, STORE_LSE=store_lse,
+        HAS_SPECIAL=geom.n_special > 0, STORE_LSE=store_lse, RECOMPUTE_STATES=bool(recompute_states),
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         **kwargs,
     )  # fmt: skip

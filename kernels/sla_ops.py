@@ -66,13 +66,13 @@ def _unit_last_stride(x: Tensor) -> Tensor:
 
 @torch.library.custom_op("lite3r::sla_prepare", mutates_args=())
 def sla_prepare_op(
-    q: Tensor, k: Tensor, v: Tensor, geom: list[int], feature: str, linear: str
+    q: Tensor, k: Tensor, v: Tensor, geom: list[int], feature: str, linear: str, store_states: bool = True
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return _prepare_mod.sla_prepare(q, k, v, geom_from_list(geom), feature, linear)
+    return _prepare_mod.sla_prepare(q, k, v, geom_from_list(geom), feature, linear, store_states)
 
 
 @sla_prepare_op.register_fake
-def _(q, k, v, geom, feature, linear):
+def _(q, k, v, geom, feature, linear, store_states=True):
     g = geom_from_list(geom)
     B, H, _, D = q.shape
     f32 = torch.float32
@@ -81,7 +81,7 @@ def _(q, k, v, geom, feature, linear):
     pk = q.new_empty(B, H, g.n_kblocks, D, dtype=f32)
     kmean = q.new_empty(B, H, D, dtype=f32)
     code = LINEAR_CODES[linear]
-    if code == 2:
+    if code == 2 and store_states:
         s_blk = q.new_empty(B, H, g.n_kblocks, D, D, dtype=_prepare_mod.state_dtype_for(q.dtype))
         z_blk = q.new_empty(B, H, g.n_kblocks, D, dtype=f32)
     else:
@@ -122,15 +122,20 @@ def sla_forward_op(
     eps: float,
     scale: float,
     fuse_proj: bool,
+    recompute_states: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     return _forward_mod.sla_forward(
         q, k, v, lut, s_blk, z_blk, s_tot, z_tot, proj_weight, geom_from_list(geom),
         feature=feature, linear=linear, eps=eps, scale=scale, fuse_proj=fuse_proj,
+        recompute_states=recompute_states,
     )  # fmt: skip
 
 
 @sla_forward_op.register_fake
-def _(q, k, v, lut, s_blk, z_blk, s_tot, z_tot, proj_weight, geom, feature, linear, eps, scale, fuse_proj):
+def _(
+    q, k, v, lut, s_blk, z_blk, s_tot, z_tot, proj_weight, geom, feature, linear, eps, scale, fuse_proj,
+    recompute_states=False,
+):  # fmt: skip
     B, H, N, D = q.shape
     code = effective_linear_code(linear, geom_from_list(geom))
     o = _bnhd(B, H, N, D, q)
@@ -230,25 +235,44 @@ def sla_attention(
     linear: str,
     eps: float,
     scale: float,
+    recompute_states: bool = False,
 ) -> Tensor:
     """Block sparse-linear attention with the Triton kernels: [B, H, N, D] → [B, H, N, D].
 
     Inference (no grad needed) runs three kernels: prepare, select, and the fused forward that writes
-    o = o_s + o_l·Wᵀ. With gradients it runs the autograd function and projects o_l in PyTorch, so the
-    projection weight gets its gradient from autograd.
+    o = o_s + o_l·Wᵀ (``recompute_states``: the complement branch recomputes the selected blocks' states
+    from K/V in the forward instead of storing and reading them). With gradients it runs the autograd
+    function (stored states) and projects o_l in PyTorch, so the projection weight gets its gradient
+    from autograd.
     """
     q, k, v = _unit_last_stride(q), _unit_last_stride(k), _unit_last_stride(v)
     g = geom_to_list(geom)
-    pq, pk, kmean, s_blk, z_blk, s_tot, z_tot = sla_prepare_op(
-        q.detach(), k.detach(), v.detach(), g, feature, linear
-    )
-    lut = sla_block_select_op(pq, pk, kmean, g)
     grad = torch.is_grad_enabled()
     qkv_grad = grad and (q.requires_grad or k.requires_grad or v.requires_grad)
     w_grad = grad and proj_weight is not None and proj_weight.requires_grad and linear != "none"
+    recompute = bool(recompute_states) and not (qkv_grad or w_grad)
+    pq, pk, kmean, s_blk, z_blk, s_tot, z_tot = sla_prepare_op(
+        q.detach(), k.detach(), v.detach(), g, feature, linear, not recompute
+    )
+    lut = sla_block_select_op(pq, pk, kmean, g)
     if not (qkv_grad or w_grad):
         return sla_forward_op(
-            q, k, v, lut, s_blk, z_blk, s_tot, z_tot, proj_weight, g, feature, linear, eps, scale, True
+            q,
+            k,
+            v,
+            lut,
+            s_blk,
+            z_blk,
+            s_tot,
+            z_tot,
+            proj_weight,
+            g,
+            feature,
+            linear,
+            eps,
+            scale,
+            True,
+            recompute,
         )[0]
     if qkv_grad:
         o_s, o_l = SparseLinearAttentionFunction.apply(

@@ -37,7 +37,7 @@ def _sla_prepare_kernel(
     H, N, n_qblocks, n_kblocks, n_chunks, qb_per_prog, kb_per_prog,
     n_special, frame_len, n_special_total,
     BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, HEAD_DIM: tl.constexpr,
-    FEATURE: tl.constexpr, LINEAR: tl.constexpr, HAS_SPECIAL: tl.constexpr,
+    FEATURE: tl.constexpr, LINEAR: tl.constexpr, STORE_STATES: tl.constexpr, HAS_SPECIAL: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     c = tl.program_id(0)
@@ -86,7 +86,7 @@ def _sla_prepare_kernel(
             phi = tl.where(cmask[:, None], feature_map(kf, FEATURE), 0.0)
             s_j = tl.dot(tl.trans(phi.to(vx.dtype)), vx, input_precision=DOT_PRECISION)
             z_j = tl.sum(phi, axis=0)
-            if LINEAR == 2:
+            if STORE_STATES:
                 blk = bh * n_kblocks + j
                 tl.store(
                     SBLK + (blk * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :],
@@ -129,12 +129,14 @@ def sla_prepare(
     geom: SLAGeometry,
     feature: str,
     linear: str,
+    store_states: bool = True,
 ) -> tuple[torch.Tensor, ...]:
     """Launch the preparation kernel.
 
     Returns (pq [B,H,Mq,D] f32, pk [B,H,Nk,D] f32, kmean [B,H,D] f32, s_blk [B,H,Nk,D,D] (state
-    dtype; empty unless complement), z_blk [B,H,Nk,D] f32 (empty unless complement), s_tot [B,H,D,D]
-    f32, z_tot [B,H,D] f32 (both empty when linear is "none")).
+    dtype), z_blk [B,H,Nk,D] f32 — both empty unless linear is "complement" and ``store_states`` (the
+    forward can recompute the selected blocks' states from K/V instead) —, s_tot [B,H,D,D] f32,
+    z_tot [B,H,D] f32 (both empty when linear is "none")).
     """
     B, H, N, D = q.shape
     dev = q.device
@@ -144,7 +146,8 @@ def sla_prepare(
     pq = torch.empty(B, H, geom.n_qblocks, D, device=dev, dtype=f32)
     pk = torch.empty(B, H, geom.n_kblocks, D, device=dev, dtype=f32)
     kpart = torch.empty(B, H, n_chunks, D, device=dev, dtype=f32)
-    if lin == 2:
+    store = lin == 2 and store_states
+    if store:
         s_blk = torch.empty(B, H, geom.n_kblocks, D, D, device=dev, dtype=state_dtype_for(q.dtype))
         z_blk = torch.empty(B, H, geom.n_kblocks, D, device=dev, dtype=f32)
     else:
@@ -164,7 +167,7 @@ def sla_prepare(
         H, N, geom.n_qblocks, geom.n_kblocks, n_chunks, qb, kb,
         max(geom.n_special, 1), geom.frame_len, geom.n_special_total,
         BLOCK_Q=geom.block_q, BLOCK_K=geom.block_k, HEAD_DIM=D,
-        FEATURE=FEATURE_CODES[feature], LINEAR=lin, HAS_SPECIAL=geom.n_special > 0,
+        FEATURE=FEATURE_CODES[feature], LINEAR=lin, STORE_STATES=store, HAS_SPECIAL=geom.n_special > 0,
         DOT_PRECISION=dot_precision_for(q.dtype),
         **({"num_warps": 4 if D <= 64 else 8} if q.is_cuda else {}),
     )  # fmt: skip

@@ -45,6 +45,7 @@ class Lite3RConfig:
     proj_init_std: float = 1e-3
     keep_special_tokens: bool = True
     eps: float = 1e-6
+    complement_states: str = "stored"  # or "recomputed" (see SLAConfig)
     # "triton" | "torch"; None → chosen once at conversion from the model's device (CUDA → triton)
     # and recorded in every module's SLAConfig and in the conversion report.
     backend: str | None = None
@@ -63,6 +64,7 @@ class Lite3RConfig:
                 "linear",
                 "keep_special_tokens",
                 "eps",
+                "complement_states",
             )
             defaults = {f.name: f.default for f in dataclasses.fields(self)}
             changed = [n for n in fixed if getattr(self, n) != defaults[n]]
@@ -95,6 +97,7 @@ class Lite3RConfig:
             keep_special_tokens=self.keep_special_tokens,
             eps=self.eps,
             backend=backend,
+            complement_states=self.complement_states,
         )
 
     def to_dict(self) -> dict:

@@ -227,12 +227,14 @@ def test_token_topk_compat_matches_the_published_formulation():
         torch.testing.assert_close(sla(x2).double(), sla(x2).double())
 
 
-@pytest.mark.parametrize("feature", ["elu", "softmax"])
-def test_triton_module_matches_torch_module(feature):
+@pytest.mark.parametrize("feature, states", [("elu", "stored"), ("softmax", "recomputed")])
+def test_triton_module_matches_torch_module(feature, states):
     """The same module on both backends: qk-norm, RoPE, special tokens, partial blocks, batch 2."""
     attn = _dense(dim=32, heads=2)
     x, pos, L = _frames(2, 3, 4, 5, special=5, dim=32)  # 75 tokens → partial blocks of 16
-    cfg = SLAConfig(keep_ratio=0.4, block_q=16, block_k=16, feature_map=feature, backend="torch")
+    cfg = SLAConfig(
+        keep_ratio=0.4, block_q=16, block_k=16, feature_map=feature, backend="torch", complement_states=states
+    )
     sla = SparseLinearAttention.from_dense(attn, cfg, special_tokens_per_frame=5)
     with torch.no_grad():
         sla.proj_lin.weight.normal_(0, 0.1)

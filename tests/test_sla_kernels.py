@@ -144,6 +144,13 @@ def test_forward_matches_reference(case):
     kw = dict(feature=feat, linear=lin, eps=1e-6, scale=D**-0.5)
     o, _, _ = forward.sla_forward(q, k, v, lut, sb, zb, st, zt, w, g, fuse_proj=True, **kw)
     o_s, o_l, lse = forward.sla_forward(q, k, v, lut, sb, zb, st, zt, w, g, fuse_proj=False, **kw)
+    if lin == "complement":  # the selected blocks' states recomputed in the loop instead of read back
+        _, _, _, no_sb, no_zb, _, _ = prepare.sla_prepare(q, k, v, g, feat, lin, store_states=False)
+        assert no_sb.numel() == 0 and no_zb.numel() == 0
+        o_re, _, _ = forward.sla_forward(
+            q, k, v, lut, no_sb, no_zb, st, zt, w, g, fuse_proj=True, recompute_states=True, **kw
+        )
+        torch.testing.assert_close(o_re, o, rtol=1e-3 if dt == torch.float16 else 1e-5, atol=1e-4)
     d64 = [t.double() for t in (q, k, v, w)]
     ref, ref_s, ref_l, _ = sla_attention_reference(*d64, g, lut=lut.long(), return_parts=True, **kw)
     tol = 2e-5 if dt == torch.float32 else 2e-3

@@ -44,6 +44,7 @@ from lite3r.kernels.sla_reference import (
 MODES = ("block", "token_topk")
 BACKENDS = ("triton", "torch")
 PROJ_INITS = ("normal", "zero")
+COMPLEMENT_STATES = ("stored", "recomputed")
 # head_dim the Triton kernels compile for (power of two, tl.dot needs ≥ 16).
 TRITON_HEAD_DIMS = (16, 32, 64, 128)
 _BLOCK_SIZES = (16, 32, 64, 128)
@@ -67,6 +68,11 @@ class SLAConfig:
     keep_special_tokens: bool = True  # every query attends every frame's camera/register/cls tokens
     eps: float = 1e-6  # linear-branch denominator
     backend: str = "triton"  # "triton" (CUDA kernels) or "torch" (reference, any device)
+    # Complement branch, Triton inference: the selected blocks' states φ(K_j)ᵀV_j are "stored" by the
+    # prepare pass and read back per selected block (one D×D read per block), or "recomputed" from the
+    # K/V tiles the sparse loop already holds (one more small MMA per block, no state memory).
+    # Same maths; training always uses stored states.
+    complement_states: str = "stored"
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> None:
@@ -82,6 +88,8 @@ class SLAConfig:
             bad(f"linear {self.linear!r} is not one of {LINEAR_MODES}")
         if self.proj_init not in PROJ_INITS:
             bad(f"proj_init {self.proj_init!r} is not one of {PROJ_INITS}")
+        if self.complement_states not in COMPLEMENT_STATES:
+            bad(f"complement_states {self.complement_states!r} is not one of {COMPLEMENT_STATES}")
         if (self.keep_ratio is None) == (self.top_k_blocks is None):
             bad("give exactly one of keep_ratio and top_k_blocks (set keep_ratio=None to use top_k_blocks)")
         if self.keep_ratio is not None and not 0.0 < self.keep_ratio <= 1.0:
@@ -236,7 +244,9 @@ class SparseLinearAttention(MultiHeadAttention):
         self._check_triton_inputs(q)
         from lite3r.kernels.sla_ops import sla_attention
 
-        return sla_attention(q, k, v, weight, geom, **kwargs)
+        return sla_attention(
+            q, k, v, weight, geom, recompute_states=cfg.complement_states == "recomputed", **kwargs
+        )
 
     def _dense_fallback(self, q, k, v, weight, geom: SLAGeometry) -> torch.Tensor:
         o = super().attend(q, k, v)
