@@ -11,9 +11,12 @@ Per frame count and kept fraction:
 - ``dense_ms``: cuDNN SDPA forward; ``sla_ms``: the SLA module's ``attend`` (prepare + select + fused
   kernel, everything the module runs); ``speedup``;
 - ``kernel_ms`` / ``kernel_tflops``: the fused sparse-linear forward kernel alone, with FLOPs counted on
-  the blocks it computes (4·BM·BN·D per selected block pair); ``sparse_only_*``: the same kernel without
-  the linear branch; ``outside_ms`` / ``outside_pct``: module time outside the kernel, split into
-  ``prepare_ms`` and ``select_ms``;
+  the blocks it computes (4·BM·BN·D per selected block pair); variants: ``kernel_recomputed`` (the
+  complement states recomputed from K/V in the loop instead of read back), ``kernel_all`` (linear
+  branch over all tokens: no per-block states) and ``sparse_only`` (no linear branch);
+  ``outside_ms`` / ``outside_pct``: module time outside the kernel, split into ``prepare_ms`` and
+  ``select_ms``; ``sla_recomputed_ms`` / ``speedup_recomputed`` / ``outside_recomputed_pct``: the module
+  with ``SLAConfig(complement_states="recomputed")``;
 - backward (``--backward-frames``): dense SDPA backward vs the SLA backward (autograd of the module,
   dQ + dK/dV kernels, inverse LUT), forward not included.
 Block selection at ``--select-frames`` (default 1,000): time and peak extra device memory of pooling +
@@ -83,8 +86,13 @@ def qkv_views(frames: int, requires_grad: bool = False):
     return qkv, q, k, v
 
 
-def sla_module(keep: float, linear: str = "complement") -> SparseLinearAttention:
-    cfg = SLAConfig(keep_ratio=keep, block_q=BLOCK_Q, block_k=BLOCK_K, linear=linear, backend="triton")
+def sla_module(
+    keep: float, linear: str = "complement", complement_states: str = "stored"
+) -> SparseLinearAttention:
+    cfg = SLAConfig(
+        keep_ratio=keep, block_q=BLOCK_Q, block_k=BLOCK_K, linear=linear, backend="triton",
+        complement_states=complement_states,
+    )  # fmt: skip
     m = SparseLinearAttention(HEADS * HEAD_DIM, HEADS, config=cfg, special_tokens_per_frame=SPECIAL)
     m = m.to(DEVICE).eval()
     with torch.no_grad():
@@ -103,41 +111,38 @@ def _forward_one(frames: int, keep: float, q, k, v, dense_ms: float, repeats: in
     m = sla_module(keep)
     geom = m.geometry(n, TOKENS)
     g = sla_ops.geom_to_list(geom)
-    eps, scale = m.config.eps, m.scale
-    empty = q.new_empty(0, dtype=torch.float32)
+    eps, scale, w = m.config.eps, m.scale, m.proj_lin.weight
+    none = q.new_empty(0, dtype=torch.float32)
+    row = {}
     with torch.no_grad():
-        sla_ms = median_ms(partial(m.attend, q, k, v, frame_len=TOKENS), repeats)
-        prepare = partial(sla_ops.sla_prepare_op, q, k, v, g, "elu", "complement")
+        row["sla_ms"] = median_ms(partial(m.attend, q, k, v, frame_len=TOKENS), repeats)
+        m_re = sla_module(keep, complement_states="recomputed")
+        row["sla_recomputed_ms"] = median_ms(partial(m_re.attend, q, k, v, frame_len=TOKENS), repeats)
+        prepare = partial(sla_ops.sla_prepare_op, q, k, v, g, "elu", "complement", True)
         pq, pk, km, sb, zb, st, zt = prepare()
-        prepare_ms = median_ms(prepare, repeats)
+        row["prepare_ms"] = median_ms(prepare, repeats)
+        row["prepare_no_states_ms"] = median_ms(
+            partial(sla_ops.sla_prepare_op, q, k, v, g, "elu", "complement", False), repeats
+        )
         select = partial(sla_ops.sla_block_select_op, pq, pk, km, g)
         lut = select()
-        select_ms = median_ms(select, repeats)
-        fused = partial(
-            sla_ops.sla_forward_op, q, k, v, lut, sb, zb, st, zt, m.proj_lin.weight, g,
-            "elu", "complement", eps, scale, True,
-        )  # fmt: skip
-        kernel_ms = median_ms(fused, repeats)
-        sparse = partial(
-            sla_ops.sla_forward_op,
-            q,
-            k,
-            v,
-            lut,
-            empty,
-            empty,
-            empty,
-            empty,
-            None,
-            g,
-            "elu",
-            "none",
-            eps,
-            scale,
-            True,
-        )
-        sparse_ms = median_ms(sparse, repeats)
+        row["select_ms"] = median_ms(select, repeats)
+        fwd = partial(sla_ops.sla_forward_op, q, k, v, lut)
+        variants = {  # the fused kernel alone, per linear-branch variant
+            "kernel": (sb, zb, st, zt, w, "complement", False),
+            "kernel_recomputed": (none, none, st, zt, w, "complement", True),
+            "kernel_all": (none, none, st, zt, w, "all", False),
+            "sparse_only": (none, none, none, none, None, "none", False),
+        }
+        for name, (s_b, z_b, s_t, z_t, wt, lin, recompute) in variants.items():
+            call = partial(fwd, s_b, z_b, s_t, z_t, wt, g, "elu", lin, eps, scale, True, recompute)
+            row[f"{name}_ms"] = median_ms(call, repeats)
     flops = 4 * HEADS * geom.n_qblocks * geom.topk * geom.block_q * geom.block_k * HEAD_DIM
+    for name in variants:
+        row[f"{name}_tflops"] = flops / row[f"{name}_ms"] / 1e9
+    row["outside_ms"] = row["sla_ms"] - row["kernel_ms"]
+    row["outside_pct"] = 100.0 * row["outside_ms"] / row["sla_ms"]
+    row["outside_recomputed_pct"] = 100.0 * (1 - row["kernel_recomputed_ms"] / row["sla_recomputed_ms"])
     return {
         "frames": frames,
         "tokens": n,
@@ -145,16 +150,9 @@ def _forward_one(frames: int, keep: float, q, k, v, dense_ms: float, repeats: in
         "kept_blocks": f"{geom.topk}/{geom.n_kblocks}",
         "dense_ms": dense_ms,
         "dense_tflops": 4 * HEADS * n * n * HEAD_DIM / dense_ms / 1e9,
-        "sla_ms": sla_ms,
-        "speedup": dense_ms / sla_ms,
-        "kernel_ms": kernel_ms,
-        "kernel_tflops": flops / kernel_ms / 1e9,
-        "sparse_only_ms": sparse_ms,
-        "sparse_only_tflops": flops / sparse_ms / 1e9,
-        "prepare_ms": prepare_ms,
-        "select_ms": select_ms,
-        "outside_ms": sla_ms - kernel_ms,
-        "outside_pct": 100.0 * (sla_ms - kernel_ms) / sla_ms,
+        "speedup": dense_ms / row["sla_ms"],
+        "speedup_recomputed": dense_ms / row["sla_recomputed_ms"],
+        **row,
     }
 
 
@@ -272,9 +270,17 @@ def check_targets(fwd, bwd, sel) -> dict:
     r64 = pick(fwd, frames=64, keep=0.1)
     if r64:
         out["speedup_at_64_frames_10pct"] = r64[0]["speedup"]
-    big = [r["kernel_tflops"] for r in fwd if r["frames"] >= 32]
-    if big:
-        out["kernel_tflops_median_32_frames_up"] = statistics.median(big)
+    for name in ("kernel", "kernel_recomputed", "kernel_all", "sparse_only"):
+        big = [r[f"{name}_tflops"] for r in fwd if r["frames"] >= 32]
+        if big:
+            out[f"{name}_tflops_median_32_frames_up"] = statistics.median(big)
+    r64 = pick(fwd, frames=64, keep=0.1)
+    if r64:
+        out["speedup_recomputed_at_64_frames_10pct"] = r64[0]["speedup_recomputed"]
+    if r32:
+        out["outside_recomputed_pct_at_32_frames"] = {
+            str(r["keep"]): r["outside_recomputed_pct"] for r in r32
+        }
     b64 = pick(bwd, frames=64, keep=0.1)
     if b64:
         out["backward_speedup_at_64_frames_10pct"] = b64[0]["bwd_speedup"]
@@ -316,8 +322,9 @@ def main(argv=None) -> int:
         results.update(forward=fwd, backward=bwd, selection=sel, summary=check_targets(fwd, bwd, sel))
         table = "## Forward (global attention)\n\n" + markdown_table(
             fwd,
-            ["frames", "keep", "kept_blocks", "dense_ms", "sla_ms", "speedup", "kernel_ms", "kernel_tflops",
-             "sparse_only_tflops", "prepare_ms", "select_ms", "outside_pct"],
+            ["frames", "keep", "kept_blocks", "dense_ms", "sla_ms", "speedup", "sla_recomputed_ms",
+             "speedup_recomputed", "kernel_tflops", "kernel_recomputed_tflops", "kernel_all_tflops",
+             "sparse_only_tflops", "prepare_ms", "select_ms", "outside_pct", "outside_recomputed_pct"],
         )  # fmt: skip
         if bwd:
             table += "\n## Backward\n\n" + markdown_table(bwd)
