@@ -186,14 +186,15 @@ class SparseLinearAttention(MultiHeadAttention):
         if not isinstance(attn, MultiHeadAttention) or isinstance(attn, SparseLinearAttention):
             raise TypeError(f"expected a dense MultiHeadAttention, got {type(attn).__name__}")
         qk_norm = not isinstance(attn.q_norm, nn.Identity)
+        device = next(attn.parameters()).device
         with torch.device("meta"):
             new = cls(
                 attn.dim,
                 attn.num_heads,
-                qkv_bias=attn.qkv.bias is not None,
-                proj_bias=attn.proj.bias is not None,
+                qkv_bias=getattr(attn.qkv, "bias", None) is not None,
+                proj_bias=getattr(attn.proj, "bias", None) is not None,
                 qk_norm=qk_norm,
-                qk_norm_eps=attn.q_norm.eps if qk_norm else 1e-5,
+                qk_norm_eps=getattr(attn.q_norm, "eps", 1e-5) if qk_norm else 1e-5,
                 config=config,
                 special_tokens_per_frame=special_tokens_per_frame,
             )
@@ -201,7 +202,7 @@ class SparseLinearAttention(MultiHeadAttention):
         new.rope = attn.rope
         new.scale = attn.scale
         new.sdpa_backend = attn.sdpa_backend
-        new._init_sla_parameters(device=attn.qkv.weight.device)
+        new._init_sla_parameters(device=device)
         new.train(attn.training)
         return new
 
