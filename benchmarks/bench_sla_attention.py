@@ -15,7 +15,8 @@ Per frame count and kept fraction:
   complement states recomputed from K/V in the loop instead of read back), ``kernel_all`` (linear
   branch over all tokens: no per-block states) and ``sparse_only`` (no linear branch);
   ``outside_ms`` / ``outside_pct``: module time outside the kernel, split into ``prepare_ms`` and
-  ``select_ms``; ``sla_recomputed_ms`` / ``speedup_recomputed`` / ``outside_recomputed_pct``: the module
+  ``select_ms`` (``select_dense_map_ms``: the same selection through a dense score map + torch.topk, for
+  comparison); ``sla_recomputed_ms`` / ``speedup_recomputed`` / ``outside_recomputed_pct``: the module
   with ``SLAConfig(complement_states="recomputed")``;
 - backward (``--backward-frames``): dense SDPA backward vs the SLA backward (autograd of the module,
   dQ + dK/dV kernels, inverse LUT), forward not included.
@@ -106,6 +107,12 @@ def dense_attention(q, k, v):
         return F.scaled_dot_product_attention(q, k, v)
 
 
+def _dense_map_select(pq, pk, km, geom):
+    scores = pq @ (pk - km[:, :, None]).transpose(-1, -2)
+    scores[..., : geom.n_forced] = float("inf")
+    return scores.topk(geom.topk, dim=-1).indices.sort(-1).values.to(torch.int16)
+
+
 def _forward_one(frames: int, keep: float, q, k, v, dense_ms: float, repeats: int) -> dict:
     n = frames * TOKENS
     m = sla_module(keep)
@@ -127,6 +134,8 @@ def _forward_one(frames: int, keep: float, q, k, v, dense_ms: float, repeats: in
         select = partial(sla_ops.sla_block_select_op, pq, pk, km, g)
         lut = select()
         row["select_ms"] = median_ms(select, repeats)
+        # For comparison only: a dense block-score map + torch.topk (what the streamed kernel avoids).
+        row["select_dense_map_ms"] = median_ms(partial(_dense_map_select, pq, pk, km, geom), repeats)
         fwd = partial(sla_ops.sla_forward_op, q, k, v, lut)
         variants = {  # the fused kernel alone, per linear-branch variant
             "kernel": (sb, zb, st, zt, w, "complement", False),
@@ -324,7 +333,8 @@ def main(argv=None) -> int:
             fwd,
             ["frames", "keep", "kept_blocks", "dense_ms", "sla_ms", "speedup", "sla_recomputed_ms",
              "speedup_recomputed", "kernel_tflops", "kernel_recomputed_tflops", "kernel_all_tflops",
-             "sparse_only_tflops", "prepare_ms", "select_ms", "outside_pct", "outside_recomputed_pct"],
+             "sparse_only_tflops", "prepare_ms", "select_ms", "select_dense_map_ms", "outside_pct",
+             "outside_recomputed_pct"],
         )  # fmt: skip
         if bwd:
             table += "\n## Backward\n\n" + markdown_table(bwd)
