@@ -46,6 +46,14 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--keep", type=float, default=0.1, help="SLA: fraction of key blocks kept")
     p.add_argument("--sites", nargs="+", default=["global"])
+    p.add_argument(
+        "--block",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("Q", "K"),
+        help="SLA query/key block sizes (default: the SLA defaults, 128×64)",
+    )
     p.add_argument("--test-scenes", type=int, default=48)
     p.add_argument("--eval-views", type=int, default=8)
     p.add_argument("--eval-precision", default="fp8", choices=["fp8", "bf16", "fp32"])
@@ -63,7 +71,11 @@ def run_config(args, name: str, out: Path, steps: int, **over) -> DistillRunConf
         "steps": steps,
         "log_every": 5,
         "model": {"name": "lite3r-tiny", "weights": args.weights},
-        "conversion": {"sites": list(args.sites), "keep_ratio": args.keep},
+        "conversion": {
+            "sites": list(args.sites),
+            "keep_ratio": args.keep,
+            **({"block_q": args.block[0], "block_k": args.block[1]} if args.block else {}),
+        },
         "optim": {"lr": args.lr, "warmup_steps": max(1, steps // 20), "schedule": "cosine"},
         "precision": {"autocast": "bf16"},
         "data": {"image_size": args.image_size, "views": list(args.views), "batch_size": args.batch},
@@ -198,7 +210,19 @@ def main(argv=None) -> int:
             )
             s["vs_teacher"] = cmp
         rows.append(row)
-    table = markdown_table(rows)
+    cols = [
+        "model",
+        "depth_absrel",
+        "depth_delta1",
+        "chamfer",
+        "auc30",
+        "auc15",
+        "ΔAbsRel %",
+        "ΔChamfer %",
+        "ΔAUC@30",
+        "pass",
+    ]
+    table = markdown_table(rows, cols)
     table += "\n" + markdown_table(
         [{"run": k, **{kk: vv for kk, vv in v.items() if kk != "adapter"}} for k, v in train_info.items()]
     )
@@ -238,6 +262,8 @@ def plot_curves(curves: dict[str, list[dict]], path: Path) -> None:
         )
     for ax, title in zip(axes, ("task loss", "attention KD (MSE)", "val depth AbsRel")):
         ax.set_title(title)
+        if title != "val depth AbsRel":
+            ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.legend()
     fig.tight_layout()

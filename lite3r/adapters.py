@@ -210,13 +210,19 @@ def _safetensors_metadata(data: bytes) -> dict[str, str]:
     return header.get("__metadata__", {}) or {}
 
 
-def load_adapter(model: nn.Module, path: str | os.PathLike, base_hash: str | None = None) -> nn.Module:
+def load_adapter(
+    model: nn.Module,
+    path: str | os.PathLike,
+    base_hash: str | None = None,
+    device: str | torch.device | None = None,
+) -> nn.Module:
     """Convert dense ``model`` per the adapter's conversion config and load the trained tensors.
 
     ``base_hash`` is the hash of the weights ``model`` was loaded from (:func:`hash_weights_file`, or
     :func:`hash_state_dict` for a random-weight base); None → :func:`base_hash_of` (``model``). An
     adapter made for other weights is refused: its tensors were fitted to those weights and would
-    silently degrade these. Returns the converted model (the conversion may replace modules in place).
+    silently degrade these. ``device`` is where the model will run (passed to the conversion, which
+    picks the SLA backend from it; default: the model's current device). Returns the converted model.
     """
     adapter = read_adapter(path)
     if base_hash is None:
@@ -231,7 +237,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, base_hash: str | Non
         )
     from lite3r.convert import Lite3RConfig, convert
 
-    converted = convert(model, Lite3RConfig(**adapter.conversion))
+    converted = convert(model, Lite3RConfig(**adapter.conversion), device=device)
     model = converted if isinstance(converted, nn.Module) else model
     apply_adapter_tensors(model, adapter)
     return model

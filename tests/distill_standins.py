@@ -193,6 +193,29 @@ def components() -> Components:
     )
 
 
+def micro_vggt_folder(folder):
+    """A random small VGGT saved like assets/lite3r-tiny (config.json + model.safetensors): the
+    lite3r-tiny stand-in until the trained weights are bundled. 21 tokens per frame at 56 px."""
+    from lite3r.models.vggt.config import VGGTConfig
+    from lite3r.models.vggt.model import VGGT
+
+    cfg = VGGTConfig.scaled(
+        img_size=56,
+        embed_dim=32,
+        num_heads=2,
+        depth=2,
+        dino_depth=1,
+        dpt_features=16,
+        dpt_out_channels=(8, 16, 16, 16),
+        point_head=False,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = VGGT(cfg)
+        model.init_weights()
+    return model.save_pretrained(folder)
+
+
 @pytest.fixture(autouse=True)
 def restore_threads():
     """Runs set torch's thread count (``threads: 1``: tiny models on 2 shared cores); put it back."""

@@ -37,24 +37,7 @@ def components():
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
-    """A random small VGGT saved like assets/lite3r-tiny (config.json + model.safetensors)."""
-    from lite3r.models.vggt.config import VGGTConfig
-    from lite3r.models.vggt.model import VGGT
-
-    cfg = VGGTConfig.scaled(
-        img_size=56,
-        embed_dim=32,
-        num_heads=2,
-        depth=2,
-        dino_depth=1,
-        dpt_features=16,
-        dpt_out_channels=(8, 16, 16, 16),
-        point_head=False,
-    )
-    torch.manual_seed(0)
-    model = VGGT(cfg)
-    model.init_weights()
-    return model.save_pretrained(tmp_path_factory.mktemp("tiny"))
+    return ds.micro_vggt_folder(tmp_path_factory.mktemp("tiny"))
 
 
 def _config(out, folder, **over) -> DistillRunConfig:

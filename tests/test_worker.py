@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import distill_standins as ds
 import pytest
@@ -17,6 +18,7 @@ from conftest import TESTS
 from distill_standins import restore_threads  # noqa: F401  (autouse fixture)
 
 from lite3r.adapters import read_adapter
+from lite3r.training.config import DistillRunConfig
 from lite3r.training.worker import main
 
 WORKER = [sys.executable, str(TESTS / "distill_standin_worker.py")]
@@ -166,3 +168,69 @@ def test_qprocess_client_sees_progress_and_cancel(tmp_path, qtbot):
     assert blocker.args[0] == 3 and events[-1]["event"] == "cancelled"
     steps = [e["step"] for e in events if e["event"] == "step"]
     assert steps == sorted(steps) and steps[0] == 5
+
+
+def test_real_worker_cancel_resume_and_engine(tmp_path):
+    """The done-when path with the real components: `python -m lite3r.training.worker` distils a VGGT
+    (lite3r-tiny layout; the bundled weights once they exist), is cancelled, resumes, and the adapter
+    loads into the engine."""
+    import numpy as np
+
+    from lite3r.adapters import load_adapter
+    from lite3r.assets import asset_path
+    from lite3r.engine.reconstructor import Reconstructor
+    from lite3r.models.registry import load_model
+
+    bundled = Path(str(asset_path("lite3r-tiny", "model.safetensors")))
+    if bundled.is_file():  # the trained lite3r-tiny at 112 px (69 tokens per frame, 64-token key blocks)
+        folder, size, conversion = bundled.parent, 112, {"sites": ["global"], "keep_ratio": 0.1}
+    else:  # its stand-in until the weights are bundled, at 56 px (21 tokens per frame)
+        folder, size = ds.micro_vggt_folder(tmp_path / "tiny"), 56
+        conversion = {"sites": ["global"], "keep_ratio": 0.5, "block_q": 16, "block_k": 16}
+    cfg = DistillRunConfig.from_dict(
+        {
+            "name": "real",
+            "output_dir": str(tmp_path / "run"),
+            "seed": 0,
+            "device": "cpu",
+            "steps": 100_000,
+            "threads": 1,
+            "model": {"name": "lite3r-tiny", "weights": str(folder)},
+            "conversion": conversion,
+            "precision": {"autocast": "fp32"},
+            "data": {"image_size": size, "views": [2, 2], "options": {"supersample": 1}},
+            "eval": {"every": 0, "at_end": False},
+            "checkpoint": {"every": 0},
+        }
+    ).save(tmp_path / "run.yaml")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "lite3r.training.worker", "--config", str(cfg)]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.PIPE, text=True, env=env
+    )
+    started = _read_until(proc, lambda e: e["event"] == "step" and e["step"] >= 2)[0]
+    assert started["trainable"] == [
+        "aggregator.global_blocks.0.attn.proj_lin.weight",
+        "aggregator.global_blocks.1.attn.proj_lin.weight",
+    ]
+    proc.send_signal(signal.SIGTERM)
+    rest = _events(proc.stdout)
+    assert proc.wait(60) == 3 and rest[-1]["event"] == "cancelled"
+    step = rest[-1]["step"]
+    done = subprocess.run(
+        [*cmd, "--resume", "--steps", str(step + 2)], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    events = _events(done.stdout.splitlines())
+    assert events[0]["resumed"] and events[-1]["event"] == "finished"
+    terms = [e for e in events if e["event"] == "step"][-1]["terms"]
+    assert {"camera", "depth", "kd", "task"} <= set(terms)  # the real task loss + distillation
+
+    model = load_adapter(load_model("lite3r-tiny", weights=folder), events[-1]["adapter"])
+    assert sum(type(m).__name__ == "SparseLinearAttention" for m in model.modules()) == 2
+    rc = Reconstructor(
+        model, precision="fp32", device="cpu", attention="dense", model_name="lite3r-tiny", input_size=size
+    )
+    photos = [np.random.default_rng(i).integers(0, 255, (size, size, 3), dtype=np.uint8) for i in range(2)]
+    rec = rc.reconstruct(photos)
+    assert rec.depth.shape[0] == 2 and np.isfinite(rec.depth).all()
