@@ -86,8 +86,10 @@ class Reconstruction:
         if conf_percentile is not None and conf_percentile > 0:
             if not 0 <= conf_percentile < 100:
                 raise ValueError(f"conf_percentile must be in [0, 100), got {conf_percentile}")
-            cut = np.percentile(conf[np.isfinite(conf)], conf_percentile) if conf.size else 0.0
-            keep &= conf >= cut
+            finite = conf[keep & np.isfinite(conf)]
+            # No finite confidence yet (a cameras-only partial result): nothing to rank, keep the points.
+            if finite.size:
+                keep &= conf >= np.percentile(finite, conf_percentile)
         return (
             np.ascontiguousarray(xyz[keep], dtype=np.float32),
             np.ascontiguousarray(rgb[keep], dtype=np.uint8),
