@@ -36,6 +36,8 @@ def parse_args(argv=None):
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--keep", type=float, default=0.1)
     p.add_argument("--timeout", type=int, default=280, help="seconds per run")
+    p.add_argument("--device", default="cuda", help="cuda (NCCL) or cpu (gloo, a dry run)")
+    p.add_argument("--block", type=int, nargs=2, default=None, metavar=("Q", "K"))
     return p.parse_args(argv)
 
 
@@ -47,13 +49,18 @@ def write_config(args, path: Path, out_dir: Path, accum: int) -> Path:
             "name": out_dir.name,
             "output_dir": str(out_dir),
             "seed": 0,
-            "device": "cuda",
+            "device": args.device,
             "steps": args.steps,
+            "threads": 1 if args.device == "cpu" else None,
             "log_every": 5,
             "model": {"name": args.model, "weights": args.weights},
-            "conversion": {"sites": ["global"], "keep_ratio": args.keep},
+            "conversion": {
+                "sites": ["global"],
+                "keep_ratio": args.keep,
+                **({"block_q": args.block[0], "block_k": args.block[1]} if args.block else {}),
+            },
             "optim": {"grad_accum": accum, "warmup_steps": 5},
-            "precision": {"autocast": "bf16"},
+            "precision": {"autocast": "bf16" if args.device == "cuda" else "fp32"},
             "data": {"image_size": args.image_size, "views": list(args.views), "batch_size": args.batch},
             "eval": {"every": 0, "at_end": False},
             "checkpoint": {"every": 0},

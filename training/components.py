@@ -69,8 +69,9 @@ def load_base(cfg: ModelConfig, device: torch.device) -> BaseModel:
             f"model.random_init for {cfg.name} needs model.config (its config comes with its weights)"
         )
     torch.manual_seed(cfg.init_seed)
-    model = model_cls(config)
-    model.init_weights()
+    with torch.device(device):  # initialise in place (VGGT-1B: 1.2 B parameters)
+        model = model_cls(config)
+        model.init_weights()
     base_hash = hash_state_dict(model.state_dict())
     return BaseModel(model.eval(), base_hash, None)
 
