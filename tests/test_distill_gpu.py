@@ -56,16 +56,9 @@ def _config(out, folder, **over) -> DistillRunConfig:
 
 
 def _components():
-    import importlib.util
-
     from lite3r.training import components as real
 
-    comp = real.build()
-    if importlib.util.find_spec("lite3r.training.losses") is None:
-        from test_distill_vggt import standin_loss
-
-        comp.task_loss = standin_loss
-    return comp
+    return real.build()
 
 
 def test_triton_and_torch_backends_give_the_same_gradients(tmp_path, tiny_folder):

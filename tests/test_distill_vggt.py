@@ -1,10 +1,8 @@
 """Distillation with the real pieces: a VGGT teacher loaded from a weights folder (lite3r-tiny layout),
 FP8 fake quantisation, SynthMV scenes rendered online, the evaluation metrics, and the adapter loaded
-back into the engine. The task loss is a stand-in until lite3r.training.losses exists."""
+back into the engine."""
 
 from __future__ import annotations
-
-import importlib.util
 
 import distill_standins as ds
 import numpy as np
@@ -19,20 +17,9 @@ from lite3r.training import components as real
 from lite3r.training.config import DistillRunConfig
 from lite3r.training.distill import Distiller, MicroBatches, run_distillation
 
-HAVE_LOSSES = importlib.util.find_spec("lite3r.training.losses") is not None
-
-
-def standin_loss(preds, batch, loss_cfg):
-    """Until lite3r.training.losses exists: the toy loss on VGGT's output layout."""
-    preds = {**preds, "depth": preds["depth"][..., 0]}
-    return ds.toy_loss(preds, batch, loss_cfg)
-
 
 def components():
-    comp = real.build()
-    if not HAVE_LOSSES:
-        comp.task_loss = standin_loss
-    return comp
+    return real.build()
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +92,12 @@ def test_vggt_distillation_resumes_bit_for_bit(tmp_path, tiny_folder, straight):
     resumed = run_distillation(_config(tmp_path, tiny_folder, **quiet), components(), resume=tmp_path)
     a, b = load_file(straight[0].adapter), load_file(resumed.adapter)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_one_proj_lin_policy_for_qat_and_deployment():
+    from lite3r.quant.selection import DEFAULT_SKIP
+
+    assert DistillRunConfig().qat.skip == list(DEFAULT_SKIP) and DistillRunConfig().qat.modules == "trunk"
 
 
 def test_student_is_quantised_teacher_is_not(tmp_path, tiny_folder):
