@@ -178,3 +178,43 @@ def test_info(capsys):
     assert info["precisions"]["fp8"]["supported"] is False and info["precisions"]["fp8"]["reason"]
     names = [m["name"] for m in info["models"]]
     assert names == ["vggt-1b", "da3-large", "lite3r-tiny"]
+
+
+def _cli_sla(weights, out, *extra):
+    return [
+        "reconstruct", *PAIR, "--model", "vggt-1b", "--weights", str(weights), "--device", "cpu",
+        "-o", str(out), "--no-progress", "--input-size", "168", "--attention", "sla", *extra,
+    ]  # fmt: skip
+
+
+def test_sla_keep_and_adapter(tmp_path, weights, capsys):
+    """--attention sla --keep runs the SLA path and says so; --adapter loads a trained adapter for these
+    exact weights and refuses one made for other weights (or combined with --keep)."""
+    from lite3r.adapters import base_hash_of, hash_state_dict, save_adapter
+    from lite3r.convert import Lite3RConfig, convert
+    from lite3r.models.registry import load_model
+
+    assert main(_cli_sla(weights, tmp_path / "a.ply", "--keep", "0.5")) == 0
+    summary = capsys.readouterr().out
+    assert "SLA torch · 50% kept" in summary and "global ×5" in summary
+    assert read_ply(tmp_path / "a.ply").vertex_count > 0
+
+    model = load_model("vggt-1b", weights=weights, device="cpu")
+    base = base_hash_of(model)
+    conversion = {"keep_ratio": 0.5, "backend": "torch"}
+    convert(model, Lite3RConfig(**conversion))
+    tensors = {
+        k: v.detach().clone().normal_(0, 1e-3) for k, v in model.state_dict().items() if "proj_lin" in k
+    }
+    assert tensors
+    good = save_adapter(tmp_path / "good.safetensors", tensors, conversion=conversion, base_model="vggt-1b",
+                        base_hash=base)  # fmt: skip
+    assert main(_cli_sla(weights, tmp_path / "b.ply", "--adapter", str(good))) == 0
+    assert read_ply(tmp_path / "b.ply").vertex_count > 0
+    capsys.readouterr()
+
+    foreign = save_adapter(tmp_path / "foreign.safetensors", tensors, conversion=conversion,
+                           base_model="vggt-1b", base_hash=hash_state_dict({"x": tensors[next(iter(tensors))]}))  # fmt: skip
+    fail(capsys, _cli_sla(weights, tmp_path / "c.ply", "--adapter", str(foreign)), "different base model")
+    fail(capsys, _cli_sla(weights, tmp_path / "d.ply", "--adapter", str(good), "--keep", "0.2"), "--keep")
+    assert not (tmp_path / "c.ply").exists() and not (tmp_path / "d.ply").exists()

@@ -115,6 +115,10 @@ def run(args: argparse.Namespace) -> int:
         raise UnsupportedError(
             "--keep and --adapter belong to sparse-linear attention", "add --attention sla"
         )
+    if args.keep is not None and args.adapter:
+        raise UnsupportedError(
+            "--adapter brings the keep ratio it was trained with", "drop --keep when using --adapter"
+        )
     if args.keep is not None and not 0 < args.keep <= 1:
         raise UnsupportedError(f"--keep must be in (0, 1], got {args.keep}", "e.g. --keep 0.1")
     if args.adapter and not Path(args.adapter).is_file():
@@ -174,7 +178,7 @@ def _load_and_run(
 
     sla = None
     if args.attention == "sla":
-        sla = {k: v for k, v in (("keep", args.keep), ("adapter", args.adapter)) if v is not None}
+        sla = None if args.keep is None else {"keep_ratio": args.keep}
     t_load = time.perf_counter()
     rc = Reconstructor.from_name(
         model_name,
@@ -183,6 +187,7 @@ def _load_and_run(
         device=device,
         attention=args.attention,
         sla=sla,
+        adapter=args.adapter,
         compile=args.compile,
         frames_chunk_size=args.chunk,
         preprocess_rule=rule,

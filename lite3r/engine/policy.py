@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -193,8 +194,14 @@ def apply_attention(
     precision: str,
     device: torch.device,
     sdpa_backend: str | None = None,
+    adapter: str | os.PathLike | None = None,
 ) -> str:
-    """Set the attention path; returns its description (what the app and the CLI summary show)."""
+    """Set the attention path; returns its description (what the app and the CLI summary show).
+
+    ``sla`` is a ``lite3r.convert.Lite3RConfig``, a dict of its fields, a keep ratio, or None (the
+    defaults); ``adapter`` is a trained adapter file (attention must be "sla"), whose own conversion
+    config is used.
+    """
     from lite3r.attention.dense import SDPA_BACKENDS, set_sdpa_backend
 
     if attention not in ATTENTIONS:
@@ -217,17 +224,35 @@ def apply_attention(
     if device.type == "cpu" and backend != "auto":
         dense_label += " (CPU)"
     if attention == "dense":
+        if adapter is not None or sla is not None:
+            raise UnsupportedError(
+                "an SLA configuration or adapter was given with dense attention", "use attention='sla'"
+            )
         return f"dense · {dense_label}"
     if not _module_available("lite3r.convert"):
         raise UnsupportedError(SLA_MISSING, "use --attention dense")
     convert_mod = importlib.import_module("lite3r.convert")
-    config = sla
-    if config is None or isinstance(config, dict | float | int):
-        kwargs = (
-            {} if config is None else ({"keep": float(config)} if isinstance(config, float | int) else config)
-        )
-        config = convert_mod.Lite3RConfig(**kwargs)
-    result = convert_mod.convert(model, config)
+    if adapter is not None:
+        # The adapter carries its own conversion config (the one it was trained with) and the hash of
+        # the base weights it was fitted to; load_adapter converts and refuses a foreign base.
+        if sla is not None:
+            raise UnsupportedError(
+                "an adapter brings its own SLA configuration (keep ratio, blocks, sites)",
+                "drop --keep when using --adapter",
+            )
+        from lite3r.adapters import load_adapter
+
+        load_adapter(model, adapter, device=device)
+        result = model
+    else:
+        config = sla
+        if config is None:
+            config = convert_mod.Lite3RConfig()
+        elif isinstance(config, float | int):
+            config = convert_mod.Lite3RConfig(keep_ratio=float(config))
+        elif isinstance(config, dict):
+            config = convert_mod.Lite3RConfig(**config)
+        result = convert_mod.convert(model, config, device=device)
     desc = getattr(result, "description", None)
     if callable(desc):
         desc = desc()

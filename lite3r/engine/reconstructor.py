@@ -77,6 +77,7 @@ class Reconstructor:
         preprocess_rule: str | PreprocessRule | None = None,
         input_size: int | None = None,
         sdpa_backend: str | None = None,
+        adapter: str | os.PathLike | None = None,
     ) -> None:
         missing = [a for a in _PROTOCOL if not hasattr(model, a)]
         if missing:
@@ -89,7 +90,9 @@ class Reconstructor:
         self.model_name = model_name or getattr(model, "name", None) or model.family
         self.frames_chunk_size = int(frames_chunk_size)
         # Structure first (attention conversion), then dtypes, so the precision sees the final modules.
-        self.attention = apply_attention(model, attention, sla, precision, self.device, sdpa_backend)
+        self.attention = apply_attention(
+            model, attention, sla, precision, self.device, sdpa_backend, adapter=adapter
+        )
         self.attention_mode = attention
         self.precision_setup = apply_precision(model, precision, self.device)
         self.precision = self.precision_setup.description

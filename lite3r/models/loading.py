@@ -371,12 +371,25 @@ def download(repo_id: str, filename: str, default_path: Path | None = None, mode
     """``hf_hub_download`` (uses the local hub cache first); any failure → WeightsNotFoundError."""
     try:
         from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import (
+            GatedRepoError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+        )
+        from huggingface_hub.utils import logging as hf_logging
 
+        hf_logging.set_verbosity_error()  # our one-line error replaces the hub's retry warnings
         return Path(hf_hub_download(repo_id=repo_id, filename=filename))
     except Exception as e:  # offline, DNS, 404, gated repo, … — all end the same way for the user
-        raise weights_not_found(
-            repo_id, filename, default_path, model_name, reason=f"{type(e).__name__}: {e}"
-        ) from e
+        if isinstance(e, LocalEntryNotFoundError):
+            reason = "offline: no network connection and no copy in the Hugging Face cache"
+        elif isinstance(e, GatedRepoError):
+            reason = "the repository is gated: accept its licence on huggingface.co and log in"
+        elif isinstance(e, RepositoryNotFoundError):
+            reason = "repository not found"
+        else:
+            reason = f"{type(e).__name__}: {e}"
+        raise weights_not_found(repo_id, filename, default_path, model_name, reason=reason) from e
 
 
 def weights_not_found(
@@ -387,7 +400,7 @@ def weights_not_found(
     if repo_id:
         msg += f" and could not be downloaded from Hugging Face ({repo_id}/{filename})"
     if reason:
-        msg += f" [{reason.splitlines()[0][:200]}]"
+        msg += f" ({reason.splitlines()[0][:200]})"
     hint = []
     if repo_id:
         hint.append(f"download {hub_url(repo_id, filename)}")
