@@ -121,12 +121,14 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
 
     from lite3r.training.components import SynthScenes, load_base
-    from lite3r.training.evaluation import compare_to_teacher, deployable, evaluate_model
+    from lite3r.training.evaluation import CachedScenes, compare_to_teacher, deployable, evaluate_model
 
     probe_cfg = run_config(args, "probe", out, steps=12, **{"eval.every": 0, "eval.at_end": False})
     base = load_base(probe_cfg.model, torch.device("cpu"))
     teacher_cpu = base.model.eval()
-    test = SynthScenes("test", args.seed, args.image_size, device, {})
+    test = CachedScenes(
+        SynthScenes("test", args.seed, args.image_size, device, {}), args.test_scenes, args.eval_views
+    )
 
     # ---- teacher evaluation (also times one model evaluation) ----------------------------------------
     results: dict[str, dict] = {}
@@ -156,7 +158,7 @@ def main(argv=None) -> int:
     overhead = probe_s - 12 * sps + 10  # start-up + periodic evaluation per run, roughly
     frac = args.ablation_fraction
     affordable = int((left - 3 * overhead) / (sps * (1 + 2 * frac)))
-    full_steps = max(20, min(args.steps, affordable))
+    full_steps = min(args.steps, max(20, affordable))
     abl_steps = max(10, int(full_steps * frac))
     print(
         f"probe: {sps * 1000:.1f} ms/step; full {full_steps} steps, ablations {abl_steps} steps", flush=True
