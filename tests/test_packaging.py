@@ -4,8 +4,13 @@ import tomllib
 
 from conftest import REPO
 
-MAPPING_ROOTS = {"lite3r": "lite3r", "app": "lite3r.app", "kernels": "lite3r.kernels",
-                 "training": "lite3r.training", "assets": "lite3r.assets"}
+MAPPING_ROOTS = {
+    "lite3r": "lite3r",
+    "app": "lite3r.app",
+    "kernels": "lite3r.kernels",
+    "training": "lite3r.training",
+    "assets": "lite3r.assets",
+}
 
 
 def test_all_package_folders_are_listed():

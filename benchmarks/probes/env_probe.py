@@ -10,6 +10,7 @@ import torch.nn.functional as F
 res = {"torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
 try:
     import triton
+
     res["triton"] = triton.__version__
 except Exception as e:  # noqa: BLE001
     res["triton"] = repr(e)
@@ -49,22 +50,26 @@ def scaled_mm_rowwise_nobias():
 
 def cudnn_sdpa():
     from torch.nn.attention import SDPBackend, sdpa_kernel
+
     q = torch.randn(1, 16, 11000, 64, device=dev, dtype=torch.bfloat16)
     with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
         o = F.scaled_dot_product_attention(q, q, q)
     torch.cuda.synchronize()
     with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
-        s = torch.cuda.Event(enable_timing=True); e = torch.cuda.Event(enable_timing=True)
+        s = torch.cuda.Event(enable_timing=True)
+        e = torch.cuda.Event(enable_timing=True)
         s.record()
         for _ in range(10):
             o = F.scaled_dot_product_attention(q, q, q)
-        e.record(); torch.cuda.synchronize()
+        e.record()
+        torch.cuda.synchronize()
     ms = s.elapsed_time(e) / 10
     return {"ok": True, "ms": ms, "tflops": 4 * 11000**2 * 64 * 16 / ms / 1e9}
 
 
 def cudnn_sdpa_bwd():
     from torch.nn.attention import SDPBackend, sdpa_kernel
+
     q = torch.randn(1, 16, 4096, 64, device=dev, dtype=torch.bfloat16, requires_grad=True)
     with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
         o = F.scaled_dot_product_attention(q, q, q)
@@ -99,7 +104,8 @@ def gemm_bf16():
     a = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
     for _ in range(3):
         a @ a
-    torch.cuda.synchronize(); t0 = time.perf_counter()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
     for _ in range(10):
         a @ a
     torch.cuda.synchronize()

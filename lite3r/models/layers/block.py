@@ -52,8 +52,13 @@ class Block(nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = MultiHeadAttention(
-            dim, num_heads, qkv_bias=qkv_bias, proj_bias=proj_bias, qk_norm=qk_norm,
-            qk_norm_eps=qk_norm_eps, rope=rope,
+            dim,
+            num_heads,
+            qkv_bias=qkv_bias,
+            proj_bias=proj_bias,
+            qk_norm=qk_norm,
+            qk_norm_eps=qk_norm_eps,
+            rope=rope,
         )
         self.ls1 = LayerScale(dim, layer_scale_init) if layer_scale_init is not None else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
