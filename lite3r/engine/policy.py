@@ -220,6 +220,13 @@ def apply_attention(
             "cuDNN SDPA has no fp32 kernel", "use bf16, or the 'efficient' backend for fp32"
         )
     set_sdpa_backend(model, backend)
+    # The heads run in fp32 (camera trunk attention over S tokens); cuDNN has no fp32 kernel, so they
+    # use the memory-efficient backend on the GPU whatever the trunk uses.
+    head_backend = "efficient" if device.type == "cuda" else "auto"
+    for name in model.head_modules():
+        head = getattr(model, name, None)
+        if head is not None:
+            set_sdpa_backend(head, head_backend)
     dense_label = "PyTorch SDPA (CPU)" if device.type == "cpu" and backend == "auto" else _SDPA_LABEL[backend]
     if device.type == "cpu" and backend != "auto":
         dense_label += " (CPU)"

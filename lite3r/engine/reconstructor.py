@@ -369,11 +369,15 @@ def _trunk_input(images: torch.Tensor, trunk_dtype: torch.dtype) -> torch.Tensor
 
 
 def _relative_to_first(ext: torch.Tensor) -> torch.Tensor:
-    """World→camera [S,3,4] re-expressed so camera 0 is the identity: E_i ← E_i · E_0⁻¹."""
-    R0, t0 = ext[0, :, :3], ext[0, :, 3]
-    R = ext[:, :, :3] @ R0.T
-    t = ext[:, :, 3] - (R @ t0[:, None])[..., 0]
-    return torch.cat([R, t[..., None]], dim=-1)
+    """World→camera [S,3,4] re-expressed so camera 0 is the identity: E_i ← E_i · E_0⁻¹.
+
+    In float64: a 3×3 product on the GPU may run in TF32 (1e-3 relative), which would leave camera 0
+    visibly off the identity."""
+    e = ext.double()
+    R0, t0 = e[0, :, :3], e[0, :, 3]
+    R = e[:, :, :3] @ R0.T
+    t = e[:, :, 3] - (R @ t0[:, None])[..., 0]
+    return torch.cat([R, t[..., None]], dim=-1).to(ext.dtype)
 
 
 def _unproject(depth: torch.Tensor, ext: torch.Tensor, intr: torch.Tensor) -> torch.Tensor:
