@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -79,60 +80,62 @@ def pack_scenes(specs: list[SceneSpec], device) -> PackedScenes:
             start += counts[k]
     n_slots = start
     P = max(n_slots, 1)
-    obj = torch.zeros(B, P, 16)
-    obj[..., 3:12] = torch.eye(3).reshape(9)
+    obj = np.zeros((B, P, 16))
+    obj[..., 3:12] = np.eye(3).reshape(9)
     obj[..., 12:15] = 1.0
-    obj_valid = torch.zeros(B, P, dtype=torch.bool)
-    obj_mat = torch.zeros(B, P, dtype=torch.long)
+    obj_valid = np.zeros((B, P), dtype=bool)
+    obj_mat = np.zeros((B, P), dtype=np.int64)
     for b, s in enumerate(specs):
         fill = {k: first for k, first, _ in groups}
         for kind, c, r, sc, m in zip(s.obj_kind, s.obj_center, s.obj_rot, s.obj_scale, s.obj_mat):
             slot = fill[kind]
             fill[kind] += 1
-            obj[b, slot, 0:3] = c.float()
-            obj[b, slot, 3:12] = (r.T / sc[:, None]).float().reshape(9)  # world -> local: diag(1/s) R^T
-            obj[b, slot, 12:15] = sc.float()
-            obj[b, slot, 15] = float(sc.norm()) * 1.01 + 1e-4  # bounding sphere (conservative)
+            obj[b, slot, 0:3] = c
+            obj[b, slot, 3:12] = (r.T / sc[:, None]).reshape(9)  # world -> local: diag(1/s) R^T
+            obj[b, slot, 12:15] = sc
+            obj[b, slot, 15] = float(np.linalg.norm(sc)) * 1.01 + 1e-4  # bounding sphere (conservative)
             obj_valid[b, slot] = True
             obj_mat[b, slot] = m
     n_mats = max(len(s.mat_kind) for s in specs)
-    mat_kind = torch.zeros(B, n_mats, dtype=torch.long)
-    mat_param = torch.zeros(B, n_mats, 21)
+    mat_kind = np.zeros((B, n_mats), dtype=np.int64)
+    mat_param = np.zeros((B, n_mats, 21))
     for b, s in enumerate(specs):
         for m in range(len(s.mat_kind)):
             mat_kind[b, m] = s.mat_kind[m]
             mat_param[b, m, 0:9] = s.mat_xform[m].reshape(9)
             mat_param[b, m, 9:12] = s.mat_offset[m]
             mat_param[b, m, 12:21] = s.mat_colors[m].reshape(9)
-    terrain = torch.zeros(B, TERRAIN_TERMS, 4)
+    terrain = np.zeros((B, TERRAIN_TERMS, 4))
     for b, s in enumerate(specs):
         if s.terrain is not None:
             terrain[b] = s.terrain
-    f = lambda vals, dt=torch.float32: torch.tensor(vals, dtype=dt)
+    f32 = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float64)).float()
+    i64 = lambda a: torch.from_numpy(np.asarray(a, dtype=np.int64))
+    light = np.stack([s.light_dir / np.linalg.norm(s.light_dir) for s in specs])
     ps = PackedScenes(
         groups=groups,
         n_slots=n_slots,
-        obj=obj,
-        obj_valid=obj_valid,
-        obj_mat=obj_mat,
-        shell_kind=f([s.shell_kind for s in specs], torch.long),
-        shell_lo=torch.stack([s.shell_lo.float() for s in specs]),
-        shell_hi=torch.stack([s.shell_hi.float() for s in specs]),
-        shell_mat=f([s.shell_mat for s in specs], torch.long),
-        ground_radius=f([s.ground_radius for s in specs]),
-        ground_mat=f([s.ground_mat for s in specs], torch.long),
-        terrain=terrain,
-        has_terrain=f([s.terrain is not None for s in specs], torch.bool),
-        terrain_mat=f([s.terrain_mat for s in specs], torch.long),
-        fog_far=f([s.fog_far for s in specs]),
-        sky=torch.stack([s.sky.float() for s in specs]),
-        light=torch.stack([s.light_dir / s.light_dir.norm() for s in specs]).float(),
-        ambient=f([s.ambient for s in specs]),
-        shadows=f([s.shadows for s in specs], torch.bool),
-        scale=f([s.scale for s in specs]),
+        obj=f32(obj),
+        obj_valid=torch.from_numpy(obj_valid),
+        obj_mat=i64(obj_mat),
+        shell_kind=i64([s.shell_kind for s in specs]),
+        shell_lo=f32([s.shell_lo for s in specs]),
+        shell_hi=f32([s.shell_hi for s in specs]),
+        shell_mat=i64([s.shell_mat for s in specs]),
+        ground_radius=f32([s.ground_radius for s in specs]),
+        ground_mat=i64([s.ground_mat for s in specs]),
+        terrain=f32(terrain),
+        has_terrain=torch.tensor([s.terrain is not None for s in specs]),
+        terrain_mat=i64([s.terrain_mat for s in specs]),
+        fog_far=f32([s.fog_far for s in specs]),
+        sky=f32([s.sky for s in specs]),
+        light=f32(light),
+        ambient=f32([s.ambient for s in specs]),
+        shadows=torch.tensor([bool(s.shadows) for s in specs]),
+        scale=f32([s.scale for s in specs]),
         n_mats=n_mats,
-        mat_kind=mat_kind.reshape(-1),
-        mat_param=mat_param.reshape(-1, 21),
+        mat_kind=i64(mat_kind.reshape(-1)),
+        mat_param=f32(mat_param.reshape(-1, 21)),
         shell_any=any(s.shell_kind != 0 for s in specs),
         ground_any=any(s.ground_radius > 0 for s in specs),
         terrain_any=any(s.terrain is not None for s in specs),
@@ -316,9 +319,17 @@ def _update(best: Tensor, hid: Tensor, t: Tensor, g, idx=None):
 def _trace_objects(
     ps: PackedScenes, ep: EntryParams, o: Vec, d: Vec, best: Tensor, hid: Tensor, any_hit: bool, cull: bool
 ):
-    """Objects: nearest hit into (best, hid), or (any_hit) blocked flags into ``best`` as 0/inf."""
+    """Objects: nearest hit into (best, hid), or (any_hit) blocked flags into ``best`` as 0/inf.
+
+    ``cull`` (single scene): slot by slot, exact tests only for rays inside the slot's bounding sphere.
+    Otherwise (dense): all slots of a kind at once on [E, slots, N] tensors, so the number of kernel
+    launches does not grow with the object count; the per-ray arithmetic is the same either way.
+    """
+    if not cull:
+        _trace_objects_dense(ps, ep, o, d, best, hid, any_hit)
+        return
     shape = best.shape
-    dd = _dot(d, d) if cull else None
+    dd = _dot(d, d)
     for kind, first, count in ps.groups:
         fn = HIT_FUNCS[OBJECT_KINDS[kind]]
         for g in range(first, first + count):
@@ -326,33 +337,41 @@ def _trace_objects(
                 continue
             c, m, rad = _slot_cols(ep, g)
             oc = (o[0] - c[0], o[1] - c[1], o[2] - c[2])
-            if cull:
-                # conservative bounding-sphere test, then the exact test on the candidates only
-                b = _dot(oc, d)
-                cc = _dot(oc, oc) - rad * rad
-                cand = (cc < 0) | ((b < 0) & (b * b - dd * cc >= 0))
-                if any_hit:
-                    cand = cand & (best > 0)
-                idx = cand.expand(shape).nonzero(as_tuple=True)
-                if idx[0].numel() == 0:
-                    continue
-                o_e = tuple(x.expand(shape)[idx] if x.shape != shape else x[idx] for x in oc)
-                d_e = _take(tuple(x.expand(shape) for x in d), idx)
-                mm = m if ep.single else [x.expand(shape)[idx] for x in m]
-                t = fn(_apply3(mm, o_e), _apply3(mm, d_e))
-            else:
-                idx = None
-                t = fn(_apply3(m, oc), _apply3(m, d))
-                if not ep.single:
-                    t = _where(ep.obj_valid[:, g : g + 1], t, INF)
+            # conservative bounding-sphere test, then the exact test on the candidates only
+            b = _dot(oc, d)
+            cc = _dot(oc, oc) - rad * rad
+            cand = (cc < 0) | ((b < 0) & (b * b - dd * cc >= 0))
             if any_hit:
-                blocked = _where(t < INF, 0.0, INF)
-                if idx is None:
-                    best.copy_(torch.minimum(best, blocked))
-                else:
-                    best[idx] = torch.minimum(best[idx], blocked)
+                cand = cand & (best > 0)
+            idx = cand.expand(shape).nonzero(as_tuple=True)
+            if idx[0].numel() == 0:
+                continue
+            o_e = tuple(x.expand(shape)[idx] if x.shape != shape else x[idx] for x in oc)
+            d_e = _take(tuple(x.expand(shape) for x in d), idx)
+            mm = m if ep.single else [x.expand(shape)[idx] for x in m]
+            t = fn(_apply3(mm, o_e), _apply3(mm, d_e))
+            if any_hit:
+                best[idx] = torch.minimum(best[idx], _where(t < INF, 0.0, INF))
             else:
                 _update(best, hid, t, g, idx)
+
+
+def _trace_objects_dense(
+    ps: PackedScenes, ep: EntryParams, o: Vec, d: Vec, best: Tensor, hid: Tensor, any_hit: bool
+):
+    o3 = tuple(x.unsqueeze(1) for x in o)  # [E, 1, 1|N]
+    d3 = tuple(x.unsqueeze(1) for x in d)  # [E, 1, N]
+    for kind, first, count in ps.groups:
+        fn = HIT_FUNCS[OBJECT_KINDS[kind]]
+        cols = ep.obj[:, first : first + count].permute(2, 0, 1).unsqueeze(-1).unbind(0)  # 16 x [E, P, 1]
+        c, m = cols[0:3], cols[3:12]
+        t = fn(_apply3(m, (o3[0] - c[0], o3[1] - c[1], o3[2] - c[2])), _apply3(m, d3))  # [E, P, N]
+        t = _where(ep.obj_valid[:, first : first + count, None], t, INF)
+        if any_hit:
+            best.copy_(_where((t < INF).any(1), 0.0, best))
+        else:
+            tmin, arg = t.min(1)  # the first slot on exact ties, as the sequential loop
+            _update(best, hid, tmin, (arg + first).to(torch.int32))
 
 
 def _terrain_g(tr_amp, alpha, beta, oy, dy, t):
@@ -413,31 +432,37 @@ def _trace_terrain(
         keep = (~ok).nonzero().squeeze(1)
         live = live[keep]
         cur = {k: v[keep] for k, v in cur.items()}
+    # march in blocks of samples evaluated together ([rays, block, terms] tensors), retiring the rays
+    # whose first crossing lies in the block; the samples are those of a one-at-a-time march
     t_prev = cur["t0"]
     g_prev = _terrain_g(cur["amp"], cur["alpha"], cur["beta"], cur["oy"], cur["dy"], t_prev)
-    st = {k: torch.zeros_like(t_prev) for k in ("ta", "ga", "tb", "gb")}
-    got = torch.zeros(live.numel(), dtype=torch.bool, device=dev)
-    for i in range(1, steps + 1 if live.numel() else 1):
-        ti = cur["t0"] + cur["span"] * ((i / steps) ** 2)
-        gi = _terrain_g(cur["amp"], cur["alpha"], cur["beta"], cur["oy"], cur["dy"], ti)
-        new = (gi <= 0) & ~got
-        st["ta"], st["ga"] = _where(new, t_prev, st["ta"]), _where(new, g_prev, st["ga"])
-        st["tb"], st["gb"] = _where(new, ti, st["tb"]), _where(new, gi, st["gb"])
-        got = got | new
-        t_prev, g_prev = ti, gi
-        if i % 6 == 0 or i == steps:  # retire rays that have their bracket
-            h = got.nonzero().squeeze(1)
-            if h.numel():
-                rows = live[h]
-                ta[rows], ga[rows], tb[rows], gb[rows] = st["ta"][h], st["ga"][h], st["tb"][h], st["gb"][h]
-                found[rows] = True
-            keep = (~got).nonzero().squeeze(1)
-            live = live[keep]
-            if live.numel() == 0:
-                break
-            cur = {k: v[keep] for k, v in cur.items()}
-            st = {k: v[keep] for k, v in st.items()}
-            t_prev, g_prev, got = t_prev[keep], g_prev[keep], got[keep]
+    block = 8
+    for i0 in range(1, steps + 1, block):
+        if live.numel() == 0:
+            break
+        fr = torch.tensor([(i / steps) ** 2 for i in range(i0, min(steps, i0 + block - 1) + 1)], device=dev)
+        tis = cur["t0"][:, None] + cur["span"][:, None] * fr  # [R, m]
+        arg = cur["alpha"][:, None, :] + tis[:, :, None] * cur["beta"][:, None, :]  # [R, m, K]
+        gis = (
+            cur["oy"][:, None] + tis * cur["dy"][:, None] - (cur["amp"][:, None, :] * torch.sin(arg)).sum(-1)
+        )
+        cross = gis <= 0
+        hit = cross.any(1)
+        first = cross.to(torch.uint8).argmax(1)  # first crossing sample in the block
+        h = hit.nonzero().squeeze(1)
+        if h.numel():
+            j = first[h]
+            tbh, gbh = tis[h, j], gis[h, j]
+            jm = (j - 1).clamp_min(0)
+            tah = _where(j > 0, tis[h, jm], t_prev[h])
+            gah = _where(j > 0, gis[h, jm], g_prev[h])
+            rows = live[h]
+            ta[rows], ga[rows], tb[rows], gb[rows] = tah, gah, tbh, gbh
+            found[rows] = True
+        keep = (~hit).nonzero().squeeze(1)
+        live = live[keep]
+        cur = {k: v[keep] for k, v in cur.items()}
+        t_prev, g_prev = tis[keep, -1], gis[keep, -1]
     rows = found.nonzero().squeeze(1)
     if rows.numel() == 0:
         return out
@@ -805,19 +830,16 @@ def shade_rays(
             off = 1e-3 * ps.scale[ep.scene[row[ci]]] + 2e-4 * t[ci]
             so = tuple(xx[ci] + nn[ci] * off for xx, nn in zip(x, n))
             if ep.single:
-                blocked = shadowed(ps, ep, tuple(v[None] for v in so), tuple(v[ci][None] for v in lv), cull)[
-                    0
-                ]
-            else:
-                sub = EntryParams(
-                    scene=ep.scene[row[ci]],
-                    obj=ep.obj[row[ci]],
-                    obj_valid=ep.obj_valid[row[ci]],
-                    single=False,
-                )
-                blocked = shadowed(
-                    ps, sub, tuple(v[:, None] for v in so), tuple(v[ci][:, None] for v in lv), False
-                )[:, 0]
+                so = tuple(v[None] for v in so)
+                blocked = shadowed(ps, ep, so, tuple(v[ci][None] for v in lv), cull)[0]
+            else:  # dense: keep the [E, N] layout (per-entry parameters), test the cast rays only
+                full = []
+                for v in so:
+                    z = torch.zeros(shape, device=dev)
+                    z[row[ci], sel[1][ci]] = v
+                    full.append(z)
+                light_e = ep.col(ps.light[:, 0]), ep.col(ps.light[:, 1]), ep.col(ps.light[:, 2])
+                blocked = shadowed(ps, ep, tuple(full), light_e, False)[row[ci], sel[1][ci]]
             ndl[ci] = _where(blocked, 0.0, ndl[ci])
     amb = ps.ambient[ep.scene[row]]
     shade = amb + (1.0 - amb) * ndl

@@ -1,7 +1,9 @@
 """Scene and camera sampling for the SynthMV procedural generator.
 
-Everything here runs on the CPU with a seeded ``torch.Generator`` (float64 arithmetic, stored as
-float32), so a scene is a pure function of its integer seed. Rendering lives in ``synth_render``.
+Random numbers come from a seeded CPU ``torch.Generator`` drawn in blocks and consumed as Python
+floats; the small geometry is float64 numpy (a scene is a pure function of its integer seed, and
+sampling one costs well under a millisecond of Python rather than thousands of tiny tensor ops).
+Rendering lives in ``synth_render``.
 
 World frame: +y is up, the floor / ground is y = 0. Cameras are OpenCV (x right, y down, z forward);
 ``w2c = [R | t]`` maps world points into camera coordinates.
@@ -12,6 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 FAMILIES = ("room", "orbit", "flythrough")
@@ -46,39 +49,52 @@ TIER_PARAMS = {
 
 
 class Rng:
-    """Small convenience layer over a CPU ``torch.Generator`` (float64 draws)."""
+    """A seeded CPU ``torch.Generator`` read in blocks of uniform float64 numbers."""
+
+    BLOCK = 512
 
     def __init__(self, seed: int):
         self.gen = torch.Generator(device="cpu")
         self.gen.manual_seed(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
+        self.pool: list[float] = []
 
-    def uniform(self, lo: float = 0.0, hi: float = 1.0, size=()) -> torch.Tensor | float:
-        x = torch.rand(size, generator=self.gen, dtype=torch.float64) * (hi - lo) + lo
-        return float(x) if size == () else x
+    def _u(self) -> float:
+        if not self.pool:
+            self.pool = torch.rand(self.BLOCK, generator=self.gen, dtype=torch.float64).tolist()[::-1]
+        return self.pool.pop()
 
-    def normal(self, size=()) -> torch.Tensor:
-        return torch.randn(size, generator=self.gen, dtype=torch.float64)
+    def uniform(self, lo: float = 0.0, hi: float = 1.0, size=None):
+        if size is None:
+            return lo + (hi - lo) * self._u()
+        n = int(np.prod(size))
+        return lo + (hi - lo) * np.array([self._u() for _ in range(n)]).reshape(size)
+
+    def normal(self, size=None):
+        """Standard normal(s) by the Box-Muller transform."""
+        n = 1 if size is None else int(np.prod(size))
+        out = []
+        for _ in range(n):
+            u1, u2 = self._u(), self._u()
+            out.append(math.sqrt(-2.0 * math.log(1.0 - u1)) * math.cos(2 * math.pi * u2))
+        return out[0] if size is None else np.array(out).reshape(size)
 
     def randint(self, lo: int, hi: int) -> int:
         """Integer in [lo, hi] (inclusive)."""
-        return int(torch.randint(lo, hi + 1, (), generator=self.gen))
+        return min(hi, lo + int(self._u() * (hi - lo + 1)))
 
     def choice(self, options, weights=None):
-        w = (
-            torch.ones(len(options), dtype=torch.float64)
-            if weights is None
-            else torch.as_tensor(weights, dtype=torch.float64)
-        )
-        return options[int(torch.multinomial(w, 1, generator=self.gen))]
+        w = np.ones(len(options)) if weights is None else np.asarray(weights, dtype=np.float64)
+        c = np.cumsum(w / w.sum())
+        return options[min(len(options) - 1, int(np.searchsorted(c, self._u(), side="right")))]
 
-    def unit(self) -> torch.Tensor:
+    def unit(self) -> np.ndarray:
         v = self.normal(3)
-        return v / v.norm().clamp_min(1e-12)
+        return v / max(np.linalg.norm(v), 1e-12)
 
-    def rotation(self) -> torch.Tensor:
+    def rotation(self) -> np.ndarray:
         """Uniformly random rotation matrix (from a random unit quaternion)."""
         q = self.normal(4)
-        return quat_to_matrix(q / q.norm().clamp_min(1e-12))
+        return quat_to_matrix(q / max(np.linalg.norm(q), 1e-12))
 
 
 def stream_seed(seed: int, stream: int) -> int:
@@ -90,40 +106,39 @@ def stream_seed(seed: int, stream: int) -> int:
     return (x ^ (x >> 31)) & 0x7FFF_FFFF_FFFF_FFFF
 
 
-def quat_to_matrix(q: torch.Tensor) -> torch.Tensor:
-    w, x, y, z = q.tolist()
-    return torch.tensor(
+def quat_to_matrix(q) -> np.ndarray:
+    w, x, y, z = (float(v) for v in q)
+    return np.array(
         [
             [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
             [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
             [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-        ],
-        dtype=torch.float64,
+        ]
     )
 
 
-def axis_rotation(axis: int, angle: float) -> torch.Tensor:
+def axis_rotation(axis: int, angle: float) -> np.ndarray:
     c, s = math.cos(angle), math.sin(angle)
     i, j = [(1, 2), (2, 0), (0, 1)][axis]
-    r = torch.eye(3, dtype=torch.float64)
+    r = np.eye(3)
     r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
     return r
 
 
-def look_at(eye: torch.Tensor, target: torch.Tensor, roll: float = 0.0) -> torch.Tensor:
+def look_at(eye, target, roll: float = 0.0) -> np.ndarray:
     """World-to-camera [3,4] (OpenCV) for a camera at ``eye`` looking at ``target`` with world +y up."""
+    eye, target = np.asarray(eye, dtype=np.float64), np.asarray(target, dtype=np.float64)
     f = target - eye
-    f = f / f.norm().clamp_min(1e-12)
-    up = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+    f = f / max(np.linalg.norm(f), 1e-12)
+    up = np.array([0.0, 1.0, 0.0])
     if abs(float(f @ up)) > 0.995:  # looking straight up/down: any horizontal right vector works
-        up = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
-    r = torch.linalg.cross(f, up)
-    r = r / r.norm()
-    d = torch.linalg.cross(f, r)
-    c2w = torch.stack([r, d, f], dim=1)
-    c2w = c2w @ axis_rotation(2, roll)  # roll about the optical axis
+        up = np.array([0.0, 0.0, 1.0])
+    r = np.cross(f, up)
+    r = r / np.linalg.norm(r)
+    d = np.cross(f, r)
+    c2w = np.stack([r, d, f], axis=1) @ axis_rotation(2, roll)  # roll about the optical axis
     R = c2w.T
-    return torch.cat([R, (-R @ eye)[:, None]], dim=1)
+    return np.concatenate([R, (-R @ eye)[:, None]], axis=1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -141,60 +156,57 @@ class SceneSpec:
     attempt: int = 0
     # objects (kind index into OBJECT_KINDS, centre, world->local linear map, material)
     obj_kind: list[int] = field(default_factory=list)
-    obj_center: list[torch.Tensor] = field(default_factory=list)
-    obj_rot: list[torch.Tensor] = field(default_factory=list)
-    obj_scale: list[torch.Tensor] = field(default_factory=list)
+    obj_center: list[np.ndarray] = field(default_factory=list)
+    obj_rot: list[np.ndarray] = field(default_factory=list)
+    obj_scale: list[np.ndarray] = field(default_factory=list)
     obj_mat: list[int] = field(default_factory=list)
     # materials (kind index into TEXTURE_KINDS, 3x3 texture-space map, offset, 3 colours)
     mat_kind: list[int] = field(default_factory=list)
-    mat_xform: list[torch.Tensor] = field(default_factory=list)
-    mat_offset: list[torch.Tensor] = field(default_factory=list)
-    mat_colors: list[torch.Tensor] = field(default_factory=list)
+    mat_xform: list[np.ndarray] = field(default_factory=list)
+    mat_offset: list[np.ndarray] = field(default_factory=list)
+    mat_colors: list[np.ndarray] = field(default_factory=list)
     # enclosing shell: an inverted box (room) or an inverted sphere (orbit background)
     shell_kind: int = SHELL_NONE
-    shell_lo: torch.Tensor = field(default_factory=lambda: torch.zeros(3))  # box min / sphere centre
-    shell_hi: torch.Tensor = field(default_factory=lambda: torch.zeros(3))  # box max / (radius, 0, 0)
+    shell_lo: np.ndarray = field(default_factory=lambda: np.zeros(3))  # box min / sphere centre
+    shell_hi: np.ndarray = field(default_factory=lambda: np.zeros(3))  # box max / (radius, 0, 0)
     shell_mat: list[int] = field(default_factory=lambda: [0] * 6)  # per face (-x,+x,-y,+y,-z,+z)
     ground_radius: float = 0.0  # disc y = 0; 0 = none
     ground_mat: int = 0
-    terrain: torch.Tensor | None = None  # [TERRAIN_TERMS, 4]: fx, fz, phase, amplitude
+    terrain: np.ndarray | None = None  # [TERRAIN_TERMS, 4]: fx, fz, phase, amplitude
     terrain_mat: int = 0
     fog_far: float = math.inf  # hits beyond this are invalid (sky colour), fading in from 0.6·far
-    sky: torch.Tensor = field(default_factory=lambda: torch.tensor([[0.55, 0.7, 0.9], [0.85, 0.9, 0.95]]))
-    light_dir: torch.Tensor = field(default_factory=lambda: torch.tensor([0.3, 0.8, 0.5]))
+    sky: np.ndarray = field(default_factory=lambda: np.array([[0.55, 0.7, 0.9], [0.85, 0.9, 0.95]]))
+    light_dir: np.ndarray = field(default_factory=lambda: np.array([0.3, 0.8, 0.5]))
     ambient: float = 0.4
     shadows: bool = True
     scale: float = 1.0  # typical scene size (for epsilons)
     # cameras
-    w2c: torch.Tensor | None = None  # [S,3,4] float64 while sampling
-    fov: torch.Tensor | None = None  # [S] horizontal field of view (radians)
-    photometric: torch.Tensor | None = None  # [S, 7]: gain, wb_r, wb_g, wb_b, gamma, noise sigma, noise seed
 
     def add_material(self, kind: int, xform, offset, colors) -> int:
         self.mat_kind.append(kind)
-        self.mat_xform.append(xform.float())
-        self.mat_offset.append(offset.float())
-        self.mat_colors.append(colors.float())
+        self.mat_xform.append(np.asarray(xform, dtype=np.float64))
+        self.mat_offset.append(np.asarray(offset, dtype=np.float64))
+        self.mat_colors.append(np.asarray(colors, dtype=np.float64))
         return len(self.mat_kind) - 1
 
     def add_object(self, kind: int, center, rot, scale, mat: int):
         self.obj_kind.append(kind)
-        self.obj_center.append(torch.as_tensor(center, dtype=torch.float64))
-        self.obj_rot.append(rot)
-        self.obj_scale.append(torch.as_tensor(scale, dtype=torch.float64))
+        self.obj_center.append(np.asarray(center, dtype=np.float64))
+        self.obj_rot.append(np.asarray(rot, dtype=np.float64))
+        self.obj_scale.append(np.asarray(scale, dtype=np.float64))
         self.obj_mat.append(mat)
 
     def terrain_height(self, x: float, z: float) -> float:
         if self.terrain is None:
             return 0.0
-        t = self.terrain.double()
-        return float((t[:, 3] * torch.sin(t[:, 0] * x + t[:, 1] * z + t[:, 2])).sum())
+        t = self.terrain
+        return float((t[:, 3] * np.sin(t[:, 0] * x + t[:, 1] * z + t[:, 2])).sum())
 
-    def point_is_free(self, p: torch.Tensor, margin: float) -> bool:
+    def point_is_free(self, p, margin: float) -> bool:
         """True when ``p`` lies outside every object inflated by ``margin`` (box test in local frame)."""
         for c, r, s in zip(self.obj_center, self.obj_rot, self.obj_scale):
             local = (r.T @ (p - c)) / (s + margin)
-            if bool(local.abs().max() <= 1.0):
+            if np.abs(local).max() <= 1.0:
                 return False
         return True
 
@@ -204,14 +216,14 @@ class SceneSpec:
 # --------------------------------------------------------------------------------------------------
 
 
-def _palette(rng: Rng) -> torch.Tensor:
+def _palette(rng: Rng) -> np.ndarray:
     """Three albedo colours with a guaranteed luminance contrast between the first two."""
     c0 = rng.uniform(0.05, 0.95, (3,))
     lum0 = float(c0.mean())
     target = lum0 + (0.35 + 0.3 * rng.uniform()) * (-1.0 if lum0 > 0.5 else 1.0)
-    c1 = (rng.uniform(0.0, 1.0, (3,)) * 0.5 + target - 0.25).clamp(0.03, 0.97)
+    c1 = np.clip(rng.uniform(0.0, 1.0, (3,)) * 0.5 + target - 0.25, 0.03, 0.97)
     c2 = rng.uniform(0.05, 0.95, (3,))
-    return torch.stack([c0, c1, c2])
+    return np.stack([c0, c1, c2])
 
 
 def sample_material(
@@ -230,7 +242,7 @@ def sample_material(
         weights = [0.4, 0.2, 0.2, 0.2] + ([0.3, 0.3] if allow_ood else [])
         kind = TEXTURE_KINDS.index(rng.choice(names, weights))
     name = TEXTURE_KINDS[kind]
-    base = {"constant": 1.0, "fbm": 0.8, "worley": 2.0, "checker": 2.5, "stripes": 2.5, "marble": 1.0}[name]
+    base = {"constant": 1.0, "fbm": 1.6, "worley": 2.0, "checker": 2.5, "stripes": 2.5, "marble": 1.0}[name]
     freq = base * freq_scale * math.exp(rng.uniform(-0.7, 0.7))
     xform = rng.rotation() * freq
     offset = rng.uniform(-8.0, 8.0, (3,))
@@ -248,7 +260,7 @@ def _object_kind(rng: Rng, allow_ood: bool) -> int:
     return OBJECT_KINDS.index(rng.choice(names, weights))
 
 
-def _upright_rotation(rng: Rng, tilt: float = 0.0) -> torch.Tensor:
+def _upright_rotation(rng: Rng, tilt: float = 0.0) -> np.ndarray:
     yaw = rng.uniform(0.0, 2 * math.pi)
     r = axis_rotation(1, yaw)
     if tilt > 0:
@@ -273,16 +285,16 @@ def _standing_object(
     if OBJECT_KINDS[kind] in ("cylinder", "cone"):
         sz = sx  # round cross-section
     rot = _upright_rotation(rng, tilt=0.08)
-    center = torch.tensor([x, floor_y + sy * 0.97, z], dtype=torch.float64)
+    center = np.array([x, floor_y + sy * 0.97, z])
     mat = sample_material(scene, rng, tp, allow_ood, freq_scale)
-    scene.add_object(kind, center, rot, torch.tensor([sx, sy, sz], dtype=torch.float64), mat)
+    scene.add_object(kind, center, rot, np.array([sx, sy, sz]), mat)
 
 
 def _free_object(scene: SceneSpec, rng: Rng, tp, allow_ood, center, size: float, freq_scale: float):
     kind = _object_kind(rng, allow_ood)
-    s = torch.tensor([size * math.exp(rng.uniform(-0.5, 0.5)) for _ in range(3)], dtype=torch.float64)
+    s = np.array([size * math.exp(rng.uniform(-0.5, 0.5)) for _ in range(3)])
     mat = sample_material(scene, rng, tp, allow_ood, freq_scale)
-    scene.add_object(kind, torch.as_tensor(center, dtype=torch.float64), rng.rotation(), s, mat)
+    scene.add_object(kind, np.asarray(center, dtype=np.float64), rng.rotation(), s, mat)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -293,21 +305,19 @@ def _free_object(scene: SceneSpec, rng: Rng, tp, allow_ood, center, size: float,
 def _common_lighting(scene: SceneSpec, rng: Rng):
     elev = rng.uniform(math.radians(30), math.radians(75))
     az = rng.uniform(0.0, 2 * math.pi)
-    scene.light_dir = torch.tensor(
-        [math.cos(elev) * math.cos(az), math.sin(elev), math.cos(elev) * math.sin(az)], dtype=torch.float32
-    )
+    scene.light_dir = np.array([math.cos(elev) * math.cos(az), math.sin(elev), math.cos(elev) * math.sin(az)])
     scene.ambient = rng.uniform(0.3, 0.6)
     scene.shadows = rng.uniform() < 0.7
     top = rng.uniform(0.45, 0.95, (3,))
-    scene.sky = torch.stack([top, (top + 0.3).clamp(max=1.0)]).float()
+    scene.sky = np.stack([top, np.minimum(top + 0.3, 1.0)])
 
 
 def build_room(scene: SceneSpec, rng: Rng, tp: TierParams, allow_ood: bool):
     w, d, h = rng.uniform(4, 10), rng.uniform(4, 10), rng.uniform(2.5, 4.0)
     scene.scale = max(w, d)
     scene.shell_kind = SHELL_BOX
-    scene.shell_lo = torch.tensor([-w / 2, 0.0, -d / 2])
-    scene.shell_hi = torch.tensor([w / 2, h, d / 2])
+    scene.shell_lo = np.array([-w / 2, 0.0, -d / 2])
+    scene.shell_hi = np.array([w / 2, h, d / 2])
     scene.shell_mat = [sample_material(scene, rng, tp, allow_ood, 0.6) for _ in range(6)]
     n = max(3, round(rng.randint(6, 18) * tp.objects))
     for _ in range(n):
@@ -337,13 +347,7 @@ def build_room(scene: SceneSpec, rng: Rng, tp: TierParams, allow_ood: bool):
             s[2 - axis] = rng.uniform(0.3, 1.0)
             kind = OBJECT_KINDS.index(rng.choice(["box", "ellipsoid"], [0.7, 0.3]))
             mat = sample_material(scene, rng, tp, allow_ood, 1.5)
-            scene.add_object(
-                kind,
-                torch.tensor(c, dtype=torch.float64),
-                torch.eye(3, dtype=torch.float64),
-                torch.tensor(s, dtype=torch.float64),
-                mat,
-            )
+            scene.add_object(kind, np.array(c), np.eye(3), np.array(s), mat)
 
 
 def build_orbit(scene: SceneSpec, rng: Rng, tp: TierParams, allow_ood: bool):
@@ -352,8 +356,8 @@ def build_orbit(scene: SceneSpec, rng: Rng, tp: TierParams, allow_ood: bool):
     scene.ground_mat = sample_material(scene, rng, tp, allow_ood, 0.8, textureless_boost=-0.5)
     if rng.uniform() < 0.5:  # textured far sphere (valid depth) instead of an invalid sky
         scene.shell_kind = SHELL_SPHERE
-        scene.shell_lo = torch.tensor([rng.uniform(-2, 2), 0.0, rng.uniform(-2, 2)])
-        scene.shell_hi = torch.tensor([rng.uniform(12.5, 20.0), 0.0, 0.0])
+        scene.shell_lo = np.array([rng.uniform(-2, 2), 0.0, rng.uniform(-2, 2)])
+        scene.shell_hi = np.array([rng.uniform(12.5, 20.0), 0.0, 0.0])
         scene.shell_mat = [sample_material(scene, rng, tp, allow_ood, 0.25, textureless_boost=-0.5)] * 6
     clusters = rng.randint(1, 4)
     for _ in range(clusters):
@@ -378,8 +382,8 @@ def build_flythrough(scene: SceneSpec, rng: Rng, tp: TierParams, allow_ood: bool
         ang = rng.uniform(0.0, 2 * math.pi)
         f = 2 * math.pi / lam
         rows.append([f * math.cos(ang), f * math.sin(ang), rng.uniform(0, 2 * math.pi), amp * 0.5**k])
-    scene.terrain = torch.tensor(rows, dtype=torch.float32)
-    scene.terrain_mat = sample_material(scene, rng, tp, allow_ood, 0.5, textureless_boost=-1.0)
+    scene.terrain = np.array(rows)
+    scene.terrain_mat = sample_material(scene, rng, tp, allow_ood, 1.0, textureless_boost=-1.0)
     scene.fog_far = rng.uniform(35.0, 50.0)
     n = max(4, round(rng.randint(8, 20) * tp.objects))
     for _ in range(n):
@@ -424,19 +428,18 @@ class CameraSampler:
         s = self.scene
         for _ in range(64):
             if center is None:
-                p = torch.tensor(
+                p = np.array(
                     [
                         self.rng.uniform(float(lo[0]) + 0.6, float(hi[0]) - 0.6),
                         self.rng.uniform(0.8, min(2.0, float(hi[1]) - 0.4)),
                         self.rng.uniform(float(lo[2]) + 0.6, float(hi[2]) - 0.6),
-                    ],
-                    dtype=torch.float64,
+                    ]
                 )
             else:
                 dirn = self.rng.unit()
                 dirn[1] *= 0.3
-                p = center + dirn / dirn.norm() * radius * self.rng.uniform(0.4, 1.0)
-                p = torch.maximum(torch.minimum(p, hi.double() - 0.3), lo.double() + 0.3)
+                p = center + dirn / np.linalg.norm(dirn) * radius * self.rng.uniform(0.4, 1.0)
+                p = np.maximum(np.minimum(p, hi - 0.3), lo + 0.3)
                 p[1] = min(max(float(p[1]), 0.4), float(hi[1]) - 0.3)
             if s.point_is_free(p, 0.25):
                 return p
@@ -444,22 +447,20 @@ class CameraSampler:
 
     def _room_target(self, eye):
         s = self.scene
-        lo, hi = s.shell_lo.double(), s.shell_hi.double()
+        lo, hi = s.shell_lo, s.shell_hi
         for _ in range(32):
             if s.obj_center and self.rng.uniform() < 0.65:
-                tgt = s.obj_center[self.rng.randint(0, len(s.obj_center) - 1)].clone()
+                tgt = s.obj_center[self.rng.randint(0, len(s.obj_center) - 1)].copy()
             else:
-                tgt = torch.tensor(
-                    [self.rng.uniform(float(lo[i]), float(hi[i])) for i in range(3)], dtype=torch.float64
-                )
+                tgt = np.array([self.rng.uniform(float(lo[i]), float(hi[i])) for i in range(3)])
                 tgt[1] = self.rng.uniform(0.3, float(hi[1]) - 0.3)
-            if (tgt - eye).norm() > 1.5:
+            if np.linalg.norm(tgt - eye) > 1.5:
                 return tgt
         return tgt
 
     def room(self, i: int, spread: float):
         s = self.scene
-        lo, hi = s.shell_lo.double(), s.shell_hi.double()
+        lo, hi = s.shell_lo, s.shell_hi
         if i == 0:
             eye = self._room_position(lo, hi)
             if eye is None:
@@ -472,19 +473,14 @@ class CameraSampler:
         eye = self._room_position(lo, hi, eye0, baseline)
         if eye is None:
             return None
-        dist = float((tgt0 - eye0).norm())
+        dist = float(np.linalg.norm(tgt0 - eye0))
         tgt = tgt0 + self.rng.normal(3) * self.tp.look_jitter * dist * spread
         return look_at(eye, tgt, self._roll(spread)), self._fov(False)
 
     # -- orbit ------------------------------------------------------------------------------------
     def _orbit_pose(self, radius, elev, az, tgt, roll):
-        eye = torch.tensor(
-            [
-                radius * math.cos(elev) * math.cos(az),
-                radius * math.sin(elev),
-                radius * math.cos(elev) * math.sin(az),
-            ],
-            dtype=torch.float64,
+        eye = radius * np.array(
+            [math.cos(elev) * math.cos(az), math.sin(elev), math.cos(elev) * math.sin(az)]
         )
         return look_at(eye, tgt, roll)
 
@@ -493,7 +489,7 @@ class CameraSampler:
             radius = self.rng.uniform(1.4, 2.6) / math.tan(self.fov0 / 2)
             elev = math.radians(self.rng.uniform(5.0, 60.0))
             az = self.rng.uniform(0.0, 2 * math.pi)
-            tgt = torch.tensor([0.0, self.rng.uniform(0.2, 0.7), 0.0], dtype=torch.float64)
+            tgt = np.array([0.0, self.rng.uniform(0.2, 0.7), 0.0])
             tgt += self.rng.normal(3) * 0.15
             self.anchor = {"radius": radius, "elev": elev, "az": az, "target": tgt}
             return self._orbit_pose(radius, elev, az, tgt, self._roll(1.0)), self._fov(True)
@@ -523,7 +519,12 @@ class CameraSampler:
             x = along * math.cos(a["yaw"]) - lateral * math.sin(a["yaw"])
             z = along * math.sin(a["yaw"]) + lateral * math.cos(a["yaw"])
             y = s.terrain_height(x, z) + a["clear"] * math.exp(self.rng.uniform(-0.15, 0.15) * (i > 0))
-            eye = torch.tensor([x, y, z], dtype=torch.float64)
+            # look over the next hill rather than into it
+            ahead = [
+                s.terrain_height(x + r * math.cos(a["yaw"]), z + r * math.sin(a["yaw"])) for r in (2, 4, 6, 9)
+            ]
+            y = max(y, max(ahead) + 0.6)
+            eye = np.array([x, y, z])
             if s.point_is_free(eye, 0.4):
                 break
         else:
@@ -531,17 +532,14 @@ class CameraSampler:
         jit = 0.0 if i == 0 else spread
         yaw = a["yaw"] + math.radians(self.rng.uniform(-1, 1) * 10.0 * self.tp.baseline * jit)
         pitch = a["pitch"] + math.radians(self.rng.uniform(-1, 1) * 5.0 * self.tp.baseline * jit)
-        fwd = torch.tensor(
-            [math.cos(pitch) * math.cos(yaw), -math.sin(pitch), math.cos(pitch) * math.sin(yaw)],
-            dtype=torch.float64,
-        )
+        fwd = np.array([math.cos(pitch) * math.cos(yaw), -math.sin(pitch), math.cos(pitch) * math.sin(yaw)])
         return look_at(eye, eye + fwd, self._roll(spread if i else 1.0)), self._fov(i == 0)
 
     def sample(self, i: int, spread: float):
         return getattr(self, self.scene.family)(i, spread)
 
 
-def sample_photometric(rng: Rng, num_views: int) -> torch.Tensor:
+def sample_photometric(rng: Rng, num_views: int) -> np.ndarray:
     rows = []
     for _ in range(num_views):
         gain = math.exp(rng.uniform(-0.25, 0.2))
@@ -549,7 +547,7 @@ def sample_photometric(rng: Rng, num_views: int) -> torch.Tensor:
         gamma = math.exp(rng.uniform(-0.12, 0.12))
         sigma = rng.uniform(0.0, 0.015)
         rows.append([gain, *wb, gamma, sigma, float(rng.randint(0, 2**31 - 2))])
-    return torch.tensor(rows, dtype=torch.float64)
+    return np.array(rows)
 
 
 def sample_scene(seed: int, family: str, tier: str, attempt: int = 0) -> tuple[SceneSpec, CameraSampler]:

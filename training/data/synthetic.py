@@ -96,7 +96,7 @@ class SynthConfig:
     terrain_steps: int = 40
     mode: str = "auto"  # "single" (per scene, bounding-sphere culling: fast on CPU), "dense" (whole
     # batch at once, no host syncs in the loops: fast on GPU), "auto" = single on CPU, dense on CUDA
-    # rays per chunk (None: 65536 in single mode, 1 << 22 dense); chunking never changes the results
+    # rays per chunk (None: 65536 in single mode; dense: 64 M / widest slot group); never changes results
     ray_chunk: int | None = None
     covisibility_matrix: bool = False  # also compute the full [S,S] matrix (costs S^2 reprojections)
 
@@ -249,8 +249,8 @@ class _SceneState:
                 f"after {self.attempt} scene re-draws"
             )
         self.spec, self.sampler = sample_scene(self.seed, self.family, self.tier, self.attempt)
-        self.w2c = torch.zeros(self.S, 3, 4, dtype=torch.float64)
-        self.fov = torch.zeros(self.S, dtype=torch.float64)
+        self.w2c = np.zeros((self.S, 3, 4))
+        self.fov = np.zeros(self.S)
         self.spread = [1.0] * self.S
         self.tries = [0] * self.S
         self.ok0 = self._sample(0)
@@ -267,9 +267,9 @@ class _SceneState:
         return True
 
 
-def _intrinsics(fov: Tensor, H: int, W: int) -> Tensor:
-    f = (W / 2.0) / torch.tan(fov / 2.0)
-    K = torch.zeros(fov.shape[0], 3, 3, dtype=torch.float64)
+def _intrinsics(fov: np.ndarray, H: int, W: int) -> np.ndarray:
+    f = (W / 2.0) / np.tan(fov / 2.0)
+    K = np.zeros((fov.shape[0], 3, 3))
     K[:, 0, 0] = f
     K[:, 1, 1] = f
     K[:, 0, 2] = W / 2.0
@@ -342,14 +342,16 @@ def render_batch(
     terrain_t = torch.full((B, S, H, W), math.inf, device=device)
     pending = [(b, s) for b in range(B) for s in range(S)]
     single = cfg.mode == "single" or (cfg.mode == "auto" and device.type == "cpu")
-    chunk = cfg.ray_chunk or (65536 if single else 1 << 22)
     us1, vs1 = pixel_coords(H, W, [(0.0, 0.0)], device)
     rounds = 0
     covis = torch.ones(B, S, device=device)
     while True:
         ps = pack_scenes([st.spec for st in states], device)
-        K_all = torch.stack([_intrinsics(st.fov, H, W) for st in states]).float().to(device)
-        w2c_all = torch.stack([st.w2c for st in states]).float().to(device)
+        # dense mode holds [entries, slots of a kind, rays] tensors: about 64 M elements per chunk
+        widest = max([count for _, _, count in ps.groups] or [1])
+        chunk = cfg.ray_chunk or (65536 if single else max(1 << 18, (1 << 26) // widest))
+        K_all = torch.from_numpy(np.stack([_intrinsics(st.fov, H, W) for st in states])).float().to(device)
+        w2c_all = torch.from_numpy(np.stack([st.w2c for st in states])).float().to(device)
         groups = [[e for e in pending if e[0] == b] for b in range(B)] if single else [pending]
         for group in groups:
             if not group:
@@ -414,7 +416,7 @@ def render_batch(
     st_off = [(i + 0.5) / n - 0.5 for i in range(n)]
     us, vs = pixel_coords(H, W, [(du, dv) for dv in st_off for du in st_off], device)
     images = torch.zeros(B, S, 3, H, W, device=device)
-    photo = torch.stack([st.photo for st in states]).float().to(device)
+    photo = torch.from_numpy(np.stack([st.photo for st in states])).float().to(device)
     entries = [(b, s) for b in range(B) for s in range(S)]
     groups = [[e for e in entries if e[0] == b] for b in range(B)] if single else [entries]
     for group in groups:

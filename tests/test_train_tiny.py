@@ -1,0 +1,86 @@
+"""lite3r-tiny training script on the CPU at the micro size: runs, resumes bit-for-bit, exports."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lite3r.errors import InputError
+from lite3r.models.vggt.model import VGGT
+from lite3r.training.train_tiny import EXIT_CANCELLED, EXIT_OK, StopFlag, TinyTrainConfig, main, train
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _cfg(**kw) -> TinyTrainConfig:
+    base = dict(preset="micro", views=(2, 3), views_per_step=4, total_steps=4, warmup_steps=2, supersample=1,
+                eval_every=0, eval_scenes=0, log_every=1, lr=1e-3)  # fmt: skip
+    return TinyTrainConfig(**{**base, **kw})
+
+
+def _events(folder):
+    return [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+
+
+def test_cli_runs_three_steps_and_exports(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["--out", str(out), "--preset", "micro", "--views", "2", "3", "--views-per-step", "4",
+                 "--total-steps", "3", "--supersample", "1", "--eval-every", "0", "--eval-scenes", "2",
+                 "--eval-views", "2", "--log-every", "1", "--device", "cpu", "--no-stdin"])  # fmt: skip
+    assert code == EXIT_OK
+    lines = [json.loads(s) for s in capsys.readouterr().out.splitlines()]
+    kinds = [e["event"] for e in lines]
+    assert kinds[0] == "started" and kinds[-1] == "finished" and kinds.count("step") == 3
+    steps = [e for e in lines if e["event"] == "step"]
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in steps) and "camera" in steps[0]["terms"]
+    assert "abs_rel" in [e for e in lines if e["event"] == "eval"][-1]["metrics"]
+    model = VGGT.from_pretrained(out / "lite3r-tiny")
+    assert model.config.aggregator.embed_dim == 32
+    sd = torch.load(out / "checkpoint.pt", weights_only=False)["model"]
+    for k, v in model.state_dict().items():  # fp16 storage: equal to the float32 weights up to rounding
+        torch.testing.assert_close(v, sd[k].to(torch.float16).float(), rtol=0, atol=0)
+    with torch.no_grad():
+        preds = model(torch.rand(1, 2, 3, 56, 56))
+    assert torch.isfinite(preds["depth"]).all() and preds["pose_enc"].shape == (1, 2, 9)
+
+
+def test_resume_is_bit_for_bit(tmp_path):
+    straight = tmp_path / "straight"
+    assert train(_cfg(), straight, device="cpu", quiet=True) == EXIT_OK
+    split = tmp_path / "split"
+    assert train(_cfg(), split, device="cpu", max_steps=2, quiet=True) == EXIT_OK
+    assert train(_cfg(), split, device="cpu", resume=True, quiet=True) == EXIT_OK
+    a = torch.load(straight / "checkpoint.pt", weights_only=False)
+    b = torch.load(split / "checkpoint.pt", weights_only=False)
+    assert a["step"] == b["step"] == 4
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert all(torch.equal(sa[n], sb[n]) for n in ("exp_avg", "exp_avg_sq"))
+    la = [e["loss"] for e in _events(straight) if e["event"] == "step"]
+    lb = [e["loss"] for e in _events(split) if e["event"] == "step"]
+    assert la == lb
+
+
+def test_resume_refuses_a_different_trajectory(tmp_path):
+    out = tmp_path / "run"
+    assert train(_cfg(total_steps=2), out, device="cpu", quiet=True) == EXIT_OK
+    with pytest.raises(InputError, match="keeps its trajectory"):
+        train(_cfg(total_steps=2, lr=5e-3), out, device="cpu", resume=True, quiet=True, explicit={"lr"})
+
+
+def test_cancel_saves_a_checkpoint(tmp_path):
+    stop = StopFlag()
+    stop.set("test")
+    out = tmp_path / "run"
+    assert train(_cfg(), out, device="cpu", stop=stop, quiet=True) == EXIT_CANCELLED
+    ev = _events(out)
+    assert ev[-1]["event"] == "cancelled" and (out / "checkpoint.pt").is_file()
