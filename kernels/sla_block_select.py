@@ -49,6 +49,7 @@ def _score_keys(
     s = tl.dot(pq, tl.trans(pk - km[None, :]), input_precision=DOT_PRECISION)
     s = tl.where((j < n_forced)[None, :], float("inf"), s)
     bits = s.to(tl.int32, bitcast=True)
+    bits = tl.where(s == 0.0, 0, bits)  # -0.0 ties with +0.0, as in torch.topk / sort
     key = tl.where(bits >= 0, bits.to(tl.int64) + 2147483648, (~bits).to(tl.int64))
     return tl.where(jvalid[None, :], key, -1), j
 

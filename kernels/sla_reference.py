@@ -23,10 +23,19 @@ Conventions shared with the kernels (keep them in sync):
   (``"all"``) or none: o_l = φ(q)·S / (φ(q)·z + eps) with S = Σ φ(k)ᵀv and z = Σ φ(k) over that domain.
   Padded keys never enter S or z (φ(0) = 1 would).
 * Output o = o_s + o_l · Wᵀ, W the head_dim × head_dim ``proj_lin`` weight shared by all heads.
+
+**Precision.** Everything here computes in float32 (float64 for float64 inputs) *whatever the autocast
+state*: autocast would otherwise run the matmuls and einsums in BF16/FP16, and BF16 block scores pick
+different blocks than the kernels' float32 scores (measured: 3.6 % of the (head, query block) rows of
+a 4-frame VGGT global layer, 8 % output difference). The pooled block scores are float32-rounded
+float64 dot products, so TF32 settings do not change the selection either, and ties go to the first
+block in order, as in the Triton selection kernel.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from dataclasses import dataclass
 
@@ -128,6 +137,20 @@ def feature_map(x: torch.Tensor, kind: str) -> torch.Tensor:
     raise ValueError(f"unknown feature map {kind!r}; choose one of {FEATURE_MAPS}")
 
 
+def _without_autocast(fn):
+    """Run ``fn`` with autocast off on the device of its first tensor argument (see *Precision*)."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        x = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        device = None if x is None else x.device.type
+        ctx = torch.autocast(device, enabled=False) if device in ("cpu", "cuda") else contextlib.nullcontext()
+        with ctx:
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
 def _acc(x: torch.Tensor) -> torch.Tensor:
     """The reference computes in float32, or float64 for float64 inputs (gradient checks)."""
     return x if x.dtype == torch.float64 else x.float()
@@ -152,20 +175,29 @@ def pool_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
     return _block_view(xa, block).sum(3) / lengths[:, None]
 
 
+@_without_autocast
 def block_scores_reference(q: torch.Tensor, k_virtual: torch.Tensor, geom: SLAGeometry) -> torch.Tensor:
-    """Pooled-q · (pooled-k − mean-k) scores [B, H, n_qblocks, n_kblocks] (float32; forced = +inf)."""
+    """Pooled-q · (pooled-k − mean-k) scores [B, H, n_qblocks, n_kblocks] (float32; forced = +inf).
+
+    The dot products run in float64 and are rounded once to float32: the same value the selection
+    kernel's (tf32x3 / IEEE) float32 dot approximates to a few ulps, independent of TF32 settings.
+    """
     pq = pool_blocks(q, geom.block_q)
     pk = pool_blocks(k_virtual, geom.block_k)
     kmean = _acc(k_virtual).mean(2, keepdim=True)
-    scores = pq @ (pk - kmean).transpose(-1, -2)
+    scores = (pq.double() @ (pk - kmean).double().transpose(-1, -2)).to(pq.dtype)
     if geom.n_forced:
         scores[..., : geom.n_forced] = math.inf
     return scores
 
 
 def select_blocks_reference(scores: torch.Tensor, topk: int) -> torch.Tensor:
-    """Top-k key blocks per query block, ascending block order, int64 [B, H, n_qblocks, topk]."""
-    return scores.topk(topk, dim=-1).indices.sort(-1).values
+    """Top-k key blocks per query block, ascending block order, int64 [B, H, n_qblocks, topk].
+
+    Equal scores go to the lower block index (a stable sort), as in the selection kernel.
+    """
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    return order[..., :topk].sort(-1).values
 
 
 def block_mask_from_lut(lut: torch.Tensor, n_kblocks: int) -> torch.Tensor:
@@ -179,6 +211,7 @@ def _rows_per_chunk(B: int, H: int, n_keys: int, block_q: int) -> int:
     return max(1, _CHUNK_ELEMENTS // max(1, B * H * n_keys * block_q))
 
 
+@_without_autocast
 def sparse_attention_reference(
     q: torch.Tensor,
     k_virtual: torch.Tensor,
@@ -203,6 +236,7 @@ def sparse_attention_reference(
     return torch.cat(out, dim=2)
 
 
+@_without_autocast
 def block_states_reference(
     k_virtual: torch.Tensor, v_virtual: torch.Tensor, block_k: int, kind: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,6 +249,7 @@ def block_states_reference(
     return torch.einsum("bhjnd,bhjne->bhjde", phik, vb), phik.sum(3)
 
 
+@_without_autocast
 def linear_attention_reference(
     q: torch.Tensor,
     k_virtual: torch.Tensor,
@@ -243,6 +278,13 @@ def linear_attention_reference(
     return (num / den[..., None]).reshape(B, H, -1, D)[:, :, :N]
 
 
+@_without_autocast
+def add_projected_linear(o: torch.Tensor, o_l: torch.Tensor, proj_weight: torch.Tensor) -> torch.Tensor:
+    """o + o_l · Wᵀ in o_l's (float32/float64) precision."""
+    return _acc(o).to(o_l.dtype) + o_l @ _acc(proj_weight).to(o_l.dtype).t()
+
+
+@_without_autocast
 def sla_attention_reference(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -274,13 +316,14 @@ def sla_attention_reference(
     o_l = None
     if linear != "none":
         o_l = linear_attention_reference(q, kv_, vv_, mask, geom, feature, linear, eps)
-        o = o_s + o_l @ _acc(proj_weight).to(o_l.dtype).t()
+        o = add_projected_linear(o_s, o_l, proj_weight)
     o = o.to(q.dtype)
     if return_parts:
         return o, o_s, o_l, lut
     return o
 
 
+@_without_autocast
 def token_topk_attention(
     q: torch.Tensor,
     k: torch.Tensor,

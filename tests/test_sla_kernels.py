@@ -120,6 +120,8 @@ def test_block_select_breaks_ties_by_block_order():
     pq, pk, kmean, *_ = prepare.sla_prepare(q, k, k, g, "elu", "none")
     lut = select.sla_block_select(pq, pk, kmean, g)
     assert torch.equal(lut.long(), torch.arange(5).expand(1, 1, g.n_qblocks, 5))
+    _, lut_torch = select.block_select_reference(q, k, g)  # the torch backend breaks ties the same way
+    assert torch.equal(lut_torch, lut.long())
 
 
 # (B, H, N, D, bq, bk, special, frame_len, keep, feature, linear, dtype)

@@ -35,6 +35,7 @@ from lite3r.kernels.sla_reference import (
     FEATURE_MAPS,
     LINEAR_MODES,
     SLAGeometry,
+    add_projected_linear,
     linear_attention_reference,
     sla_attention_reference,
     sla_geometry,
@@ -254,7 +255,7 @@ class SparseLinearAttention(MultiHeadAttention):
         if self.config.linear != "all":
             return o  # one key block is always selected: the complement is empty
         o_l = linear_attention_reference(q, k, v, None, geom, self.config.feature_map, "all", self.config.eps)
-        return (o.float() + o_l @ weight.float().t()).to(o.dtype)
+        return add_projected_linear(o, o_l, weight).to(o.dtype)
 
     def _check_master_weight(self, weight: torch.Tensor | None) -> None:
         if (
