@@ -84,3 +84,21 @@ def test_cancel_saves_a_checkpoint(tmp_path):
     assert train(_cfg(), out, device="cpu", stop=stop, quiet=True) == EXIT_CANCELLED
     ev = _events(out)
     assert ev[-1]["event"] == "cancelled" and (out / "checkpoint.pt").is_file()
+
+
+def test_quality_report_on_a_tiny_export(tmp_path, capsys):
+    from lite3r.training.quality_report import main as quality_main
+    from lite3r.training.tiny import build_tiny, export_tiny
+
+    folder = export_tiny(build_tiny("micro", seed=0), tmp_path / "model")
+    out = tmp_path / "q.json"
+    code = quality_main(["--weights", str(folder), "--scenes", "2", "--views", "2", "3", "--image-size", "42",
+                         "--batch", "2", "--max-points", "2000", "--device", "cpu", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    summary = json.loads(out.read_text())["results"]
+    res = summary["results"]
+    for key in ("model/2", "model/3", "trivial/3"):
+        assert {"abs_rel", "auc@30", "chamfer", "f@1%"} <= set(res[key]) and res[key]["n"] == 2
+    assert res["trivial/3"]["auc@30"] == 0.0  # identity poses: translation direction undefined → 90°
+    assert set(summary["done_when"]) >= {"pass_depth", "pass_pose"}
+    assert "Done-when" in out.with_suffix(".md").read_text()

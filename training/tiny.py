@@ -3,7 +3,8 @@
 ``tiny`` (the shipped model): 224 px, embed 256 with 4 heads of 64 (head_dim 64, so the SLA / FP8
 kernels apply), DINO depth 4, aggregator depth 4 (4 frame + 4 global blocks), camera trunk 1, DPT
 features 64, no point head (depth + cameras are unprojected, as VGGT recommends): 14.9 M parameters,
-29.8 MB as float16 safetensors. ``micro`` is a CPU-test size with the same structure.
+29.8 MB as float16 safetensors. ``small`` (quick experiments) and ``micro`` (CPU tests) have the
+same structure.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ PRESETS = {
     "tiny": dict(
         img_size=224, embed_dim=256, num_heads=4, depth=4, dino_depth=4, camera_trunk_depth=1,
         dpt_features=64, dpt_out_channels=(32, 64, 128, 128), point_head=False,
+    ),
+    "small": dict(  # quick experiments (CPU / a few GPU minutes)
+        img_size=112, embed_dim=128, num_heads=2, depth=3, dino_depth=2, camera_trunk_depth=1,
+        dpt_features=32, dpt_out_channels=(16, 32, 64, 64), point_head=False,
     ),
     "micro": dict(
         img_size=56, embed_dim=32, num_heads=2, depth=2, dino_depth=1, camera_trunk_depth=1,

@@ -348,13 +348,17 @@ def train(
     stop: StopFlag | None = None,
     quiet: bool = False,
     explicit: set[str] | None = None,
+    schedule_minutes: float | None = None,
 ) -> int:
-    """Run (or continue) a training; returns the exit code. ``max_steps`` limits this invocation only."""
+    """Run (or continue) a training; returns the exit code. ``max_steps`` and ``minutes`` limit this
+    invocation; ``schedule_minutes`` (default ``minutes``) is the time the LR schedule is planned for
+    when it is not fixed yet (a plan over several invocations, continued with ``resume``)."""
     from .losses import LossConfig, targets_from_batch, vggt_loss
     from .tiny import PRESETS, build_tiny, export_tiny
 
     t0 = time.perf_counter()
     deadline = None if minutes is None else t0 + 60.0 * minutes
+    plan_end = None if minutes is None else t0 + 60.0 * (schedule_minutes or minutes)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report = Reporter(out, quiet)
@@ -391,7 +395,9 @@ def train(
 
     model = build_tiny(cfg.preset, seed=cfg.seed).to(dev)
     model.train()
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
+    opt = torch.optim.AdamW(
+        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, fused=dev.type == "cuda"
+    )
     loss_cfg = LossConfig.from_options(**cfg.loss)
     step, train_seconds = 0, 0.0
     total = cfg.total_steps
@@ -399,7 +405,8 @@ def train(
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step, train_seconds = state["step"], state["train_seconds"]
-        total = state.get("total_steps", total)
+        if "total_steps" not in (explicit or ()):  # an explicit --total-steps re-plans the schedule
+            total = state.get("total_steps", total)
         _set_rng_state(state["rng"])
     else:
         torch.manual_seed(cfg.seed)
@@ -453,7 +460,7 @@ def train(
     calib: list[float] = []
     acc: dict[str, float] = {}
     acc_n, data_wait, t_log = 0, 0.0, time.perf_counter()
-    steps_this_run = 0
+    steps_this_run, run_seconds = 0, 0.0
     reserve = 10.0 + 2.0 * eval_seconds + 5.0  # final eval + checkpoint + export
     while True:
         if box["total"] is not None and step >= box["total"]:
@@ -491,14 +498,15 @@ def train(
             torch.cuda.synchronize(dev)
         dt = time.perf_counter() - ts
         train_seconds += dt
+        run_seconds += dt
         # fix the schedule length from the measured speed (before the warm-up ends)
-        if box["total"] is None and deadline is not None:
+        if box["total"] is None and plan_end is not None:
             if steps_this_run > 3:
                 calib.append(dt)
             if len(calib) >= 12 or step >= cfg.warmup_steps:
                 per_step = float(np.median(calib)) if calib else dt
                 per_step *= 1.0 + 0.03  # logging, checkpoints
-                left = deadline - time.perf_counter() - reserve
+                left = plan_end - time.perf_counter() - reserve
                 per_eval = eval_seconds / max(1, cfg.eval_every) if cfg.eval_every > 0 else 0.0
                 box["total"] = max(step + 1, step + int(left / (per_step + per_eval)))
                 report("schedule", step=step, total=box["total"], seconds_per_step=per_step)
@@ -523,7 +531,7 @@ def train(
             save()
             last_ckpt = time.perf_counter()
         if deadline is not None:
-            per_step = train_seconds / max(1, steps_this_run)
+            per_step = run_seconds / max(1, steps_this_run)
             if time.perf_counter() + 1.5 * per_step + reserve > deadline:
                 return finish("time_limit")
 
@@ -539,6 +547,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="output folder (checkpoint, log.jsonl, lite3r-tiny/)")
     p.add_argument("--minutes", type=float, help="wall-clock budget of this invocation")
+    p.add_argument(
+        "--schedule-minutes",
+        type=float,
+        help="plan the LR schedule for this much training time (default --minutes); continue with --resume",
+    )
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--steps", type=int, help="stop this invocation after N optimiser steps")
@@ -546,7 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-stdin", action="store_true", help="do not watch stdin for a `cancel` line")
     p.add_argument("--quiet", action="store_true", help="log.jsonl only, nothing on stdout")
     g = p.add_argument_group("training (defaults: TinyTrainConfig)")
-    g.add_argument("--preset", choices=["tiny", "micro"])
+    g.add_argument("--preset", choices=["tiny", "small", "micro"])
     g.add_argument("--image-size", type=int)
     g.add_argument("--views", type=int, nargs=2, metavar=("MIN", "MAX"))
     g.add_argument("--views-per-step", type=int)
@@ -600,7 +613,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = TinyTrainConfig(**given)
         return train(cfg, args.out, args.minutes, args.resume, args.device, args.steps,
-                     tuple(Path(p) for p in args.export_dir), stop, args.quiet, set(given))  # fmt: skip
+                     tuple(Path(p) for p in args.export_dir), stop, args.quiet, set(given),
+                     args.schedule_minutes)  # fmt: skip
     except Exception as exc:  # report, then a non-zero exit code
         print(json.dumps({"event": "error", "message": f"{type(exc).__name__}: {exc}",
                           "traceback": traceback.format_exc()}), flush=True)  # fmt: skip
