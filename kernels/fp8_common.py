@@ -1,14 +1,23 @@
-"""Device helpers shared by the FP8 producer kernels: per-row scales and the E4M3 cast.
+"""Device helpers shared by the FP8 producer kernels: per-row scales, the E4M3 cast, op registration.
 
 They implement the format of ``lite3r.quant.fp8_format`` on a [BLOCK_M, BLOCK_K] float32 tile held in
 registers: amax over the row, one IEEE (``div_rn``) division per row for ``scale`` and ``inv``, one
-multiply per element, clamp to ±448, round-to-nearest-even cast to float8e4nv.
+multiply per element, clamp to ±448, round-to-nearest-even cast to float8e4nv. On GPUs the cast is
+the hardware ``cvt.rn.satfinite.e4m3x2.f32``, which *is* the clamp (finite values beyond ±448 become
+±448) and the rounding, so the compiled kernels spend no instruction on an explicit clamp.
 
 The Triton 3.6 *interpreter* rounds float32 → fp8 incorrectly (it rounds half up, ignores sticky
-bits, and drops the carry when rounding crosses a power of two: 125.4 becomes 64). On GPUs the cast
-is the hardware ``cvt.rn.satfinite`` and is exact. Under the interpreter (``EMULATE_RNE=True``, chosen
-by the Python wrappers) we first round onto the E4M3 grid in float32 with exact arithmetic, after
-which the interpreter's cast is exact. The GPU path never pays for the emulation.
+bits, and drops the carry when rounding crosses a power of two: 125.4 becomes 64). Under the
+interpreter (``EMULATE_RNE=True``, chosen by the Python wrappers) we clamp and round onto the E4M3
+grid in float32 with exact arithmetic, after which the interpreter's cast is exact. The GPU path
+never pays for the emulation.
+
+Registration: the kernels are launched from ``torch.library.custom_op`` s (opaque to torch.compile:
+Dynamo and Inductor see one op with a fake implementation and leave the Triton launch alone, exactly
+as in eager mode; the elementwise work around them is still fused by Inductor). ``triton_op`` +
+``wrap_triton`` would let Inductor re-generate the kernel launch, which failed to compile for these
+kernels on the H100 (torch 2.11: fp64 scalars, ``make_llir`` pass failures) while the eager launch
+of the same kernels worked.
 """
 
 from __future__ import annotations
@@ -32,7 +41,11 @@ def running_in_interpreter(kernel) -> bool:
 
 
 def row_tiling(K: int) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_K, num_warps) for row-wise kernels: a power-of-two tile of about 8k elements."""
+    """(BLOCK_M, BLOCK_K, num_warps) for row-wise kernels: a power-of-two tile of about 8k elements.
+
+    8k elements over 8 warps is 32 per thread (four 16-byte loads of bf16): enough bytes in flight
+    per program, and few enough registers for 3-4 resident programs per SM.
+    """
     block_k = triton.next_power_of_2(K)
     block_m = max(1, min(64, 8192 // block_k))
     tile = block_m * block_k
@@ -66,28 +79,40 @@ def quantize_tile_rows(y, EMULATE_RNE: tl.constexpr):
 
     Returns (q float8e4nv [BLOCK_M, BLOCK_K], scale float32 [BLOCK_M]).
     """
-    # Explicit float32: under torch.compile the constexpr float can arrive as fp64, which div_rn rejects.
     amax = tl.maximum(tl.max(tl.abs(y), axis=1), AMAX_EPS).to(tl.float32)
     fp8_max = tl.full(amax.shape, FP8_MAX, tl.float32)
     inv = tl.math.div_rn(fp8_max, amax)
     scale = tl.math.div_rn(amax, fp8_max)
-    v = tl.minimum(tl.maximum(y * inv[:, None], -FP8_MAX), FP8_MAX)
+    v = y * inv[:, None]
     if EMULATE_RNE:
-        v = round_to_e4m3_grid(v)
+        v = round_to_e4m3_grid(tl.minimum(tl.maximum(v, -FP8_MAX), FP8_MAX))
     return v.to(tl.float8e4nv), scale
 
 
-def register_triton_op(qualname: str, fn):
-    """``torch.library.triton_op(qualname)(fn)``, once per process.
+def register_custom_op(qualname: str, impl, fake):
+    """``torch.library.custom_op(qualname)(impl)`` with the fake (shape) function ``fake``, once.
 
     Test helpers re-import the kernel modules in interpreter mode (Triton chooses compiled vs
-    interpreted when a kernel is decorated); the op registered first keeps working because it looks
-    the kernel up in its module's globals at call time.
+    interpreted when a kernel is decorated). ``importlib.reload`` re-executes a module in the same
+    namespace, so the op registered first keeps working: ``impl`` looks its kernel up in the module
+    globals at call time. Returns the op (``torch.ops.<ns>.<name>``).
     """
     import torch
-    from torch.library import triton_op
 
     ns, name = qualname.split("::")
     if hasattr(getattr(torch.ops, ns), name):
-        return fn
-    return triton_op(qualname, mutates_args=())(fn)
+        return getattr(getattr(torch.ops, ns), name)
+    op = torch.library.custom_op(qualname, mutates_args=())(impl)
+    op.register_fake(fake)
+    return getattr(getattr(torch.ops, ns), name)
+
+
+def device_guard(t):
+    """A context that makes ``t``'s CUDA device current (Triton launches on the current device)."""
+    import contextlib
+
+    import torch
+
+    if t.is_cuda and t.device.index != torch.cuda.current_device():
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()

@@ -6,7 +6,7 @@ are decorated when ``triton`` is first imported. So the variable must be set bef
 triton (``torch._inductor`` does): :func:`set_interpret_env` is called at the top of the test
 modules (collection time, before any test runs). :func:`load_fp8_kernels` re-imports our kernel
 modules if another test imported them first; the custom ops stay registered once
-(``register_triton_op``) and find the re-imported kernels through their module globals. Same
+(``register_custom_op``) and find the re-imported kernels through their module globals. Same
 approach as ``tests/sla_triton_env.py``.
 """
 

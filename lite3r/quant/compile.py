@@ -4,9 +4,10 @@ Per-block compilation lets Inductor fuse the memory-bound work around the GEMMs 
 RoPE, GELU, LayerScale, residual adds), which is about 60 % of a block's non-attention time in eager
 mode (performance.md §3.5), while keeping compile time small: with inlined nn.Modules (the default
 since torch 2.5) blocks of one shape share one graph. ``nn.Module.compile`` compiles in place, so
-state-dict keys do not change (no ``_orig_mod.`` prefix). The FP8 Triton kernels are
-``torch.library.triton_op`` custom ops and ``QuantizedActivation`` is a NamedTuple, so FP8 blocks
-trace without graph breaks.
+state-dict keys do not change (no ``_orig_mod.`` prefix). The FP8 Triton kernels are opaque
+``torch.library.custom_op`` s (Inductor calls them as they are, it does not re-generate them) and
+``QuantizedActivation`` is a NamedTuple, so FP8 blocks trace without graph breaks, with dynamic
+shapes, and under CUDA graphs; so do the SLA kernels (custom ops too).
 
 Modes: ``none`` | ``default`` | ``max-autotune-no-cudagraphs`` | ``reduce-overhead`` (CUDA graphs, for
 fixed shapes; call :func:`mark_step` before every model forward so the graphs' output buffers can

@@ -63,9 +63,9 @@ def _rowwise_fp8_probe(index: int) -> str | None:
 def _triton_problem() -> str | None:
     try:
         import triton  # noqa: F401
-        from torch.library import triton_op, wrap_triton  # noqa: F401
+        from torch.library import custom_op  # noqa: F401
     except ImportError as e:
-        return f"the fused FP8 kernels need Triton and torch.library.triton_op ({e})"
+        return f"the fused FP8 kernels need Triton and torch.library.custom_op ({e})"
     return None
 
 
