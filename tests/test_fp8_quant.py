@@ -243,6 +243,24 @@ def test_fp8_inference_skip_list_and_unfused_blocks():
         assert torch.isfinite(blk(torch.randn(1, 5, 64))).all()
 
 
+def test_fast_accumulation_is_an_explicit_recorded_option():
+    from lite3r.quant import FP8_FAST_ACCUM_DEFAULT, PrecisionReport
+
+    blk = _random_block(9)
+    report = apply_fp8_inference(blk, mode="reference", fast_accum=True)
+    assert report.fast_accum and "fast accumulation" in report.summary()
+    assert all(m.use_fast_accum for m in blk.modules() if isinstance(m, FP8Linear))
+    assert "fast_acc" in repr(blk.attn.qkv)
+    assert apply_fp8_inference(_random_block(9), mode="reference").fast_accum is False
+    fp8 = {"fused_layernorms": ["norm1"], "fast_accum": True}
+    desc = PrecisionReport("fp8", "cuda:0", "bfloat16", "float32", fp8=fp8).description
+    assert "fast accumulation" in desc and "LN/GELU→FP8 fused" in desc
+    assert "fast" not in PrecisionReport("fp8", "cuda:0", "bfloat16", "float32", fp8={}).description
+    assert FP8_FAST_ACCUM_DEFAULT is False  # until the GPU measurements say otherwise
+    with pytest.raises(ValueError, match="fp8 only"):
+        apply_precision(_TinyModel(), "bf16", "cpu", fp8_fast_accum=False)
+
+
 def test_unsupported_shapes_and_cpu_kernel_mode_raise():
     with pytest.raises(UnsupportedError, match="multiples of 16"):
         FP8Linear.from_linear(nn.Linear(9, 32), mode="reference")

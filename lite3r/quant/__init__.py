@@ -27,7 +27,14 @@ from .fp8_format import (
 )
 from .fp8_inference import FP8InferenceReport, apply_fp8_inference, fp8_weight_bytes
 from .fp8_modules import FP8Linear, GeluFP8, LayerNormFP8
-from .precision import PRECISIONS, PrecisionReport, apply_precision, check_precision, precision_support
+from .precision import (
+    FP8_FAST_ACCUM_DEFAULT,
+    PRECISIONS,
+    PrecisionReport,
+    apply_precision,
+    check_precision,
+    precision_support,
+)
 from .selection import DEFAULT_SKIP, select_linears
 
 __all__ = [
@@ -35,6 +42,7 @@ __all__ = [
     "COMPILE_MODES",
     "DEFAULT_SKIP",
     "FP8_DTYPE",
+    "FP8_FAST_ACCUM_DEFAULT",
     "FP8_MAX",
     "PRECISIONS",
     "CompileReport",

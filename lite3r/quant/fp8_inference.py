@@ -36,6 +36,7 @@ class FP8InferenceReport:
     """What ``apply_fp8_inference`` did; ``weight_bytes_*`` cover the converted linears only."""
 
     mode: str
+    fast_accum: bool = False  # cuBLAS/CUTLASS fast accumulation in the FP8 GEMMs
     linears: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     fused_layernorms: list[str] = field(default_factory=list)
@@ -51,6 +52,7 @@ class FP8InferenceReport:
             f"{len(self.fused_layernorms)} LN→FP8, {len(self.fused_gelus)} GELU→FP8, "
             f"{len(self.standalone_quant)} standalone quantisers; weights "
             f"{self.weight_bytes_before / mib:.1f} MiB → {self.weight_bytes_after / mib:.1f} MiB"
+            + (", fast accumulation" if self.fast_accum else "")
         )
 
 
@@ -89,12 +91,14 @@ def apply_fp8_inference(
 
     ``mode="kernel"``: weights must already be on the CUDA device (they are quantised there);
     ``mode="reference"``: pure PyTorch, for CPU equivalence tests. ``fuse=False`` keeps LayerNorm and
-    GELU as they are (every FP8Linear quantises its own input). ``fast_accum`` turns on cuBLAS fast
-    accumulation in the GEMMs. Returns an ``FP8InferenceReport``.
+    GELU as they are (every FP8Linear quantises its own input). ``fast_accum`` turns on the GEMMs'
+    fast accumulation (the tensor cores' reduced-precision accumulator over the whole K loop, no
+    periodic promotion to float32; faster, less exact: see ``lite3r.quant.precision``). Returns an
+    ``FP8InferenceReport``.
     """
     skip = tuple(skip)
     selected, skipped = select_linears(model, modules, skip)
-    report = FP8InferenceReport(mode=mode, skipped=skipped)
+    report = FP8InferenceReport(mode=mode, fast_accum=bool(fast_accum), skipped=skipped)
 
     for name in selected:  # validate everything before changing anything
         lin = model.get_submodule(name)

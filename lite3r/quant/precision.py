@@ -29,6 +29,14 @@ from lite3r.errors import UnsupportedError
 
 PRECISIONS = ("fp32", "bf16", "fp8")
 FP8_MIN_CAPABILITY = (8, 9)
+# FP8 GEMM accumulation. Hopper's FP8 tensor cores add products into an accumulator of reduced
+# precision (about 14 bits retained, DeepSeek-V3 technical report §3.3.2). With
+# ``use_fast_accum=False`` the GEMM promotes partial sums into float32 registers every few K tiles;
+# ``True`` keeps the tensor-core accumulator over the whole K loop: 1.2-1.3× faster GEMMs on the
+# H100 at VGGT shapes (benchmarks/results/fp8), with an error that grows with K (1024 for
+# qkv/proj/fc1, 4096 for fc2). Off until measured to be harmless next to the quantisation error:
+# tests/test_fp8_gpu.py::test_fast_accumulation_error and benchmarks/bench_fp8_linear.py print both.
+FP8_FAST_ACCUM_DEFAULT = False
 
 
 def _device(device) -> torch.device:
@@ -153,8 +161,13 @@ class PrecisionReport:
         if self.precision == "bf16":
             return "bf16 trunk · fp32 heads"
         f = self.fp8 or {}
-        fused = " (LN/GELU→FP8 fused)" if f.get("fused_layernorms") or f.get("fused_gelus") else ""
-        return f"fp8 trunk linears{fused} · bf16 trunk · fp32 heads"
+        notes = []
+        if f.get("fused_layernorms") or f.get("fused_gelus"):
+            notes.append("LN/GELU→FP8 fused")
+        if f.get("fast_accum"):
+            notes.append("fast accumulation")
+        detail = f" ({', '.join(notes)})" if notes else ""
+        return f"fp8 trunk linears{detail} · bf16 trunk · fp32 heads"
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "description": self.description}
@@ -203,13 +216,19 @@ def apply_precision(
     cast_trunk_inputs: bool = True,
     cast_head_inputs: bool = False,
     fp8_skip: tuple[str, ...] | None = None,
-    fp8_fast_accum: bool = False,
+    fp8_fast_accum: bool | None = None,
 ) -> PrecisionReport:
     """Check ``precision`` on ``device``, then cast/convert ``model`` in place and move it there.
 
     The model must follow the protocol (``trunk_modules()``, ``head_modules()``). Modules that are
-    neither trunk nor head keep float32. All parameters are frozen (inference).
+    neither trunk nor head keep float32. All parameters are frozen (inference). ``fp8_fast_accum``
+    (fp8 only; None = ``FP8_FAST_ACCUM_DEFAULT``) selects the GEMMs' fast accumulation; it is
+    recorded in the report and its description. Setting it for another precision raises.
     """
+    if fp8_fast_accum is not None and precision != "fp8":
+        raise ValueError(f"fp8_fast_accum applies to precision fp8 only, not {precision}")
+    if fp8_fast_accum is None:
+        fp8_fast_accum = FP8_FAST_ACCUM_DEFAULT
     if getattr(model, "_lite3r_precision", None) is not None:
         raise ValueError(
             f"apply_precision was already applied ({model._lite3r_precision}); build a fresh model"
