@@ -17,15 +17,21 @@ import torch
 import triton
 import triton.language as tl
 
+from . import sla_triton_common as _common
 from .sla_reference import SLAGeometry
-from .sla_triton_common import FEATURE_CODES, feature_map, feature_map_backward, virtual_to_physical
+from .sla_triton_common import (
+    FEATURE_CODES,
+    SIZE_ARGS,
+    bucketed_autotune,
+    feature_map,
+    feature_map_backward,
+    tuning_report,
+    virtual_to_physical,
+    work_bucket,
+)
 
 
-def _configs():
-    return [triton.Config({}, num_warps=w, num_stages=s) for w, s in ((4, 2), (4, 3), (8, 2), (8, 3))]
-
-
-@triton.jit
+@triton.jit(do_not_specialize=SIZE_ARGS)
 def _sla_backward_dkdv_kernel(
     Q, K, V, DO, DK, DV, LSE, DELTA,
     stride_qb, stride_qh, stride_qn,
@@ -112,9 +118,16 @@ def _sla_backward_dkdv_kernel(
     tl.store(DV + dv_offs, dv.to(DV.dtype.element_ty), mask=cmask[:, None])
 
 
-_sla_backward_dkdv_kernel_tuned = triton.autotune(
-    configs=_configs(), key=["HEAD_DIM", "BLOCK_M", "BLOCK_N", "FEATURE", "LINEAR", "HAS_SPECIAL"]
-)(_sla_backward_dkdv_kernel)
+# Per work bucket (query blocks per key block on average); configs in sla_triton_common.CONFIGS.
+_sla_backward_dkdv_kernel_tuned = bucketed_autotune(
+    _sla_backward_dkdv_kernel,
+    "backward",
+    key=["HEAD_DIM", "BLOCK_M", "BLOCK_N", "FEATURE", "LINEAR", "HAS_SPECIAL"],
+)
+
+
+def autotune_choices() -> dict:
+    return tuning_report(_sla_backward_dkdv_kernel_tuned)
 
 
 def inverse_lut(lut: torch.Tensor, n_kblocks: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,7 +157,11 @@ def sla_backward_dkdv(
         g_tot, dz_tot = g_blk.sum(2), dz_blk.sum(2)
     else:
         g_tot = dz_tot = torch.empty(0, device=q.device, dtype=torch.float32)
-    kernel = _sla_backward_dkdv_kernel_tuned if q.is_cuda else _sla_backward_dkdv_kernel
+    if _common.use_autotuner(q):
+        trips = geom.n_qblocks * geom.topk / geom.n_kblocks
+        kernel = _sla_backward_dkdv_kernel_tuned[work_bucket(trips)]
+    else:
+        kernel = _sla_backward_dkdv_kernel
     kernel[(geom.n_kblocks, B * H)](
         q, k, v, do, dk, dv, lse, delta,
         q.stride(0), q.stride(1), q.stride(2),

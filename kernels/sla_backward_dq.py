@@ -17,17 +17,23 @@ import torch
 import triton
 import triton.language as tl
 
+from . import sla_triton_common as _common
 from .sla_reference import SLAGeometry
-from .sla_triton_common import FEATURE_CODES, feature_map, feature_map_backward, virtual_to_physical
+from .sla_triton_common import (
+    FEATURE_CODES,
+    SIZE_ARGS,
+    bucketed_autotune,
+    feature_map,
+    feature_map_backward,
+    tuning_report,
+    virtual_to_physical,
+    work_bucket,
+)
 
 LOG2E = 1.4426950408889634
 
 
-def _configs():
-    return [triton.Config({}, num_warps=w, num_stages=s) for w, s in ((4, 2), (4, 3), (8, 2), (8, 3))]
-
-
-@triton.jit
+@triton.jit(do_not_specialize=SIZE_ARGS)
 def _sla_backward_dq_kernel(
     Q, K, V, O, DO, DOL, DQ, LSE, DELTA,
     stride_qb, stride_qh, stride_qn,
@@ -130,9 +136,16 @@ def _sla_backward_dq_kernel(
     tl.store(DQ + dq_offs, dq.to(DQ.dtype.element_ty), mask=rmask[:, None])
 
 
-_sla_backward_dq_kernel_tuned = triton.autotune(
-    configs=_configs(), key=["HEAD_DIM", "BLOCK_M", "BLOCK_N", "FEATURE", "LINEAR", "HAS_SPECIAL"]
-)(_sla_backward_dq_kernel)
+# Per work bucket (selected blocks per query block); configs per head_dim in sla_triton_common.CONFIGS.
+_sla_backward_dq_kernel_tuned = bucketed_autotune(
+    _sla_backward_dq_kernel,
+    "backward",
+    key=["HEAD_DIM", "BLOCK_M", "BLOCK_N", "FEATURE", "LINEAR", "HAS_SPECIAL"],
+)
+
+
+def autotune_choices() -> dict:
+    return tuning_report(_sla_backward_dq_kernel_tuned)
 
 
 def sla_backward_dq(
@@ -151,7 +164,10 @@ def sla_backward_dq(
     else:
         g_blk = dz_blk = torch.empty(0, device=dev, dtype=torch.float32)
         dol = do
-    kernel = _sla_backward_dq_kernel_tuned if q.is_cuda else _sla_backward_dq_kernel
+    if _common.use_autotuner(q):
+        kernel = _sla_backward_dq_kernel_tuned[work_bucket(geom.topk)]
+    else:
+        kernel = _sla_backward_dq_kernel
     kernel[(geom.n_qblocks, B * H)](
         q, k, v, o_s, do, dol, dq, lse, delta,
         q.stride(0), q.stride(1), q.stride(2),

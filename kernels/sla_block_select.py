@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from .sla_reference import SLAGeometry, block_scores_reference, select_blocks_reference
+from .sla_triton_common import SIZE_ARGS
 
 ROWS = 16  # query blocks per program
 _RADIX_BITS = 4
@@ -54,7 +55,7 @@ def _score_keys(
     return tl.where(jvalid[None, :], key, -1), j
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SIZE_ARGS)
 def _sla_block_select_kernel(
     PQ, PK, KMEAN, LUT,
     n_qblocks, n_kblocks, topk, n_forced,

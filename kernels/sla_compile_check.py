@@ -74,7 +74,14 @@ def compile_kernel(fn, pointers: dict[str, str], consts: dict, num_warps: int, n
 
 def variants(head_dims=(64,), quick=False):
     """(name, kernel, pointer dtypes, constexprs, [(num_warps, num_stages)])."""
-    from . import sla_backward_dkdv, sla_backward_dq, sla_block_select, sla_forward, sla_prepare
+    from . import (
+        sla_backward_dkdv,
+        sla_backward_dq,
+        sla_block_select,
+        sla_forward,
+        sla_prepare,
+        sla_triton_common,
+    )
 
     bf, f32, lut = "*bf16", "*fp32", "*i16"
     fwd_ptrs = dict(
@@ -90,9 +97,15 @@ def variants(head_dims=(64,), quick=False):
     )  # fmt: skip
     prep_ptrs = dict(Q=bf, K=bf, V=bf, PQ=f32, PK=f32, SBLK=bf, ZBLK=f32, SPART=f32, ZPART=f32, KPART=f32)
     sel_ptrs = dict(PQ=f32, PK=f32, KMEAN=f32, LUT=lut)
-    fwd_cfgs = [(8, 3)] if quick else [(c.num_warps, c.num_stages) for c in sla_forward._configs()]
-    dq_cfgs = [(8, 3)] if quick else [(c.num_warps, c.num_stages) for c in sla_backward_dq._configs()]
-    dkdv_cfgs = [(8, 3)] if quick else [(c.num_warps, c.num_stages) for c in sla_backward_dkdv._configs()]
+
+    def cfgs(kernel: str, D: int, linear: int = 1) -> list[tuple[int, int]]:
+        """The configs the autotuner tries for this launch (sla_triton_common.CONFIGS)."""
+        if quick:
+            return [(8, 3)]
+        table = sla_triton_common.CONFIGS[kernel]
+        chosen = table.get(sla_triton_common.config_class(D, linear), table["d64"])
+        return [(c.num_warps, c.num_stages) for c in chosen]
+
     fwd = sla_forward._sla_forward_kernel
     fwd_kinds = {  # name → (LINEAR, FUSE_PROJ, STORE_LSE, RECOMPUTE_STATES, FEATURE, in quick mode)
         "forward inference complement": (2, True, False, False, 0, True),
@@ -110,11 +123,12 @@ def variants(head_dims=(64,), quick=False):
                 continue
             consts = {**common, "LINEAR": lin, "FUSE_PROJ": fuse, "STORE_LSE": lse}
             consts.update(RECOMPUTE_STATES=recompute, FEATURE=feature)
-            out.append((f"{name} D{D}", fwd, fwd_ptrs, consts, fwd_cfgs))
+            out.append((f"{name} D{D}", fwd, fwd_ptrs, consts, cfgs("forward", D, lin)))
         dq = sla_backward_dq._sla_backward_dq_kernel
+        dq_cfgs = cfgs("backward", D)
         out.append((f"backward dQ complement D{D}", dq, dq_ptrs, {**common, "LINEAR": 2}, dq_cfgs))
         dkdv = sla_backward_dkdv._sla_backward_dkdv_kernel
-        out.append((f"backward dK/dV complement D{D}", dkdv, dkdv_ptrs, {**common, "LINEAR": 2}, dkdv_cfgs))
+        out.append((f"backward dK/dV complement D{D}", dkdv, dkdv_ptrs, {**common, "LINEAR": 2}, dq_cfgs))
         prep = dict(BLOCK_Q=128, BLOCK_K=64, HEAD_DIM=D, FEATURE=0, LINEAR=2, STORE_STATES=True)
         prep.update(HAS_SPECIAL=True, DOT_PRECISION="tf32")
         prep_cfg = [(4 if D <= 64 else 8, 3)]

@@ -18,14 +18,20 @@ import torch
 import triton
 import triton.language as tl
 
+from . import sla_triton_common as _common
 from .sla_reference import SLAGeometry
-from .sla_triton_common import FEATURE_CODES, LINEAR_CODES, feature_map, virtual_to_physical
+from .sla_triton_common import (
+    FEATURE_CODES,
+    LINEAR_CODES,
+    SIZE_ARGS,
+    bucketed_autotune,
+    feature_map,
+    tuning_report,
+    virtual_to_physical,
+    work_bucket,
+)
 
 LOG2E = 1.4426950408889634
-
-
-def _configs():
-    return [triton.Config({}, num_warps=w, num_stages=s) for w, s in ((4, 2), (4, 3), (8, 2), (8, 3), (8, 4))]
 
 
 @triton.jit
@@ -76,7 +82,7 @@ def _add_block_state(
     return s_sel, z_sel
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SIZE_ARGS)
 def _sla_forward_kernel(
     Q, K, V, O, OL, LSE,
     stride_qb, stride_qh, stride_qn,
@@ -168,20 +174,17 @@ def _sla_forward_kernel(
         )
 
 
-_sla_forward_kernel_tuned = triton.autotune(
-    configs=_configs(),
-    key=[
-        "HEAD_DIM",
-        "BLOCK_M",
-        "BLOCK_N",
-        "FEATURE",
-        "LINEAR",
-        "FUSE_PROJ",
-        "HAS_SPECIAL",
-        "STORE_LSE",
-        "RECOMPUTE_STATES",
-    ],
-)(_sla_forward_kernel)
+# Per work bucket (selected blocks per query block); configs per head_dim in sla_triton_common.CONFIGS.
+_sla_forward_kernel_tuned = bucketed_autotune(
+    _sla_forward_kernel,
+    "forward",
+    key=["HEAD_DIM", "BLOCK_M", "BLOCK_N", "FEATURE", "LINEAR", "FUSE_PROJ", "HAS_SPECIAL", "STORE_LSE",
+         "RECOMPUTE_STATES"],
+)  # fmt: skip
+
+
+def autotune_choices() -> dict:
+    return tuning_report(_sla_forward_kernel_tuned)
 
 
 def empty_bnhd(B: int, H: int, N: int, D: int, like: torch.Tensor, dtype=None) -> torch.Tensor:
@@ -229,10 +232,10 @@ def sla_forward(
     )
     lse_strides = lse.stride() if store_lse else (0, 0, 0)
     w = proj_weight if fuse else q.new_empty(0)
-    if q.is_cuda:
-        kernel, kwargs = _sla_forward_kernel_tuned, {}
+    if _common.use_autotuner(q):
+        kernel = _sla_forward_kernel_tuned[work_bucket(geom.topk)]
     else:
-        kernel, kwargs = _sla_forward_kernel, {}
+        kernel = _sla_forward_kernel
     kernel[(geom.n_qblocks, B * H)](
         q, k, v, o, o_l, lse,
         q.stride(0), q.stride(1), q.stride(2),
@@ -248,7 +251,6 @@ def sla_forward(
         FEATURE=FEATURE_CODES[feature], LINEAR=lin, FUSE_PROJ=fuse,
         HAS_SPECIAL=geom.n_special > 0, STORE_LSE=store_lse, RECOMPUTE_STATES=bool(recompute_states),
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        **kwargs,
     )  # fmt: skip
     if lin == 0 and linear != "none" and not fuse_proj:
         o_l = torch.zeros_like(o)  # empty complement: the linear branch is exactly zero

@@ -20,14 +20,14 @@ import triton
 import triton.language as tl
 
 from .sla_reference import SLAGeometry, block_states_reference, pool_blocks, virtual_key_order
-from .sla_triton_common import FEATURE_CODES, LINEAR_CODES, feature_map, virtual_to_physical
+from .sla_triton_common import FEATURE_CODES, LINEAR_CODES, SIZE_ARGS, feature_map, virtual_to_physical
 
 # At most this many programs per (batch, head): bounds the partial-sum buffers at long sequences.
 _MAX_CHUNKS = 128
 _MIN_KBLOCKS_PER_PROGRAM = 4
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SIZE_ARGS)
 def _sla_prepare_kernel(
     Q, K, V,
     stride_qb, stride_qh, stride_qn,

@@ -1,4 +1,5 @@
-"""Triton helpers shared by the SLA kernels: virtual key order, feature maps and their derivatives.
+"""Triton helpers shared by the SLA kernels: virtual key order, feature maps and their derivatives, and
+the autotuning policy.
 
 The conventions (virtual key order, blocks, feature maps) are documented in ``sla_reference.py``.
 Integer codes passed as ``tl.constexpr``: feature map 0 = ELU+1, 1 = softmax over the head dim;
@@ -12,6 +13,103 @@ import triton.language as tl
 
 FEATURE_CODES = {"elu": 0, "softmax": 1}
 LINEAR_CODES = {"none": 0, "all": 1, "complement": 2}
+
+# Integer arguments that only size loops, grids and masks. Triton would otherwise specialise every
+# launch on each of them (value 1, divisibility by 16) and compile every autotune config again for each
+# new combination, i.e. for many sequence lengths; none of them feeds a vectorised address.
+SIZE_ARGS = (
+    "H", "N", "n_qblocks", "n_kblocks", "topk", "n_forced", "n_chunks", "qb_per_prog", "kb_per_prog",
+    "n_special", "frame_len", "n_special_total",
+)  # fmt: skip
+
+# Autotuning is keyed on the compile-time variant (head_dim, blocks, feature map, linear branch, …) and
+# the tensor dtypes, never on the sequence length, plus one coarse work bucket: the number of key blocks
+# a program loops over (≤ 16, ≤ 128, more). Each bucket is one more ~1 s benchmark, not a compile
+# (every bucket's tuner wraps the same jitted kernel, which owns the compiled binaries).
+WORK_BUCKET_LIMITS = (16, 128)
+
+
+def work_bucket(trips: float) -> int:
+    return sum(trips > limit for limit in WORK_BUCKET_LIMITS)
+
+
+def use_autotuner(x) -> bool:
+    """Launch through the autotuner (CUDA); the interpreter runs the plain kernel. Launchers call this
+    through the module so a CPU test can route interpreted launches through the autotuners."""
+    return x.is_cuda
+
+
+def _pick(warps_stages):
+    return [triton.Config({}, num_warps=w, num_stages=s) for w, s in warps_stages]
+
+
+# (num_warps, num_stages) per kernel, from the sm_90a compile report (sla_compile_check): at head_dim
+# 64 every kernel with a linear branch spills at 4 warps (its head_dim² state lives in registers), at
+# 128 everything spills at 4 warps and 16 warps is worse (128-register cap); the sparse-only forward
+# is the FlashAttention case where 4 warps fits.
+CONFIGS = {
+    "forward": {
+        "small": _pick([(4, 3), (8, 3)]),  # head_dim ≤ 32
+        "d64": _pick([(8, 2), (8, 3), (8, 4)]),
+        "d64_sparse": _pick([(4, 3), (8, 3), (8, 4)]),
+        "d128": _pick([(8, 2), (8, 3)]),
+    },
+    "backward": {  # dQ and dK/dV
+        "small": _pick([(4, 3), (8, 3)]),
+        "d64": _pick([(8, 2), (8, 3)]),
+        "d128": _pick([(8, 2), (8, 3)]),
+    },
+}
+
+
+def config_class(head_dim: int, linear: int = 1) -> str:
+    if head_dim <= 32:
+        return "small"
+    if head_dim <= 64:
+        return "d64" if linear else "d64_sparse"
+    return "d128"
+
+
+def all_configs(kernel: str) -> list:
+    """Every config of ``kernel`` (the autotuner prunes them per launch with :func:`prune_for`)."""
+    seen = {}
+    for cfgs in CONFIGS[kernel].values():
+        for c in cfgs:
+            seen.setdefault((c.num_warps, c.num_stages), c)
+    return list(seen.values())
+
+
+def prune_for(kernel: str):
+    """early_config_prune: keep the configs of the launch's head_dim (and linear-branch) class."""
+    table = CONFIGS[kernel]
+
+    def prune(configs, named_args, **kwargs):
+        head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
+        linear = kwargs.get("LINEAR", named_args.get("LINEAR", 1))
+        cls = config_class(int(head_dim), int(linear))
+        wanted = {(c.num_warps, c.num_stages) for c in table.get(cls, table["d64"])}
+        return [c for c in configs if (c.num_warps, c.num_stages) in wanted]
+
+    return prune
+
+
+def bucketed_autotune(kernel_fn, kernel: str, key: list[str]) -> list:
+    """One autotuner per work bucket over the same jitted kernel (see WORK_BUCKET_LIMITS)."""
+    return [
+        triton.autotune(
+            configs=all_configs(kernel), key=key, prune_configs_by={"early_config_prune": prune_for(kernel)}
+        )(kernel_fn)
+        for _ in range(len(WORK_BUCKET_LIMITS) + 1)
+    ]
+
+
+def tuning_report(tuners: list) -> dict:
+    """{bucket: {autotune key: chosen config}} of a bucketed_autotune list (for benchmark records)."""
+    out = {}
+    for bucket, tuner in enumerate(tuners):
+        if tuner.cache:
+            out[str(bucket)] = {str(k): str(c) for k, c in tuner.cache.items()}
+    return out
 
 
 @triton.jit

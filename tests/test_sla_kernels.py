@@ -229,6 +229,52 @@ def test_custom_ops_trace_without_graph_breaks():
     torch.testing.assert_close(compiled(q, k, v, w), f(q, k, v, w))
 
 
+def test_autotuning_is_per_variant_and_work_bucket_not_per_length(monkeypatch):
+    """The autotuner is keyed on the compile-time variant, the dtypes and a coarse work bucket (selected
+    blocks per query block ≤ 16 / ≤ 128 / more), never on the sequence length; the size integers are not
+    specialised (no recompiles per length either); configs are pruned to the head_dim class. Routed
+    through the autotuners in the interpreter, with a counting stand-in for the timing."""
+    common = K["sla_triton_common"]
+    monkeypatch.setattr(common, "use_autotuner", lambda x: True)
+    timed = []
+
+    def fake_bench(kernel_call, quantiles):
+        timed.append(1)
+        return [1.0, 1.0, 1.0]
+
+    for tuner in forward._sla_forward_kernel_tuned:
+        assert tuner.fn is forward._sla_forward_kernel  # one jitted kernel: compiled binaries are shared
+        assert not {"N", "n_qblocks", "n_kblocks", "topk"} & set(tuner.keys)
+        monkeypatch.setattr(tuner, "_do_bench", fake_bench)
+        monkeypatch.setattr(tuner, "cache", {})
+    kw = dict(feature="elu", linear="none", eps=1e-6, scale=0.25)
+    none = torch.empty(0)
+
+    def run(N, keep):
+        q, k, v = _qkv(1, 1, N, 16, seed=N)
+        g = _geom(N, 32, 16, keep)
+        pq, pk, km, *_ = prepare.sla_prepare(q, k, v, g, "elu", "none")
+        lut = select.sla_block_select(pq, pk, km, g)
+        o, _, _ = forward.sla_forward(q, k, v, lut, none, none, none, none, None, g, fuse_proj=True, **kw)
+        ref = sla_attention_reference(q, k, v, None, g, lut=lut.long(), **kw)
+        torch.testing.assert_close(o, ref, rtol=2e-5, atol=2e-5)
+        return g.topk
+
+    n_small = len(common.CONFIGS["forward"]["small"])
+    assert run(100, 0.3) <= 16 and len(timed) == n_small  # first launch: tuned
+    assert run(150, 0.3) <= 16 and len(timed) == n_small  # another length, same bucket: not re-tuned
+    assert run(320, 0.9) > 16 and len(timed) == 2 * n_small  # next bucket: tuned once more
+    assert run(330, 0.9) > 16 and len(timed) == 2 * n_small
+
+    prune = common.prune_for("forward")
+    cfgs = common.all_configs("forward")
+    pairs = lambda cs: sorted((c.num_warps, c.num_stages) for c in cs)
+    assert pairs(prune(cfgs, {}, HEAD_DIM=64, LINEAR=2)) == [(8, 2), (8, 3), (8, 4)]
+    assert pairs(prune(cfgs, {}, HEAD_DIM=64, LINEAR=0)) == [(4, 3), (8, 3), (8, 4)]
+    assert pairs(prune(cfgs, {}, HEAD_DIM=128, LINEAR=2)) == [(8, 2), (8, 3)]
+    assert all(2 <= len(v) <= 4 for table in common.CONFIGS.values() for v in table.values())
+
+
 def test_kernels_compile_for_hopper():
     """Triton front end + ptxas for sm_90a, no GPU needed: catches what the interpreter cannot (dot shapes,
     layouts, shared memory). One config per kernel at head_dim 64; the full grid is
