@@ -1,7 +1,8 @@
 """Sparse-linear attention vs dense cuDNN SDPA at VGGT global-attention shapes (GPU).
 
     python benchmarks/bench_sla_attention.py [--frames 8 32 64 128] [--keeps 0.05 0.1 0.2]
-        [--backward-frames 8 32 64] [--select-frames 1000] [--repeats 20] [--out DIR]
+        [--backward-frames 8 32 64] [--select-frames 1000] [--repeats 20] [--select-repeats 5]
+        [--deadline-s 330] [--out DIR]
 
 Shapes: B = 1, 16 heads × 64, 1,374 tokens per frame (5 special tokens each), bf16; q, k, v are the
 strided views ``MultiHeadAttention.project_qkv`` produces (no copies); blocks 128 × 64; ELU+1
@@ -23,9 +24,14 @@ Per frame count and kept fraction:
 Block selection at ``--select-frames`` (default 1,000): time and peak extra device memory of pooling +
 streamed selection (the LUT included), and of the linear-branch block states separately.
 
-Timing: CUDA events, warm-up first (covers Triton autotuning), median of ``--repeats`` (≥ 20) runs.
+Timing: CUDA events, warm-up first (covers Triton compilation and autotuning), median of ``--repeats``
+(≥ 20) runs; the 1,000-frame selection, whose headline is its memory, uses ``--select-repeats``.
+Expected wall time on an H100 with the defaults: about 3–4 minutes, a minute or more of it compiling
+(≈ 25 kernel compiles: 2–3 configs per variant) on a cold Triton cache. ``--deadline-s`` (from the start
+of the script) is checked before every measured point: points that would start later are listed under
+``skipped``, not measured. ``autotune`` records the config each kernel variant chose per work bucket.
 Results: JSON + markdown via benchmarks/provenance.py in ``--out`` (default $OUT or
-benchmarks/results), rewritten after every part so a time-out keeps what was measured.
+benchmarks/results), rewritten after every point so a time-out keeps what was measured.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import argparse
 import os
 import statistics
 import sys
+import time
 from functools import partial
 from pathlib import Path
 
@@ -45,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import markdown_table, write_result
 
 from lite3r.attention.sla import SLAConfig, SparseLinearAttention
-from lite3r.kernels import sla_ops
+from lite3r.kernels import sla_backward_dkdv, sla_backward_dq, sla_forward, sla_ops
 
 TOKENS, SPECIAL, HEADS, HEAD_DIM = 1374, 5, 16, 64
 BLOCK_Q, BLOCK_K = 128, 64
@@ -59,7 +66,26 @@ TARGETS = {
 }
 
 
-def median_ms(fn, repeats: int, warmup: int = 3, before=None) -> float:
+class Budget:
+    """Wall-clock deadline from the start of the script; points that would start after it are skipped."""
+
+    def __init__(self, deadline_s: float) -> None:
+        self.start = time.perf_counter()
+        self.deadline_s = deadline_s
+        self.skipped: list[str] = []
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def allows(self, point: str) -> bool:
+        if self.elapsed() < self.deadline_s:
+            return True
+        self.skipped.append(point)
+        print(f"[{self.elapsed():.0f} s] skipped (deadline): {point}", flush=True)
+        return False
+
+
+def median_ms(fn, repeats: int, warmup: int = 3, before=None, min_repeats: int = 20) -> float:
     """Median CUDA-event time of ``fn()``; ``before()`` runs untimed ahead of every call."""
     for _ in range(warmup):
         if before:
@@ -67,7 +93,7 @@ def median_ms(fn, repeats: int, warmup: int = 3, before=None) -> float:
         fn()
     torch.cuda.synchronize()
     times = []
-    for _ in range(max(20, repeats)):
+    for _ in range(max(min_repeats, repeats)):
         if before:
             before()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -165,19 +191,26 @@ def _forward_one(frames: int, keep: float, q, k, v, dense_ms: float, repeats: in
     }
 
 
-def forward_rows(frames_list, keeps, repeats):
-    rows = []
+def _show(row: dict, budget: Budget) -> None:
+    shown = {key: (round(x, 3) if isinstance(x, float) else x) for key, x in row.items()}
+    print(f"[{budget.elapsed():.0f} s]", shown, flush=True)
+
+
+def forward_rows(rows, frames_list, keeps, repeats, budget: Budget, save):
     for frames in frames_list:
+        if not budget.allows(f"forward {frames} frames"):
+            continue
         _, q, k, v = qkv_views(frames)
         with torch.no_grad():
             dense_ms = median_ms(partial(dense_attention, q, k, v), repeats)
         for keep in keeps:
+            if not budget.allows(f"forward {frames} frames keep {keep}"):
+                continue
             rows.append(_forward_one(frames, keep, q, k, v, dense_ms, repeats))
-            print(
-                {key: (round(x, 3) if isinstance(x, float) else x) for key, x in rows[-1].items()}, flush=True
-            )
+            _show(rows[-1], budget)
+            save()
+        del q, k, v
         torch.cuda.empty_cache()
-    return rows
 
 
 class _Backward:
@@ -198,13 +231,16 @@ class _Backward:
         self.out.backward(self.grad)
 
 
-def backward_rows(frames_list, keeps, repeats):
-    rows = []
+def backward_rows(rows, frames_list, keeps, repeats, budget: Budget, save):
     for frames in frames_list:
+        if not budget.allows(f"backward {frames} frames"):
+            continue
         qkv, q, k, v = qkv_views(frames, requires_grad=True)
         dense = _Backward(qkv, q, k, v, dense_attention)
         dense_ms = median_ms(dense, repeats, before=dense.prepare)
         for keep in keeps:
+            if not budget.allows(f"backward {frames} frames keep {keep}"):
+                continue
             m = sla_module(keep)
             m.proj_lin.weight.requires_grad_(True)
             sla = _Backward(qkv, q, k, v, partial(m.attend, frame_len=TOKENS), (m.proj_lin.weight,))
@@ -213,9 +249,10 @@ def backward_rows(frames_list, keeps, repeats):
                 {"frames": frames, "keep": keep, "dense_bwd_ms": dense_ms, "sla_bwd_ms": sla_ms,
                  "bwd_speedup": dense_ms / sla_ms}
             )  # fmt: skip
-            print(rows[-1], flush=True)
+            _show(rows[-1], budget)
+            save()
+        del qkv, q, k, v, dense
         torch.cuda.empty_cache()
-    return rows
 
 
 def _peak_extra_bytes(fn):
@@ -241,7 +278,7 @@ def _selection_one(frames: int, keep: float, q, k, v, repeats: int) -> dict:
         lut, select_extra = _peak_extra_bytes(partial(_select, q, k, v, g))
         lut_bytes = lut.numel() * lut.element_size()
         del lut
-        ms = median_ms(partial(_select, q, k, v, g), repeats, warmup=1)
+        ms = median_ms(partial(_select, q, k, v, g), repeats, warmup=1, min_repeats=1)
         _, states_extra = _peak_extra_bytes(partial(sla_ops.sla_prepare_op, q, k, v, g, "elu", "complement"))
     dense_map = geom.n_qblocks * geom.n_kblocks * HEADS * (4 + 1 + 8)  # thu-ml main: f32 + int8 + int64
     return {
@@ -250,6 +287,7 @@ def _selection_one(frames: int, keep: float, q, k, v, repeats: int) -> dict:
         "keep": keep,
         "kept_blocks": f"{geom.topk}/{geom.n_kblocks}",
         "select_ms": ms,
+        "select_repeats": repeats,
         "select_extra_gb": select_extra / 1e9,
         "lut_gb": lut_bytes / 1e9,
         "linear_states_extra_gb": states_extra / 1e9,
@@ -257,15 +295,28 @@ def _selection_one(frames: int, keep: float, q, k, v, repeats: int) -> dict:
     }
 
 
-def selection_rows(frames_list, keeps, repeats):
-    rows = []
+def selection_rows(rows, frames_list, keeps, repeats, budget: Budget, save):
     for frames in frames_list:
+        if not budget.allows(f"selection {frames} frames"):
+            continue
         _, q, k, v = qkv_views(frames)
         for keep in keeps:
+            if not budget.allows(f"selection {frames} frames keep {keep}"):
+                continue
             rows.append(_selection_one(frames, keep, q, k, v, repeats))
-            print(rows[-1], flush=True)
+            _show(rows[-1], budget)
+            save()
+        del q, k, v
         torch.cuda.empty_cache()
-    return rows
+
+
+def autotune_choices() -> dict:
+    """The config each autotuned kernel variant chose, per work bucket (to prune the config lists)."""
+    return {
+        "forward": sla_forward.autotune_choices(),
+        "backward_dq": sla_backward_dq.autotune_choices(),
+        "backward_dkdv": sla_backward_dkdv.autotune_choices(),
+    }
 
 
 def check_targets(fwd, bwd, sel) -> dict:
@@ -308,6 +359,8 @@ def main(argv=None) -> int:
     ap.add_argument("--backward-keeps", type=float, nargs="*", default=[0.1])
     ap.add_argument("--select-frames", type=int, nargs="*", default=[1000])
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--select-repeats", type=int, default=5, help="timed runs of the long selection")
+    ap.add_argument("--deadline-s", type=float, default=330.0, help="start no point after this")
     ap.add_argument("--out", default=None, help="output folder (default $OUT or benchmarks/results)")
     args = ap.parse_args(argv)
     if DEVICE == "cuda" and not torch.cuda.is_available():
@@ -325,10 +378,13 @@ def main(argv=None) -> int:
             "linear": "complement, elu, fused proj",
         }
     }
+    budget = Budget(args.deadline_s)
     fwd, bwd, sel = [], [], []
+    part_end_s = {}
 
     def save():
         results.update(forward=fwd, backward=bwd, selection=sel, summary=check_targets(fwd, bwd, sel))
+        results.update(skipped=budget.skipped, part_end_s=part_end_s, autotune=autotune_choices())
         table = "## Forward (global attention)\n\n" + markdown_table(
             fwd,
             ["frames", "keep", "kept_blocks", "dense_ms", "sla_ms", "speedup", "sla_recomputed_ms",
@@ -340,13 +396,18 @@ def main(argv=None) -> int:
             table += "\n## Backward\n\n" + markdown_table(bwd)
         if sel:
             table += "\n## Block selection\n\n" + markdown_table(sel)
+        if budget.skipped:
+            table += "\n**Skipped (deadline):** " + "; ".join(budget.skipped) + "\n"
         write_result(out, results, table)
 
-    fwd.extend(forward_rows(args.frames, args.keeps, args.repeats))
+    forward_rows(fwd, args.frames, args.keeps, args.repeats, budget, save)
+    part_end_s["forward"] = round(budget.elapsed(), 1)
     save()
-    bwd.extend(backward_rows(args.backward_frames, args.backward_keeps, args.repeats))
+    backward_rows(bwd, args.backward_frames, args.backward_keeps, args.repeats, budget, save)
+    part_end_s["backward"] = round(budget.elapsed(), 1)
     save()
-    sel.extend(selection_rows(args.select_frames, args.keeps, args.repeats))
+    selection_rows(sel, args.select_frames, args.keeps, args.select_repeats, budget, save)
+    part_end_s["selection"] = round(budget.elapsed(), 1)
     save()
     print(out.with_suffix(".md").read_text())
     return 0
