@@ -264,9 +264,9 @@ def test_torch_backend_computes_in_float32_under_autocast():
 
     Regression: it used to run its matmuls under the caller's autocast, i.e. the pooled block scores in
     BF16. On this layer (4 frames of 5 + 12·12 tokens, 4 heads of 64, blocks 32/16, keep 10 %) that flipped
-    1 of 76 (head, query block) selections and changed the output by 8.8 % (BF16) — the 9 % triton-vs-torch
-    difference of the H100 module test (3.6 % of rows flipped there); with the selection shared it was
-    still 0.41 % (BF16 matmuls). Now the output under autocast is bit-identical to the float32 one.
+    1 of 76 (head, query block) selections and changed the output by 8.8 % (BF16) — the cause of the 9.0 %
+    triton-vs-torch difference of the H100 module test below (its size reproduced on CPU: 3.6 % of the
+    rows flipped, 8.3 % difference); with the selection shared it was still 0.43 % (BF16 matmuls). Now the output under autocast is bit-identical to the float32 one.
     """
     sla, x, pos, L = _module_and_inputs(256, 4, 4, 12, 12, 0.1, 32, 16)
     with torch.no_grad():
