@@ -5,14 +5,18 @@
 What is checked: the compiled per-token quantiser is bit-exact with the format spec at VGGT sizes;
 the fused LayerNorm/GELU producers match their references (codes at most one step apart, rarely);
 ``FP8Linear`` equals the dequantised float32 reference and QAT's fake quantisation within bf16
-rounding; a whole VGGT-size block in FP8 stays close to QAT; torch.compile (default and
-reduce-overhead) traces the custom ops and the ``QuantizedActivation`` carrier without graph breaks.
+rounding; a whole VGGT-size block in FP8 stays close to QAT; torch.compile (per block: default,
+dynamic shapes, reduce-overhead; the engine's ``encode`` compile with SLA and with CUDA graphs)
+calls the opaque custom ops and carries ``QuantizedActivation`` without graph breaks; fast
+accumulation's error is measured against the float64 GEMM and the quantisation error (printed: run
+with ``-s`` to see the numbers).
 """
 
 from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -191,24 +195,198 @@ def test_vggt_block_fp8_kernels_match_reference_deployment():
     assert err_vs_qat < err_quant  # (CPU measurement of the reference: ≈ 0.038 vs 0.054)
 
 
-@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
-def test_compiled_fp8_blocks(mode):
+def _compiled_run(fn):
+    """(result, Inductor's generated code) of ``fn()``."""
+    from torch._inductor.utils import run_and_get_code
+
+    out, codes = run_and_get_code(fn)
+    return out, "\n".join(codes)
+
+
+@pytest.mark.parametrize("mode,dynamic", [("default", False), ("default", True), ("reduce-overhead", False)])
+def test_compiled_fp8_blocks(mode, dynamic):
+    """Per-block torch.compile (``compile_trunk``) of FP8 blocks with Inductor: fullgraph (no graph
+    break), the FP8 kernels called as opaque custom ops from Inductor's code (not re-generated),
+    dynamic shapes without recompiling, CUDA graphs actually used in reduce-overhead mode, and the
+    result equal to eager mode up to bf16 rounding of the fused elementwise work."""
+    from torch._dynamo.utils import counters
+
     torch._dynamo.reset()
+    counters.clear()
     net = nn.ModuleList([_vggt_block(0), _vggt_block(1)]).bfloat16()
     apply_fp8_inference(net, mode="kernel")
     net.requires_grad_(False)
-    x, pos = _block_input()
-    x = x.bfloat16()
+    sizes = (3, 4) if dynamic else (2, 2)
+    inputs = []
+    for S in sizes:
+        x, pos = _block_input(S=S, seed=S)
+        inputs.append((x.bfloat16(), pos))
     with torch.no_grad():
-        eager = net[1](net[0](x, pos=pos), pos=pos)
-    report = compile_trunk(net, mode, fullgraph=True)
+        eager = [net[1](net[0](x, pos=pos), pos=pos) for x, pos in inputs]
+    report = compile_trunk(net, mode, fullgraph=True, dynamic=dynamic)
     assert report.blocks == ["0", "1"]
-    with torch.no_grad():
-        for _ in range(3):
-            mark_step()
-            out = net[1](net[0](x, pos=pos), pos=pos).clone()
-    torch.testing.assert_close(out.float(), eager.float(), rtol=2e-2, atol=2e-2)
+
+    def run():
+        outs = []
+        with torch.no_grad():
+            for x, pos in inputs:
+                for _ in range(2):  # reduce-overhead: warm-up, then record / replay
+                    mark_step()
+                    out = net[1](net[0](x, pos=pos), pos=pos).clone()
+                outs.append(out)
+        return outs
+
+    outs, code = _compiled_run(run)
+    for out, ref in zip(outs, eager, strict=True):
+        torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2)
+    for op in ("layernorm_fp8", "gelu_fp8", "fp8_quantize_rowwise"):
+        assert f"lite3r.{op}" in code, f"{op} is not called from the compiled code"
+    assert "_layernorm_fp8_kernel" not in code and "_gelu_fp8_kernel" not in code  # opaque, not inlined
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])  # both blocks, all sizes
+    if mode == "reduce-overhead":
+        assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
     assert set(net.state_dict()) == {k for k in net.state_dict() if "_orig_mod" not in k}
+
+
+def _engine_depth(attention: str, compile_mode: str, runs: int = 1):
+    from conftest import PHOTOS_DIR
+    from engine_fixtures import small_vggt
+
+    from lite3r.engine.reconstructor import Reconstructor
+
+    pair = [PHOTOS_DIR / "motorcycle_left.jpg", PHOTOS_DIR / "motorcycle_right.jpg"]
+    rc = Reconstructor(
+        small_vggt(),
+        precision="fp8",
+        attention=attention,
+        compile=compile_mode,
+        device="cuda",
+        input_size=252,
+    )
+    recs = [rc.reconstruct(pair) for _ in range(runs)]
+    return rc, recs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attention,compile_mode", [("sla", "default"), ("dense", "reduce-overhead")])
+def test_engine_compile_path_with_fp8(attention, compile_mode):
+    """The engine's compile path (``lite3r.engine.policy.compile_trunk``: ``model.encode`` under
+    torch.compile, dynamic shapes) with FP8 linears, with SLA attention (its kernels are custom ops
+    too) and with CUDA graphs: runs, twice (cached graph / replay), and matches eager FP8."""
+    torch._dynamo.reset()
+    _, (eager,) = _engine_depth(attention, "none")
+    rc, recs = _engine_depth(attention, compile_mode, runs=2)
+    assert rc.compile.startswith("torch.compile") and recs[0].precision.startswith("fp8")
+    if attention == "sla":
+        assert "SLA" in recs[0].attention, recs[0].attention
+    for rec in recs:
+        assert np.isfinite(rec.depth).all()
+        rel = float(np.abs(rec.depth - eager.depth).mean() / np.abs(eager.depth).mean())
+        print(f"engine {attention} {compile_mode}: mean |depth - eager| / mean |depth| = {rel:.2e}")
+        assert rel < 0.05
+
+
+@pytest.mark.slow
+def test_quant_compile_trunk_on_a_vggt_with_fp8_and_sla():
+    """``lite3r.quant.compile_trunk`` (per block, dynamic shapes) on a whole converted model: FP8
+    linears + SLA attention, every trunk block compiled, output equal to eager up to rounding."""
+    from engine_fixtures import small_vggt
+
+    from lite3r.convert import Lite3RConfig, convert
+
+    torch._dynamo.reset()
+    model = small_vggt()
+    convert(model, Lite3RConfig(), device="cuda")
+    apply_precision(model, "fp8", DEV)
+    model.eval()
+    images = torch.rand(1, 2, 3, 252, 252, device=DEV)
+    with torch.inference_mode():
+        eager = model.encode(images)
+    report = compile_trunk(model, "default", model.trunk_modules(), dynamic=True)
+    assert len(report.blocks) >= 10, report.blocks  # DINO + frame + global blocks of the small VGGT
+    with torch.inference_mode():
+        compiled = model.encode(images)
+    a = [t.float() for t in _tensors(compiled)]
+    b = [t.float() for t in _tensors(eager)]
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x, y, rtol=5e-2, atol=5e-2)
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, QuantizedActivation):
+        return [obj.data.float() * obj.scale]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _tensors(v)]
+    if isinstance(obj, list | tuple):
+        return [t for v in obj for t in _tensors(v)]
+    if hasattr(obj, "__dataclass_fields__"):
+        return [t for f in obj.__dataclass_fields__ for t in _tensors(getattr(obj, f))]
+    return []
+
+
+@pytest.mark.parametrize("K,N", [(1024, 3072), (1024, 1024), (1024, 4096), (4096, 1024)])
+def test_fast_accumulation_error(K, N):
+    """The FP8 GEMM's accumulation error with and without fast accumulation, against the float64 GEMM
+    of the same dequantised operands (so FP8 quantisation itself is excluded), on a layer-typical
+    input with outlier channels. Normal accumulation must be as exact as the bf16 output allows;
+    fast accumulation is reported next to the quantisation error it adds to (the policy decision,
+    ``FP8_FAST_ACCUM_DEFAULT``, uses these numbers) and must at least stay below it."""
+    torch.manual_seed(K + N)
+    lin = nn.Linear(K, N, device=DEV)
+    nn.init.trunc_normal_(lin.weight, std=0.02)
+    lin = lin.bfloat16()
+    x = torch.randn(4096, K, device=DEV)
+    x[:, :4] *= 20  # outlier channels, as in real ViT activations
+    if K == 4096:
+        x = torch.nn.functional.gelu(x)  # fc2's input
+    x = x.bfloat16()
+    dep = FP8Linear.from_linear(lin)
+    q, s = _kernels()[0].fp8_quantize(x)
+    a = QuantizedActivation(q, s, x.shape)
+    w = dep.weight_fp8.double() * dep.weight_scale.double().t()
+    ref = torch.addmm(dep.bias.double(), q.double() * s.double(), w.t())
+    exact = torch.addmm(lin.bias.double(), x.double(), lin.weight.double().t())
+
+    def rel(y, r):
+        return ((y.double() - r).norm() / r.norm()).item()
+
+    with torch.no_grad():
+        normal = rel(dep(a), ref)
+        dep.use_fast_accum = True
+        fast = rel(dep(a), ref)
+    floor = rel(ref.bfloat16(), ref)  # rounding the output to bf16
+    quant = rel(ref, exact)
+    print(
+        f"K={K} N={N}: accumulation error normal {normal:.2e}, fast {fast:.2e} "
+        f"(bf16 output rounding {floor:.2e}); FP8 quantisation error {quant:.2e}"
+    )
+    assert normal < 1.5 * floor
+    assert fast < 0.5 * quant
+
+
+def test_fast_accumulation_on_a_vggt_block():
+    """Block-level view of the same choice: the relative error of a VGGT-size block's update
+    against float32, FP8 with normal vs fast accumulation (bf16 shown as the floor)."""
+    blk = _vggt_block(layer_scale=1.0)
+    normal = copy.deepcopy(blk).bfloat16()
+    apply_fp8_inference(normal, mode="kernel")
+    fast = copy.deepcopy(blk).bfloat16()
+    apply_fp8_inference(fast, mode="kernel", fast_accum=True)
+    bf16 = copy.deepcopy(blk).bfloat16()
+    x, pos = _block_input(S=4)
+    x = x.bfloat16().float()
+    with torch.no_grad():
+        ref = blk(x, pos=pos) - x
+        errs = {
+            name: ((m(x.bfloat16(), pos=pos).float() - x - ref).norm() / ref.norm()).item()
+            for name, m in (("bf16", bf16), ("fp8", normal), ("fp8 fast-acc", fast))
+        }
+    print("block update error vs fp32: " + ", ".join(f"{k} {v:.4f}" for k, v in errs.items()))
+    assert errs["bf16"] < errs["fp8"] < 0.1
+    assert errs["fp8 fast-acc"] < 1.5 * errs["fp8"]
 
 
 def test_precision_support_and_apply_fp8_on_a_small_model():
