@@ -71,7 +71,7 @@ class TinyTrainConfig:
     supersample: int = 2
     autocast: str = "bf16"  # bf16 | fp32
     loss: dict = field(default_factory=dict)  # overrides of lite3r.training.losses.LossConfig
-    eval_every: int = 300
+    eval_every: int = 500
     eval_scenes: int = 32  # validation scenes (0: no evaluation at all)
     eval_views: int = 4
     log_every: int = 10

@@ -239,6 +239,7 @@ class _SceneState:
         self.seed, self.S, self.cfg = seed, S, cfg
         self.family, self.tier = _pick(seed, cfg, family, tier)
         self.attempt = -1
+        self.rounds = 0  # re-sampling rounds since the cameras were last drawn from scratch
         self.restart()
 
     def restart(self):
@@ -391,7 +392,7 @@ def render_batch(
         for b, st in enumerate(states):
             restart = (not st.ok0) or float(valid0_c[b]) < cfg.min_valid_view0
             bad = [s for s in range(1, S) if float(covis_c[b, s]) < cfg.min_covisibility]
-            if restart or (bad and rounds >= cfg.max_rounds):
+            if restart or (bad and st.rounds >= cfg.max_rounds):
                 if restart and st.tries[0] < 4:
                     # a poor first view: redraw all cameras of the same scene before redrawing the scene
                     st.spread = [1.0] * S
@@ -400,8 +401,11 @@ def render_batch(
                         st._sample(i)
                 else:
                     st.restart()
+                st.rounds = 0
                 pending += [(b, s) for s in range(S)]
                 continue
+            if bad:
+                st.rounds += 1
             for s in bad:
                 st.spread[s] *= 0.7
                 st._sample(s)
@@ -459,6 +463,7 @@ def render_batch(
                 "family": st.family,
                 "tier": st.tier,
                 "attempt": st.attempt,
+                "render_rounds": rounds + 1,
                 "camera_tries": list(st.tries),
                 "baseline_spread": list(st.spread),
                 "num_objects": len(st.spec.obj_kind),
