@@ -461,6 +461,7 @@ def train(
     acc: dict[str, float] = {}
     acc_n, data_wait, t_log = 0, 0.0, time.perf_counter()
     steps_this_run, run_seconds = 0, 0.0
+    last_end = time.perf_counter()
     reserve = 10.0 + 2.0 * eval_seconds + 5.0  # final eval + checkpoint + export
     while True:
         if box["total"] is not None and step >= box["total"]:
@@ -494,22 +495,27 @@ def train(
         acc["grad_norm"] = acc.get("grad_norm", 0.0) + gnorm.detach()
         acc_n += 1
         data_wait += tw - ts
-        if dev.type == "cuda" and (step % cfg.log_every == 0 or len(calib) < 16):
+        if dev.type == "cuda" and step % cfg.log_every == 0:
             torch.cuda.synchronize(dev)
         dt = time.perf_counter() - ts
         train_seconds += dt
         run_seconds += dt
-        # fix the schedule length from the measured speed (before the warm-up ends)
+        # fix the schedule length from the measured speed at the end of the warm-up (the LR does not
+        # depend on it before), from the recent steps: the first ones pay one-off costs (autotuning of
+        # every new batch shape, allocator growth)
+        now_end = time.perf_counter()
         if box["total"] is None and plan_end is not None:
             if steps_this_run > 3:
-                calib.append(dt)
-            if len(calib) >= 12 or step >= cfg.warmup_steps:
-                per_step = float(np.median(calib)) if calib else dt
+                calib.append(now_end - last_end)
+            if step >= max(cfg.warmup_steps, 24) or len(calib) >= 400:
+                recent = calib[-max(8, len(calib) // 2) :]
+                per_step = float(np.median(recent)) if recent else dt
                 per_step *= 1.0 + 0.03  # logging, checkpoints
                 left = plan_end - time.perf_counter() - reserve
                 per_eval = eval_seconds / max(1, cfg.eval_every) if cfg.eval_every > 0 else 0.0
                 box["total"] = max(step + 1, step + int(left / (per_step + per_eval)))
                 report("schedule", step=step, total=box["total"], seconds_per_step=per_step)
+        last_end = now_end
         if step % cfg.log_every == 0:
             now = time.perf_counter()
             sps = acc_n / max(now - t_log, 1e-9)
