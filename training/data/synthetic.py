@@ -95,7 +95,8 @@ class SynthConfig:
     max_attempts: int = 6  # scene re-draws before giving up (never reached in practice)
     terrain_steps: int = 40
     mode: str = "auto"  # "single" (per scene, bounding-sphere culling: fast on CPU), "dense" (whole
-    # batch at once, no host syncs in the loops: fast on GPU), "auto" = single on CPU, dense on CUDA
+    # batch at once, the slots of a kind vectorised: few kernel launches, for GPUs), "auto" = single on
+    # CPU, dense on CUDA. Both give identical results.
     # rays per chunk (None: 65536 in single mode; dense: 64 M / widest slot group); never changes results
     ray_chunk: int | None = None
     covisibility_matrix: bool = False  # also compute the full [S,S] matrix (costs S^2 reprojections)
@@ -501,7 +502,10 @@ def render_scene(
 
 
 def unproject(depth: Tensor, K: Tensor, w2c: Tensor) -> Tensor:
-    """World points [...,H,W,3] from z-depth, intrinsics and world->camera extrinsics (0 where depth is 0)."""
+    """World points [...,H,W,3] from z-depth, intrinsics and world->camera extrinsics (0 where depth is 0).
+
+    The formula of ``lite3r.geometry.unproject_depth`` written element-wise in float32, so that a scene's
+    points do not depend on the batch it was rendered in (batched matmuls may round differently)."""
     H, W = depth.shape[-2:]
     dev = depth.device
     v, u = torch.meshgrid(
