@@ -66,7 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--compile",
-        choices=("none", "default", "max-autotune"),
+        choices=("none", "default", "max-autotune-no-cudagraphs", "reduce-overhead"),
         default="none",
         help="torch.compile the trunk",
     )

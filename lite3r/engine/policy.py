@@ -8,15 +8,19 @@ Precision:
 
 All three are applied by :mod:`lite3r.quant.precision` (``apply_precision``: support check with the
 reason, casts, input-cast hooks at the trunk/head boundaries, FP8 conversion) — one precision policy for
-the project. The local fp32/bf16 fallback below exists only for builds without that module; there, fp8
-raises :class:`UnsupportedError` and nothing else runs in its place.
+the project; a precision the device cannot run raises :class:`UnsupportedError` with the reason.
 
 Attention:
 - ``dense``: the model's own attention with an explicit SDPA backend: cuDNN for bf16/fp8 on CUDA (the
   fastest dense kernel on Hopper), memory-efficient for fp32 on CUDA (cuDNN has no fp32 kernel), and
   PyTorch's default choice on CPU. The chosen backend is the only one allowed, so a kernel that cannot
   run raises instead of silently falling back.
-- ``sla``: delegated to :func:`lite3r.convert.convert`; without that module, :class:`UnsupportedError`.
+- ``sla``: :func:`lite3r.convert.convert` (or :func:`lite3r.adapters.load_adapter` for a trained
+  adapter), converting on the run device so the Triton kernels are chosen on CUDA.
+
+Compile: each trunk block is compiled on its own (:func:`lite3r.quant.compile.compile_trunk`), so
+Inductor fuses the norms, residuals and activations around the GEMMs / attention kernels without
+unrolling 72 blocks into one graph.
 
 Each step returns the words the app and CLI show (``"dense · cuDNN SDPA"``), naming what actually runs.
 """
@@ -24,8 +28,6 @@ Each step returns the words the app and CLI show (``"dense · cuDNN SDPA"``), na
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.util
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -34,10 +36,10 @@ import torch
 from torch import nn
 
 from lite3r.errors import UnsupportedError
+from lite3r.quant.compile import COMPILE_MODES
 
 PRECISIONS = ("fp32", "bf16", "fp8")
 ATTENTIONS = ("dense", "sla")
-COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 
 _SDPA_LABEL = {
     "cudnn": "cuDNN SDPA",
@@ -46,13 +48,6 @@ _SDPA_LABEL = {
     "math": "math SDPA",
     "auto": "PyTorch SDPA (auto)",
 }
-
-
-def _module_available(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:
-        return False
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -74,23 +69,12 @@ def preflight(precision: str, device: str | torch.device, attention: str = "dens
     dev = resolve_device(device)
     if precision not in PRECISIONS:
         raise UnsupportedError(f"unknown precision {precision!r}", f"choose one of {', '.join(PRECISIONS)}")
-    if _module_available("lite3r.quant.precision"):
-        importlib.import_module("lite3r.quant.precision").check_precision(precision, dev)
-    elif precision == "fp8":
-        raise UnsupportedError(
-            "fp8 needs the FP8 precision module (lite3r.quant.precision), which is not installed in this build",
-            "use --precision bf16",
-        )
+    from lite3r.quant.precision import check_precision
+
+    check_precision(precision, dev)
     if attention not in ATTENTIONS:
         raise UnsupportedError(f"unknown attention {attention!r}", f"choose one of {', '.join(ATTENTIONS)}")
-    if attention == "sla" and not _module_available("lite3r.convert"):
-        raise UnsupportedError(SLA_MISSING, "use --attention dense")
     return dev
-
-
-SLA_MISSING = (
-    "sparse-linear attention needs the conversion module (lite3r.convert), which is not in this build"
-)
 
 
 # ---- precision -------------------------------------------------------------------------------------
@@ -105,32 +89,16 @@ class PrecisionSetup:
     report: Any = None  # lite3r.quant.precision.PrecisionReport when that module set the model up
 
 
-def apply_precision(model: nn.Module, precision: str, device: torch.device) -> PrecisionSetup:
+def apply_precision(
+    model: nn.Module, precision: str, device: torch.device, fp8_fast_accum: bool | None = None
+) -> PrecisionSetup:
     """Move ``model`` to ``device`` and set its precision. The one place the engine decides dtypes."""
+    from lite3r.quant.precision import apply_precision as quant_apply_precision
+
     if precision not in PRECISIONS:
         raise UnsupportedError(f"unknown precision {precision!r}", f"choose one of {', '.join(PRECISIONS)}")
-    if _module_available("lite3r.quant.precision"):
-        return _apply_with_quant_module(model, precision, device)
-    if precision == "fp8":
-        raise UnsupportedError(
-            "fp8 needs the FP8 precision module (lite3r.quant.precision), which is not installed in this build",
-            "use --precision bf16",
-        )
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UnsupportedError(
-            f"this GPU ({torch.cuda.get_device_name(device)}) has no bf16 support", "use --precision fp32"
-        )
-    model.to(device=device, dtype=torch.float32)
-    if precision == "bf16":
-        for name in model.trunk_modules():
-            model.get_submodule(name).to(torch.bfloat16)
-        return PrecisionSetup("bf16", torch.bfloat16, describe_precision("bf16"), tf32=_default_tf32())
-    return PrecisionSetup("fp32", torch.float32, describe_precision("fp32"), tf32=False)
-
-
-def _apply_with_quant_module(model: nn.Module, precision: str, device: torch.device) -> PrecisionSetup:
-    quant = importlib.import_module("lite3r.quant.precision")
-    report: Any = quant.apply_precision(model, precision, device)  # checks support, raises with the reason
+    # Checks support (raises with the reason), casts, FP8 conversion of the trunk linears.
+    report: Any = quant_apply_precision(model, precision, device, fp8_fast_accum=fp8_fast_accum)
     trunk_dtype = _param_dtype(model, model.trunk_modules())
     tf32 = False if precision == "fp32" else _default_tf32()
     return PrecisionSetup(
@@ -236,9 +204,8 @@ def apply_attention(
                 "an SLA configuration or adapter was given with dense attention", "use attention='sla'"
             )
         return f"dense · {dense_label}"
-    if not _module_available("lite3r.convert"):
-        raise UnsupportedError(SLA_MISSING, "use --attention dense")
-    convert_mod = importlib.import_module("lite3r.convert")
+    import lite3r.convert as convert_mod
+
     if adapter is not None:
         # The adapter carries its own conversion config (the one it was trained with) and the hash of
         # the base weights it was fitted to; load_adapter converts and refuses a foreign base.
@@ -278,11 +245,12 @@ def apply_attention(
 
 
 def compile_trunk(model: nn.Module, mode: str) -> str:
-    """Wrap ``model.encode`` in torch.compile (the heads are cheap and chunked; left eager)."""
+    """Compile each trunk block in place (heads stay eager: cheap and chunked per frame)."""
+    from lite3r.quant.compile import compile_trunk as compile_blocks
+
     if mode not in COMPILE_MODES:
         raise UnsupportedError(f"unknown compile mode {mode!r}", f"choose one of {', '.join(COMPILE_MODES)}")
     if mode == "none":
         return "eager"
-    encode = model.encode
-    model.encode = torch.compile(encode, mode=None if mode == "default" else mode, dynamic=True)
-    return f"torch.compile ({mode})"
+    report = compile_blocks(model, mode, model.trunk_modules(), dynamic=True)
+    return f"torch.compile ({mode}, {len(report.blocks)} blocks)"

@@ -78,6 +78,7 @@ class Reconstructor:
         input_size: int | None = None,
         sdpa_backend: str | None = None,
         adapter: str | os.PathLike | None = None,
+        fp8_fast_accum: bool | None = None,
     ) -> None:
         missing = [a for a in _PROTOCOL if not hasattr(model, a)]
         if missing:
@@ -94,8 +95,9 @@ class Reconstructor:
             model, attention, sla, precision, self.device, sdpa_backend, adapter=adapter
         )
         self.attention_mode = attention
-        self.precision_setup = apply_precision(model, precision, self.device)
+        self.precision_setup = apply_precision(model, precision, self.device, fp8_fast_accum)
         self.precision = self.precision_setup.description
+        self.compile_mode = compile
         self.compile = compile_trunk(model, compile)
         rule = preprocess_rule or DEFAULT_RULES.get(self.family)
         if rule is None:
@@ -127,6 +129,14 @@ class Reconstructor:
         return rc
 
     # ---- the run -----------------------------------------------------------------------------------
+
+    def encode(self, images: torch.Tensor):
+        """The trunk on device images [B,S,3,H,W] (model input range), in the trunk's dtype."""
+        if self.compile_mode == "reduce-overhead":
+            from lite3r.quant.compile import mark_step
+
+            mark_step()  # a new CUDA-graph step: the previous run's graph outputs may be overwritten
+        return self.model.encode(_trunk_input(images, self.precision_setup.trunk_dtype))
 
     def reconstruct(
         self,
@@ -232,7 +242,7 @@ class _Run:
         t = self.clock("preprocess", t)
 
         self.report("trunk", 0.0, f"trunk on {S} views at {H}×{W}")
-        features = model.encode(_trunk_input(images, rc.precision_setup.trunk_dtype))
+        features = rc.encode(images)
         t = self.clock("trunk", t)
         self.report("trunk", 1.0, "trunk done")
         self.check_cancel()

@@ -62,8 +62,7 @@ def model_forward(rc, images, heads: str = "all") -> None:
 
     model = rc.model
     S, H, W = images.shape[1], images.shape[-2], images.shape[-1]
-    dtype = rc.precision_setup.trunk_dtype
-    feats = model.encode(images if images.dtype == dtype else images.to(dtype))
+    feats = rc.encode(images)
     model.decode_cameras(feats, (H, W))
     chunk = rc.frames_chunk_size
     for a in range(0, S, chunk):

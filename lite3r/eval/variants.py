@@ -6,7 +6,7 @@ A variant is written ``LABEL[:TOKEN…]``, e.g. ``dense:bf16`` or ``lite3r:fp8:s
 * ``dense`` / ``sla`` / ``sla<keep>`` (``sla0.1``) / ``keep=<f>`` — attention. Default: ``sla`` when the
   label starts with ``lite3r``, else ``dense`` (the resolved value is always recorded);
 * ``adapter=<path>`` — a trained Lite3R adapter (implies sla);
-* ``compile`` / ``compile=<mode>`` (none, default, reduce-overhead, max-autotune) and ``cudagraphs``
+* ``compile`` / ``compile=<mode>`` (none, default, max-autotune-no-cudagraphs, reduce-overhead) and ``cudagraphs``
   (= compile=reduce-overhead, torch.compile's CUDA-graph mode);
 * ``sdpa=<backend>`` (auto, cudnn, flash, efficient, math) for the dense attention kernel;
 * ``chunk=<n>`` — frames per head chunk (default 8).
@@ -24,7 +24,8 @@ from pathlib import Path
 from lite3r.errors import InputError
 
 PRECISIONS = ("fp32", "bf16", "fp8")
-COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+from lite3r.engine.policy import COMPILE_MODES  # noqa: E402  (one list for engine, CLI and bench)
+
 SDPA_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
 _SLA_RE = re.compile(r"^sla(\d*\.?\d+)?$")
 
