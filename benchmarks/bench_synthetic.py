@@ -83,7 +83,7 @@ def gpu_rows(repeats: int, views_per_batch: int) -> list[dict]:
 
     dev = torch.device("cuda")
     rows = []
-    model = build_tiny("tiny").to(dev).train()
+    model = build_tiny("tiny", point_head=True).to(dev).train()  # as train_tiny (auxiliary point head)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     for S in (2, 4, 8):
         B = views_per_batch // S

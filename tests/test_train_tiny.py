@@ -44,6 +44,7 @@ def test_cli_runs_three_steps_and_exports(tmp_path, capsys):
     assert "abs_rel" in [e for e in lines if e["event"] == "eval"][-1]["metrics"]
     model = VGGT.from_pretrained(out / "lite3r-tiny")
     assert model.config.aggregator.embed_dim == 32
+    assert model.point_head is None  # trained with the auxiliary point head, exported without it
     sd = torch.load(out / "checkpoint.pt", weights_only=False)["model"]
     for k, v in model.state_dict().items():  # fp16 storage: equal to the float32 weights up to rounding
         torch.testing.assert_close(v, sd[k].to(torch.float16).float(), rtol=0, atol=0)

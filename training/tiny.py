@@ -2,14 +2,16 @@
 
 ``tiny`` (the shipped model): 224 px, embed 256 with 4 heads of 64 (head_dim 64, so the SLA / FP8
 kernels apply), DINO depth 4, aggregator depth 4 (4 frame + 4 global blocks), camera trunk 1, DPT
-features 64, no point head (depth + cameras are unprojected, as VGGT recommends): 14.9 M parameters,
-29.8 MB as float16 safetensors. ``small`` (quick experiments) and ``micro`` (CPU tests) have the
+features 64: 14.9 M parameters, 29.8 MB as float16 safetensors. Training may add a point head as an
+auxiliary signal (``build_tiny(point_head=True)``: dense points in the view-0 frame supervise the
+cross-view geometry); ``export_tiny`` drops it (depth + cameras are unprojected, as VGGT recommends). ``small`` (quick experiments) and ``micro`` (CPU tests) have the
 same structure.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -52,11 +54,23 @@ def build_tiny(preset: str = "tiny", seed: int = 0, **overrides) -> VGGT:
     return model
 
 
-def export_tiny(model: VGGT, folder: str | Path, metadata: dict | None = None, dtype=torch.float16) -> Path:
+def export_tiny(
+    model: VGGT,
+    folder: str | Path,
+    metadata: dict | None = None,
+    dtype=torch.float16,
+    keep_point_head: bool = False,
+) -> Path:
     """Write ``model.safetensors`` (``dtype`` storage; loading casts back to float32) + ``config.json``
-    atomically, and check the size limit for bundling (``assets/lite3r-tiny``)."""
+    atomically, and check the size limit for bundling (``assets/lite3r-tiny``).
+
+    A point head used only as an auxiliary training signal is dropped unless ``keep_point_head``: the
+    engine unprojects depth with the predicted cameras, and the bundled model must stay under 30 MB."""
     folder = Path(folder)
     twin = copy.deepcopy(model).to("cpu", dtype=dtype)
+    if twin.point_head is not None and not keep_point_head:
+        twin.point_head = None
+        twin.config = dataclasses.replace(twin.config, point_head=None)
     meta = {"storage_dtype": str(dtype).removeprefix("torch."), **(metadata or {})}
     twin.save_pretrained(folder, metadata=meta)
     size = (folder / WEIGHTS_FILE).stat().st_size

@@ -48,7 +48,7 @@ EXPORT = "lite3r-tiny"
 
 # Fields that define the training trajectory: a resumed run must keep them.
 TRAJECTORY = (
-    "preset", "image_size", "views", "views_per_step", "lr", "betas", "weight_decay", "warmup_steps",
+    "preset", "image_size", "point_head", "layer_scale_init", "token_init_std", "views", "views_per_step", "lr", "betas", "weight_decay", "warmup_steps",
     "min_lr_ratio", "grad_clip", "seed", "curriculum", "supersample", "autocast", "loss",
 )  # fmt: skip
 
@@ -57,6 +57,9 @@ TRAJECTORY = (
 class TinyTrainConfig:
     preset: str = "tiny"
     image_size: int | None = None  # None: the preset's size (224 for tiny)
+    point_head: bool = True  # auxiliary point head (points in the view-0 frame); dropped at export
+    layer_scale_init: float | None = None  # aggregator / camera-trunk LayerScale init (None: VGGT's 0.01)
+    token_init_std: float | None = None  # camera / register token init (None: VGGT's 1e-6)
     views: tuple[int, int] = (2, 8)
     views_per_step: int = 48  # scenes per step = views_per_step // S
     lr: float = 6e-4
@@ -393,7 +396,10 @@ def train(
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = not cfg.deterministic
 
-    model = build_tiny(cfg.preset, seed=cfg.seed).to(dev)
+    extra = {
+        k: getattr(cfg, k) for k in ("layer_scale_init", "token_init_std") if getattr(cfg, k) is not None
+    }
+    model = build_tiny(cfg.preset, seed=cfg.seed, point_head=cfg.point_head, **extra).to(dev)
     model.train()
     opt = torch.optim.AdamW(
         param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, fused=dev.type == "cuda"
@@ -567,6 +573,14 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("training (defaults: TinyTrainConfig)")
     g.add_argument("--preset", choices=["tiny", "small", "micro"])
     g.add_argument("--image-size", type=int)
+    g.add_argument(
+        "--point-head",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="auxiliary point head during training (default on; never exported)",
+    )
+    g.add_argument("--layer-scale-init", type=float)
+    g.add_argument("--token-init-std", type=float)
     g.add_argument("--views", type=int, nargs=2, metavar=("MIN", "MAX"))
     g.add_argument("--views-per-step", type=int)
     g.add_argument("--lr", type=float)
