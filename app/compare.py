@@ -5,9 +5,7 @@ frame and scale (world = camera 0, arbitrary scale), so the right cloud is first
 one's frame by a similarity (Umeyama, :mod:`lite3r.eval.align`), then every point is coloured by the
 distance to its nearest neighbour in the other cloud (scipy ``cKDTree``).
 
-The similarity is computed here with a few lines of numpy rather than :mod:`lite3r.eval.align`,
-because that module imports :mod:`lite3r.geometry` and so torch, which the GUI process must never
-load (2–3 s, and the GUI stays torch-free by design). The maths is the same (Umeyama 1991).
+:mod:`lite3r.eval.align` is numpy-only, so the GUI process stays torch-free.
 
 Alignment uses, in this order, whatever the pair allows, and says which one it used:
 ``pixels`` (both models predicted the same pixel grid: corresponding pixels are the same scene point —
@@ -23,58 +21,15 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from lite3r.engine.reconstruction import Reconstruction
+from lite3r.eval.align import Sim3, umeyama
 
 MAX_ALIGN_POINTS = 100_000
-
-
-@dataclass(frozen=True)
-class Sim3:
-    """x ↦ scale · rotation @ x + translation (the right frame mapped into the left one)."""
-
-    scale: float
-    rotation: np.ndarray
-    translation: np.ndarray
-
-    @classmethod
-    def identity(cls) -> Sim3:
-        return cls(1.0, np.eye(3), np.zeros(3))
-
-    def apply(self, points: np.ndarray) -> np.ndarray:
-        return self.scale * np.asarray(points, dtype=np.float64) @ self.rotation.T + self.translation
-
-    def apply_to_extrinsics(self, extrinsics: np.ndarray) -> np.ndarray:
-        """World→camera [S,3,4] re-expressed in the target frame (centre C ↦ sim(C), R ↦ R Qᵀ)."""
-        E = np.asarray(extrinsics, dtype=np.float64)
-        R_new = E[:, :, :3] @ self.rotation.T
-        t_new = self.scale * E[:, :, 3] - np.einsum("sij,j->si", R_new, self.translation)
-        return np.concatenate([R_new, t_new[:, :, None]], axis=2)
-
-
-def umeyama(src: np.ndarray, dst: np.ndarray) -> Sim3:
-    """Least-squares similarity mapping ``src`` [N,3] onto ``dst`` [N,3]; ValueError if degenerate."""
-    src = np.asarray(src, dtype=np.float64)
-    dst = np.asarray(dst, dtype=np.float64)
-    if len(src) < 3:
-        raise ValueError("umeyama needs at least 3 correspondences")
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    xs, xd = src - mu_s, dst - mu_d
-    var_s = float((xs * xs).sum(1).mean())
-    if var_s <= 1e-300:
-        raise ValueError("umeyama: source points are all identical")
-    U, D, Vt = np.linalg.svd(xd.T @ xs / len(src))
-    sign = np.eye(3)
-    if np.linalg.det(U) * np.linalg.det(Vt) < 0:
-        sign[2, 2] = -1.0
-    R = U @ sign @ Vt
-    scale = float(np.trace(np.diag(D) @ sign) / var_s)
-    return Sim3(scale, R, mu_d - scale * R @ mu_s)
 
 
 def first_camera_alignment(src_ext: np.ndarray, dst_ext: np.ndarray) -> Sim3:
     """Camera 0 made to coincide; scale by least squares on the other camera centres (S ≥ 2)."""
     P, G = np.asarray(src_ext, np.float64), np.asarray(dst_ext, np.float64)
-    cp = -np.einsum("sji,sj->si", P[:, :, :3], P[:, :, 3])
-    cg = -np.einsum("sji,sj->si", G[:, :, :3], G[:, :, 3])
+    cp, cg = camera_centers(P), camera_centers(G)
     Q = G[0, :, :3].T @ P[0, :, :3]
     dp, dg = (cp - cp[0]) @ Q.T, cg - cg[0]
     den = float((dp * dp).sum())

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lite3r.geometry import camera_centers
-
 __all__ = [
     "Sim3",
     "align_cameras",
@@ -66,6 +64,13 @@ class Sim3:
             "rotation": self.rotation.tolist(),
             "translation": self.translation.tolist(),
         }
+
+
+def camera_centers(extrinsics: np.ndarray) -> np.ndarray:
+    """Camera centres C = −Rᵀt of world→camera extrinsics [S, 3, 4] (numpy; this module stays
+    torch-free so the GUI process can use it)."""
+    E = np.asarray(extrinsics, dtype=np.float64)
+    return -np.einsum("sji,sj->si", E[..., :3], E[..., 3])
 
 
 def umeyama(
