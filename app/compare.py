@@ -21,7 +21,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from lite3r.engine.reconstruction import Reconstruction
-from lite3r.eval.align import Sim3, umeyama
+from lite3r.eval.align import Sim3, camera_centers, umeyama
 
 MAX_ALIGN_POINTS = 100_000
 
