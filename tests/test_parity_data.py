@@ -3,7 +3,6 @@
 import hashlib
 
 import pytest
-
 from conftest import PARITY_DIR
 
 EXPECTED = {  # from shared/parity/README.md
