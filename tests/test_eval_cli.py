@@ -194,3 +194,20 @@ def test_bench_cpu_sweep_writes_json_markdown_and_plot(tmp_path, capsys):
     assert (out / "b.md").read_text().count("| dense |") == 2
     assert (out / "b.png").stat().st_size > 1000
     capsys.readouterr()
+
+
+def test_bench_records_a_failing_variant_and_runs_the_rest(tmp_path, capsys):
+    """FP8 is refused on the CPU: the row says why, the variants after it are still measured."""
+    out = tmp_path / "bench"
+    argv = [
+        "bench", "--model", CONFIG, "--frames", "2", "--image-size", "28", "--warmup", "0", "--iters", "1",
+        "--device", "cpu", "--variant", "dense:fp32", "--variant", "bad:fp8", "--variant", "after:fp32",
+        "--out", str(out), "--name", "b", "--heads", "cameras-depth", "--no-plot",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    rows = json.loads((out / "b.json").read_text())["results"]["rows"]
+    status = {r["variant"]: r["status"] for r in rows}
+    assert status["dense"] == "ok" and status["after"] == "ok"
+    assert status["bad"].startswith("error: ") and "fp8" in status["bad"].lower()
+    assert "| bad | 2 | error: " in (out / "b.md").read_text()
+    capsys.readouterr()

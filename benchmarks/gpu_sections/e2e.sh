@@ -7,12 +7,16 @@
 # cannot starve the small ones. Results: $R/e2e/bench_<model>_f<frames>.{json,md,png}, written after
 # every variant (a time-out keeps what was measured).
 #   E2E_MODELS="vggt-1b da3-large"  E2E_GROUPS="8,32 128"  E2E_VARIANTS="dense:bf16 lite3r:bf16:sla0.1 …"
+#   E2E_WARMUP=2  E2E_ITERS=20  E2E_TIMEOUT_S=590 (per frame group)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 R=${R:-${OUT:-benchmarks/results}}
 MODELS=${E2E_MODELS:-"vggt-1b da3-large"}
 GROUPS_=${E2E_GROUPS:-"8,32 128"}
 VARIANTS=${E2E_VARIANTS:-"dense:bf16 lite3r:bf16:sla0.1 lite3r-fp8:fp8:sla0.1"}
+WARMUP=${E2E_WARMUP:-2}
+ITERS=${E2E_ITERS:-20}
+TMO=${E2E_TIMEOUT_S:-590}
 vargs=()
 for v in $VARIANTS; do vargs+=(--variant "$v"); done
 status=0
@@ -22,8 +26,8 @@ for m in $MODELS; do
   for g in $GROUPS_; do
     frames=${g//,/ }
     # shellcheck disable=SC2086
-    timeout 590 python3 -m lite3r.cli bench --model "$m" --frames $frames --image-size $size \
-      --heads cameras-depth --warmup 2 --iters 20 "${vargs[@]}" \
+    timeout "$TMO" python3 -m lite3r.cli bench --model "$m" --frames $frames --image-size $size \
+      --heads cameras-depth --warmup "$WARMUP" --iters "$ITERS" "${vargs[@]}" \
       --out "$R/e2e" --name "bench_${m}_f${g//,/-}" || status=1
   done
 done

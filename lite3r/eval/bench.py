@@ -332,7 +332,18 @@ def run(args) -> int:
     }
     rows: list[dict] = []
     for i, v in enumerate(variants):
-        rows += measure_variant(source, v, frames, hw, args, device)
+        try:
+            rows += measure_variant(source, v, frames, hw, args, device)
+        except Exception as e:  # recorded in the table and logged; the other variants still run
+            log.exception("variant %s failed", v.label)
+            msg = f"error: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+            rows += [
+                {"variant": v.label, "spec": v.text or v.label, "frames": S, "status": msg,
+                 "attention": "?", "precision": "?"}
+                for S in frames
+            ]  # fmt: skip
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
         add_ratios(rows, variants[0].label)
         # written after every variant, so a run stopped by a time limit keeps what it measured
         md = _write(
