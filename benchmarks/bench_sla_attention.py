@@ -159,7 +159,10 @@ def _forward_one(frames: int, keep: float, q, k, v, dense_ms: float, repeats: in
         )
         select = partial(sla_ops.sla_block_select_op, pq, pk, km, g)
         lut = select()
-        row["select_ms"] = median_ms(select, repeats)
+        row["select_ms"] = median_ms(select, repeats)  # the module's selection (SLAConfig.select)
+        row["select_streamed_ms"] = median_ms(
+            partial(sla_ops.sla_block_select_op, pq, pk, km, g, "streamed"), repeats
+        )
         # For comparison only: a dense block-score map + torch.topk (what the streamed kernel avoids).
         row["select_dense_map_ms"] = median_ms(partial(_dense_map_select, pq, pk, km, geom), repeats)
         fwd = partial(sla_ops.sla_forward_op, q, k, v, lut)
@@ -265,9 +268,9 @@ def _peak_extra_bytes(fn):
     return result, torch.cuda.max_memory_allocated() - base
 
 
-def _select(q, k, v, g):
+def _select(q, k, v, g, method="gemm"):
     pq, pk, km, *_ = sla_ops.sla_prepare_op(q, k, v, g, "elu", "none")
-    return sla_ops.sla_block_select_op(pq, pk, km, g)
+    return sla_ops.sla_block_select_op(pq, pk, km, g, method)
 
 
 def _selection_one(frames: int, keep: float, q, k, v, repeats: int) -> dict:
@@ -279,6 +282,8 @@ def _selection_one(frames: int, keep: float, q, k, v, repeats: int) -> dict:
         lut_bytes = lut.numel() * lut.element_size()
         del lut
         ms = median_ms(partial(_select, q, k, v, g), repeats, warmup=1, min_repeats=1)
+        _, streamed_extra = _peak_extra_bytes(partial(_select, q, k, v, g, "streamed"))
+        streamed_ms = median_ms(partial(_select, q, k, v, g, "streamed"), repeats, warmup=0, min_repeats=1)
         _, states_extra = _peak_extra_bytes(partial(sla_ops.sla_prepare_op, q, k, v, g, "elu", "complement"))
     dense_map = geom.n_qblocks * geom.n_kblocks * HEADS * (4 + 1 + 8)  # thu-ml main: f32 + int8 + int64
     return {
@@ -289,6 +294,8 @@ def _selection_one(frames: int, keep: float, q, k, v, repeats: int) -> dict:
         "select_ms": ms,
         "select_repeats": repeats,
         "select_extra_gb": select_extra / 1e9,
+        "select_streamed_ms": streamed_ms,
+        "select_streamed_extra_gb": streamed_extra / 1e9,
         "lut_gb": lut_bytes / 1e9,
         "linear_states_extra_gb": states_extra / 1e9,
         "dense_block_map_gb_avoided": dense_map / 1e9,
@@ -389,7 +396,7 @@ def main(argv=None) -> int:
             fwd,
             ["frames", "keep", "kept_blocks", "dense_ms", "sla_ms", "speedup", "sla_recomputed_ms",
              "speedup_recomputed", "kernel_tflops", "kernel_recomputed_tflops", "kernel_all_tflops",
-             "sparse_only_tflops", "prepare_ms", "select_ms", "select_dense_map_ms", "outside_pct",
+             "sparse_only_tflops", "prepare_ms", "select_ms", "select_streamed_ms", "select_dense_map_ms", "outside_pct",
              "outside_recomputed_pct"],
         )  # fmt: skip
         if bwd:

@@ -93,13 +93,24 @@ def _(q, k, v, geom, feature, linear, store_states=True):
     return pq, pk, kmean, s_blk, z_blk, s_tot, z_tot
 
 
+SELECT_METHODS = ("gemm", "streamed")
+
+
 @torch.library.custom_op("lite3r::sla_block_select", mutates_args=())
-def sla_block_select_op(pq: Tensor, pk: Tensor, kmean: Tensor, geom: list[int]) -> Tensor:
-    return _select_mod.sla_block_select(pq, pk, kmean, geom_from_list(geom))
+def sla_block_select_op(
+    pq: Tensor, pk: Tensor, kmean: Tensor, geom: list[int], method: str = "gemm"
+) -> Tensor:
+    """Top-k key blocks per query block: "gemm" (cuBLAS + torch.topk on bounded tiles) or "streamed"
+    (the Triton radix-select kernel, no workspace)."""
+    if method == "gemm":
+        return _select_mod.sla_block_select_gemm(pq, pk, kmean, geom_from_list(geom))
+    if method == "streamed":
+        return _select_mod.sla_block_select(pq, pk, kmean, geom_from_list(geom))
+    raise ValueError(f"unknown block selection {method!r}; choose one of {SELECT_METHODS}")
 
 
 @sla_block_select_op.register_fake
-def _(pq, pk, kmean, geom):
+def _(pq, pk, kmean, geom, method="gemm"):
     g = geom_from_list(geom)
     B, H, M, _ = pq.shape
     return pq.new_empty(B, H, M, g.topk, dtype=_select_mod.lut_dtype_for(g.n_kblocks))
@@ -236,6 +247,7 @@ def sla_attention(
     eps: float,
     scale: float,
     recompute_states: bool = False,
+    select: str = "gemm",
 ) -> Tensor:
     """Block sparse-linear attention with the Triton kernels: [B, H, N, D] → [B, H, N, D].
 
@@ -254,7 +266,7 @@ def sla_attention(
     pq, pk, kmean, s_blk, z_blk, s_tot, z_tot = sla_prepare_op(
         q.detach(), k.detach(), v.detach(), g, feature, linear, not recompute
     )
-    lut = sla_block_select_op(pq, pk, kmean, g)
+    lut = sla_block_select_op(pq, pk, kmean, g, select)
     if not (qkv_grad or w_grad):
         return sla_forward_op(
             q,

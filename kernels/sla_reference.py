@@ -100,7 +100,9 @@ def sla_geometry(
     if top_k_blocks is not None:
         base = int(top_k_blocks)
     else:
-        base = math.floor(keep_ratio * n_kblocks + 1e-6)
+        # ⌊keep·n + 1e-6⌋ in integers (keep in millionths): exact, and traceable when n is a symbolic
+        # size under torch.compile(dynamic=True) (math.floor of a symbolic float is not)
+        base = (round(keep_ratio * 1_000_000) * n_kblocks + 1) // 1_000_000
     topk = max(base, 1, n_forced + 1 if n_forced else 1)
     topk = min(topk, n_kblocks)
     return SLAGeometry(

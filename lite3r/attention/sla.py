@@ -74,6 +74,9 @@ class SLAConfig:
     # K/V tiles the sparse loop already holds (one more small MMA per block, no state memory).
     # Same maths; training always uses stored states.
     complement_states: str = "stored"
+    # Triton inference/training: block selection by cuBLAS + torch.topk on bounded score tiles ("gemm",
+    # faster on the H100) or by the streamed radix-select kernel ("streamed", no workspace). Same table.
+    select: str = "gemm"
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> None:
@@ -89,6 +92,8 @@ class SLAConfig:
             bad(f"linear {self.linear!r} is not one of {LINEAR_MODES}")
         if self.proj_init not in PROJ_INITS:
             bad(f"proj_init {self.proj_init!r} is not one of {PROJ_INITS}")
+        if self.select not in ("gemm", "streamed"):
+            bad(f"select {self.select!r} is not one of ('gemm', 'streamed')")
         if self.complement_states not in COMPLEMENT_STATES:
             bad(f"complement_states {self.complement_states!r} is not one of {COMPLEMENT_STATES}")
         if (self.keep_ratio is None) == (self.top_k_blocks is None):
@@ -247,7 +252,14 @@ class SparseLinearAttention(MultiHeadAttention):
         from lite3r.kernels.sla_ops import sla_attention
 
         return sla_attention(
-            q, k, v, weight, geom, recompute_states=cfg.complement_states == "recomputed", **kwargs
+            q,
+            k,
+            v,
+            weight,
+            geom,
+            recompute_states=cfg.complement_states == "recomputed",
+            select=cfg.select,
+            **kwargs,
         )
 
     def _dense_fallback(self, q, k, v, weight, geom: SLAGeometry) -> torch.Tensor:
