@@ -19,6 +19,8 @@
 #   e2e128    lite3r bench VGGT-1B 128 frames (fewer timed runs)
 #   da3       lite3r bench DA3-Large 32 frames
 #   fp8       per-layer FP8 benchmark at 32 frames
+# Short re-checks for a later session (not in the default list): gpufix (GPU tests of FP8 compile and
+# SLA), sla_short (SLA bench at 10 % kept), e2e_short (VGGT-1B 32/128 frames, dense vs Lite3R FP8).
 # Timing stages never overlap each other. Every collect returns $OUT/results.tgz (all of out/ except
 # the model) and, once training has exported it, the tiny model as ≤ 15 MiB parts:
 #   cat lite3r_tiny.tar.part-* | tar -x -C assets/
@@ -97,6 +99,19 @@ run_pipeline() {
       fp8)
         timeout 150 python3 benchmarks/bench_fp8_linear.py --frames 32 --parts layers --out "$R/fp8" >"$R/fp8.txt" 2>&1
         stage "fp8 exit $?" ;;
+      gpufix)  # re-check of the GPU tests touched since the last full run
+        timeout "${GPUFIX_TIMEOUT_S:-240}" python3 -m pytest -q -m "gpu or hopper" -p no:xvfb -p no:cacheprovider \
+          -k "${GPUFIX_K:-compile or select or sla}" --junitxml="$R/gpu_tests_fix.xml" \
+          tests/test_fp8_gpu.py tests/test_sla_kernels.py tests/test_sla_attention.py >"$R/gpu_tests_fix.txt" 2>&1
+        stage "gpufix exit $? ($(tail -n 1 "$R/gpu_tests_fix.txt"))" ;;
+      sla_short)  # forward at 10 % kept, 64-frame backward, 1,000-frame selection
+        timeout 200 python3 benchmarks/bench_sla_attention.py --frames 32 64 128 --keeps 0.1 --backward-frames 64 \
+          --select-frames 1000 --select-repeats 2 --deadline-s 120 --out "$R/sla" >"$R/sla.txt" 2>&1
+        stage "sla_short exit $?" ;;
+      e2e_short)  # VGGT-1B 32 + 128 frames, dense bf16 vs Lite3R FP8 (same process), few timed runs
+        E2E_MODELS=vggt-1b E2E_GROUPS=32,128 E2E_WARMUP=1 E2E_ITERS=3 E2E_TIMEOUT_S=220 \
+          E2E_VARIANTS="dense:bf16 lite3r-fp8:fp8:sla0.1" R="$R" bash benchmarks/gpu_sections/e2e.sh >"$R/e2e_short.txt" 2>&1
+        stage "e2e_short exit $?" ;;
       *) stage "unknown stage $s" ;;
     esac
   done
