@@ -149,6 +149,7 @@ def sla_block_select(
 
 
 SELECT_WORKSPACE_BYTES = 1 << 29  # per chunk of the GEMM + top-k selection (scores and their masks)
+SELECT_BYTES_PER_SCORE = 32  # float64 product, float32 score, masks, int32 prefix sums, int64 slots
 
 
 def sla_block_select_gemm(
@@ -159,7 +160,7 @@ def sla_block_select_gemm(
     workspace_bytes: int = SELECT_WORKSPACE_BYTES,
 ) -> torch.Tensor:
     """The look-up table of :func:`sla_block_select` (same ordering and tie rule: equal scores go to
-    the lower block) from float32 score tiles of at most ``workspace_bytes`` (≈ 20 bytes per score).
+    the lower block) from score tiles of at most ``workspace_bytes`` (≈ 32 bytes per score).
 
     Per chunk: scores = pq · (pk − k̄)ᵀ, the k-th largest score t per row (torch.topk), every block
     above t plus the first blocks equal to t in block order, written in ascending order by a scatter
@@ -169,12 +170,16 @@ def sla_block_select_gemm(
     dtype = lut_dtype_for(n_k)
     if k >= n_k:
         return torch.arange(n_k, device=pq.device, dtype=dtype).expand(B, H, M, n_k).contiguous()
-    keys_t = (pk.float() - kmean.float()[:, :, None]).transpose(-1, -2)  # [B, H, D, n_k]
+    # Scores as in block_scores_reference: float64 dot products rounded once to float32, whatever the
+    # autocast / TF32 state of the caller (under bf16 autocast a float32 matmul would run in bf16 and
+    # flip the selection of ~4 % of the rows: measured on the H100).
+    keys_t = (pk.float() - kmean.float()[:, :, None]).double().transpose(-1, -2)  # [B, H, D, n_k]
     lut = torch.empty(B, H, M, k, device=pq.device, dtype=dtype)
-    rows = max(1, workspace_bytes // (20 * B * H * n_k))
+    rows = max(1, workspace_bytes // (SELECT_BYTES_PER_SCORE * B * H * n_k))
     block_ids = torch.arange(n_k, device=pq.device, dtype=torch.int32)
     for r0 in range(0, M, rows):
-        s = torch.matmul(pq[:, :, r0 : r0 + rows].float(), keys_t)  # [B, H, r, n_k]
+        with torch.autocast(pq.device.type, enabled=False):
+            s = torch.matmul(pq[:, :, r0 : r0 + rows].double(), keys_t).float()  # [B, H, r, n_k]
         if geom.n_forced:
             s[..., : geom.n_forced] = float("inf")
         t = s.topk(k, dim=-1, sorted=False).values.amin(-1, keepdim=True)

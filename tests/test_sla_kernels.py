@@ -162,11 +162,26 @@ def test_block_select_gemm_ties_and_the_streamed_kernel_agree():
     k = torch.ones(1, 1, N, D)
     g = _geom(N, 32, 16, top_k=5)
     pq, pk, kmean, *_ = prepare.sla_prepare(q, k, k, g, "elu", "none")
-    gemm = select.sla_block_select_gemm(pq, pk, kmean, g, workspace_bytes=20 * 16 * 3)
+    gemm = select.sla_block_select_gemm(pq, pk, kmean, g, workspace_bytes=32 * 16 * 3)
     assert torch.equal(gemm, select.sla_block_select(pq, pk, kmean, g))
     assert torch.equal(gemm.long(), torch.arange(5).expand(1, 1, g.n_qblocks, 5))
     with pytest.raises(ValueError, match="unknown block selection"):
         ops.sla_block_select_op(pq, pk, kmean, sla_ops_geom(g), "sorted")
+
+
+def test_block_select_gemm_ignores_autocast():
+    """Under bf16 autocast a float32 matmul would run in bf16 (on the H100 4 % of the rows then
+    selected other blocks): the selection scores in float64 whatever the caller's autocast state."""
+    N, bq, bk = 2000, 64, 16
+    q, k, v = _qkv(1, 2, N, 64)
+    g = _geom(N, bq, bk, 0.1, 0, None)
+    pq, pk, kmean, *_ = prepare.sla_prepare(q, k, v, g, "elu", "none")
+    plain = select.sla_block_select_gemm(pq, pk, kmean, g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = ops.sla_block_select_op(pq, pk, kmean, ops.geom_to_list(g), "gemm")
+    assert torch.equal(plain, under_autocast)
+    scores = block_scores_reference(q, k, g)
+    assert torch.equal(plain.long(), select_blocks_reference(scores, g.topk))
 
 
 def sla_ops_geom(g):
