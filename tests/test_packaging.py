@@ -24,3 +24,14 @@ def test_all_package_folders_are_listed():
     assert found == listed, f"missing: {sorted(found - listed)}, stale: {sorted(listed - found)}"
     for root, name in MAPPING_ROOTS.items():
         assert cfg["package-dir"][name] == root
+
+
+def test_python_dash_m_lite3r_is_the_cli():
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "lite3r", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert "reconstruct" in out.stdout and "bench" in out.stdout
