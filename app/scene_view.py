@@ -325,6 +325,10 @@ class SceneView(QWidget):
         self._draw_cameras()
         if (reset_camera or not self._has_camera) and recon.num_views:
             self.reset_view(update=False)
+        else:
+            # the camera stays, but the depth range must cover what was added: a view placed when only
+            # the cameras of a partial result existed would otherwise clip the whole cloud away
+            self.plotter.reset_camera_clipping_range()
         self._update_info()
         self.plotter.update()
         self.cloud_changed.emit()

@@ -113,6 +113,12 @@ def test_run_shows_cloud_cameras_and_a_real_image(qtbot, make_main_window, good_
     assert view.cloud.n == len(xyz) == view.drawn_points
     assert "4 cameras" in view.info.text()
     assert non_blank(view.screenshot())
+    # the view was placed on the cameras-only partial result: its depth range must still cover the cloud
+    cam = view.plotter.camera
+    direction = np.subtract(cam.focal_point, cam.position)
+    depth = (view.cloud.xyz - np.asarray(cam.position)) @ (direction / np.linalg.norm(direction))
+    near, far = cam.clipping_range
+    assert near <= np.percentile(depth[depth > 0], 1) and far >= np.percentile(depth[depth > 0], 99)
     assert "peak" in win.last_run_label.text()
     # confidence slider: fewer points, same view
     view.set_conf_percentile(80)
