@@ -123,7 +123,10 @@ def main(argv=None) -> int:
     from lite3r.training.components import SynthScenes, load_base
     from lite3r.training.evaluation import CachedScenes, compare_to_teacher, deployable, evaluate_model
 
-    probe_cfg = run_config(args, "probe", out, steps=12, **{"eval.every": 0, "eval.at_end": False})
+    # 30 steps: the rate over the last 20 (training.distill's window) leaves out the first step's Triton
+    # autotuning, which made a 12-step probe read 1.4 s per step for ~0.2 s steps on the H100
+    probe_steps = 30
+    probe_cfg = run_config(args, "probe", out, steps=probe_steps, **{"eval.every": 0, "eval.at_end": False})
     base = load_base(probe_cfg.model, torch.device("cpu"))
     teacher_cpu = base.model.eval()
     test = CachedScenes(
@@ -155,7 +158,8 @@ def main(argv=None) -> int:
     probe_events, probe_s = train(probe_cfg)
     sps = seconds_per_step(probe_events)
     left = args.budget_s - (time.perf_counter() - t_start) - 3 * (eval_s + 5)  # three student evaluations
-    overhead = probe_s - 12 * sps + 10  # start-up + periodic evaluation per run, roughly
+    # per run: start-up (what the probe spent beyond its steps) + 4 periodic validations of 8 scenes
+    overhead = max(0.0, probe_s - probe_steps * sps) + 4 * eval_s * 8 / max(1, args.test_scenes) + 5
     frac = args.ablation_fraction
     affordable = int((left - 3 * overhead) / (sps * (1 + 2 * frac)))
     full_steps = min(args.steps, max(20, affordable))

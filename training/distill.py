@@ -745,6 +745,7 @@ class Distiller:
                 if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0 and self.step < cfg.steps:
                     _, resume_path = self.save_checkpoint()
                     self.emit({"event": "checkpoint", "step": self.step, "path": str(resume_path)})
+                last = time.perf_counter()  # steps_per_s counts training steps, not evaluations / checkpoints
         finally:
             del batches
         adapter, resume_path = self.save_checkpoint()
