@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the desktop app as a one-folder PyInstaller bundle (dist/lite3r-app/) and smoke-test it:
 # launch it under Xvfb with --demo --smoke-test (reconstruct the bundled demo with lite3r-tiny, check
-# the 3D view, exit 0). Takes ~4 min and ~1.5 GB; never commit the bundle.
+# the 3D view, exit 0). Takes ~6 min on 2 cores and ~2.4 GB; never commit the bundle.
 #
 #   scripts/build_app.sh                 # build + smoke test (needs the demo assets)
 #   SMOKE=dev scripts/build_app.sh       # smoke test on tests/data/photos with the parity VGGT instead
