@@ -426,46 +426,46 @@ def test_gpu_backward_vs_float32_reference(dtype, linear):
         assert _rel_err(a.grad, r.grad) < 3e-2, f"d{name}"
 
 
-@pytest.mark.gpu
-def test_gpu_block_select_gemm_long_sequence():
-    """200 frames: the cuBLAS + top-k selection equals the streamed kernel up to exact ties, and its
-    extra memory stays within the LUT + one bounded score tile (+ top-k scratch)."""
-    frames, H, D = 200, 16, 64
-    N = frames * VGGT_FRAME
-    g = _geom(N, 128, 64, 0.1, 5, VGGT_FRAME)
+def _long_selection_inputs(frames=200, H=16, D=64):
+    """Pooled q/k of a 200-frame VGGT sequence (≈4.3k key blocks) on the GPU, and its geometry."""
+    g = _geom(frames * VGGT_FRAME, 128, 64, 0.1, 5, VGGT_FRAME)
     pq = torch.randn(1, H, g.n_qblocks, D, device="cuda")
     pk = torch.randn(1, H, g.n_kblocks, D, device="cuda")
     km = torch.randn(1, H, D, device="cuda")
+    return g, pq, pk, km
+
+
+def _lut_and_extra_bytes(select_fn, pq, pk, km, g):
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-    lut = select.sla_block_select_gemm(pq, pk, km, g)
+    lut = select_fn(pq, pk, km, g)
     torch.cuda.synchronize()
-    extra = torch.cuda.max_memory_allocated() - base
-    assert extra <= lut.numel() * lut.element_size() + 2 * select.SELECT_WORKSPACE_BYTES
+    return lut, torch.cuda.max_memory_allocated() - base
+
+
+def _assert_long_selection_valid(lut, pq, pk, km, g):
     scores = pq[:, :, :64] @ (pk - km[:, :, None]).transpose(-1, -2)
     scores[..., : g.n_forced] = math.inf
     _assert_valid_topk_tolerant(lut[:, :, :64], scores, g.topk)
+
+
+@pytest.mark.gpu
+def test_gpu_block_select_gemm_long_sequence():
+    """The cuBLAS + top-k selection equals the streamed kernel up to near-ties, and its extra memory
+    stays within the LUT + one bounded score tile (+ top-k scratch)."""
+    g, pq, pk, km = _long_selection_inputs()
+    lut, extra = _lut_and_extra_bytes(select.sla_block_select_gemm, pq, pk, km, g)
+    assert extra <= lut.numel() * lut.element_size() + 2 * select.SELECT_WORKSPACE_BYTES
+    _assert_long_selection_valid(lut, pq, pk, km, g)
     streamed = select.sla_block_select(pq, pk, km, g)
-    assert (lut == streamed).float().mean().item() > 0.99  # tf32x3 vs cuBLAS fp32 scores: near-ties only
+    assert (lut == streamed).float().mean().item() > 0.99  # float64 vs tf32x3 scores: near-ties only
 
 
 @pytest.mark.gpu
 def test_gpu_block_select_long_sequence_memory():
-    """200 frames (≈4.3k key blocks): streamed selection, extra memory = pooled q/k + the LUT only."""
-    frames, H, D = 200, 16, 64
-    N = frames * VGGT_FRAME
-    g = _geom(N, 128, 64, 0.1, 5, VGGT_FRAME)
-    pq = torch.randn(1, H, g.n_qblocks, D, device="cuda")
-    pk = torch.randn(1, H, g.n_kblocks, D, device="cuda")
-    km = torch.randn(1, H, D, device="cuda")
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    lut = select.sla_block_select(pq, pk, km, g)
-    torch.cuda.synchronize()
-    extra = torch.cuda.max_memory_allocated() - base
+    """Streamed selection: extra memory = pooled q/k + the LUT only."""
+    g, pq, pk, km = _long_selection_inputs()
+    lut, extra = _lut_and_extra_bytes(select.sla_block_select, pq, pk, km, g)
     assert extra <= lut.numel() * lut.element_size() + (1 << 20)
-    scores = pq[:, :, :64] @ (pk - km[:, :, None]).transpose(-1, -2)
-    scores[..., : g.n_forced] = math.inf
-    _assert_valid_topk_tolerant(lut[:, :, :64], scores, g.topk)
+    _assert_long_selection_valid(lut, pq, pk, km, g)
