@@ -20,7 +20,8 @@
 #   da3       lite3r bench DA3-Large 32 frames
 #   fp8       per-layer FP8 benchmark at 32 frames
 # Short re-checks for a later session (not in the default list): gpufix (GPU tests of FP8 compile and
-# SLA), sla_short (SLA bench at 10 % kept), e2e_short (VGGT-1B 32/128 frames, dense vs Lite3R FP8).
+# SLA), sla_short (SLA bench at 10 % kept), e2e_short (VGGT-1B 32/128 frames, dense vs Lite3R FP8),
+# e2ec / e2e128c / da3c (eager vs torch.compile'd dense bf16 and Lite3R FP8).
 # Timing stages never overlap each other. Every collect returns $OUT/results.tgz (all of out/ except
 # the model) and, once training has exported it, the tiny model as ≤ 15 MiB parts:
 #   cat lite3r_tiny.tar.part-* | tar -x -C assets/
@@ -112,6 +113,21 @@ run_pipeline() {
         E2E_MODELS=vggt-1b E2E_GROUPS=32,128 E2E_WARMUP=1 E2E_ITERS=3 E2E_TIMEOUT_S=220 \
           E2E_VARIANTS="dense:bf16 lite3r-fp8:fp8:sla0.1" R="$R" bash benchmarks/gpu_sections/e2e.sh >"$R/e2e_short.txt" 2>&1
         stage "e2e_short exit $?" ;;
+      e2ec)  # VGGT-1B 8 + 32 frames, eager and torch.compile'd (per block) dense bf16 vs Lite3R FP8
+        E2E_MODELS=vggt-1b E2E_GROUPS=8,32 E2E_ITERS=10 E2E_TIMEOUT_S=${E2EC_TIMEOUT_S:-420} \
+          E2E_VARIANTS="dense:bf16 dense-compiled:bf16:compile lite3r-fp8:fp8:sla0.1 lite3r-fp8-compiled:fp8:sla0.1:compile" \
+          R="$R" bash benchmarks/gpu_sections/e2e.sh >"$R/e2ec.txt" 2>&1
+        stage "e2ec exit $?" ;;
+      e2e128c)  # VGGT-1B 128 frames, eager and compiled dense bf16 vs compiled Lite3R FP8
+        E2E_MODELS=vggt-1b E2E_GROUPS=128 E2E_WARMUP=1 E2E_ITERS=3 E2E_TIMEOUT_S=${E2E128C_TIMEOUT_S:-300} \
+          E2E_VARIANTS="dense:bf16 dense-compiled:bf16:compile lite3r-fp8-compiled:fp8:sla0.1:compile" \
+          R="$R" bash benchmarks/gpu_sections/e2e.sh >"$R/e2e128c.txt" 2>&1
+        stage "e2e128c exit $?" ;;
+      da3c)  # DA3-Large 8 + 32 frames, dense bf16 vs Lite3R FP8 (eager and compiled)
+        E2E_MODELS=da3-large E2E_GROUPS=8,32 E2E_ITERS=10 E2E_TIMEOUT_S=${DA3C_TIMEOUT_S:-240} \
+          E2E_VARIANTS="dense:bf16 lite3r-fp8:fp8:sla0.1 lite3r-fp8-compiled:fp8:sla0.1:compile" \
+          R="$R" bash benchmarks/gpu_sections/e2e.sh >"$R/da3c.txt" 2>&1
+        stage "da3c exit $?" ;;
       *) stage "unknown stage $s" ;;
     esac
   done
