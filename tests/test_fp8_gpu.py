@@ -300,7 +300,14 @@ def test_engine_compile_path_with_fp8(attention, compile_mode):
 @pytest.mark.slow
 def test_quant_compile_trunk_on_a_vggt_with_fp8_and_sla():
     """``lite3r.quant.compile_trunk`` (per block, dynamic shapes) on a whole converted model: FP8
-    linears + SLA attention, every trunk block compiled, output equal to eager up to rounding."""
+    linears + SLA attention, every trunk block compiled, output equal to eager up to FP8 rounding.
+
+    Element-wise closeness is the wrong test for a stack of FP8 layers: Inductor fuses LayerNorm /
+    residual work in another order, a bf16 value one ulp away lands on the other side of an FP8
+    rounding boundary, and such flips compound over the blocks (H100, 2026-11-24: 1.6 % of elements
+    off by > 0.05, max 0.2). What must hold is that compiling costs no accuracy: against the same
+    converted model in bf16 (no FP8), the compiled FP8 trunk is as close as the eager FP8 trunk, and
+    compiled and eager agree to a small fraction of the features' norm."""
     from engine_fixtures import small_vggt
 
     from lite3r.convert import Lite3RConfig, convert
@@ -308,20 +315,32 @@ def test_quant_compile_trunk_on_a_vggt_with_fp8_and_sla():
     torch._dynamo.reset()
     model = small_vggt()
     convert(model, Lite3RConfig(), device="cuda")
+    reference = copy.deepcopy(model)
+    apply_precision(reference, "bf16", DEV)
     apply_precision(model, "fp8", DEV)
     model.eval()
+    reference.eval()
     images = torch.rand(1, 2, 3, 252, 252, device=DEV)
     with torch.inference_mode():
-        eager = model.encode(images)
+        ref = [t.float() for t in _tensors(reference.encode(images))]
+        eager = [t.float() for t in _tensors(model.encode(images))]
     report = compile_trunk(model, "default", model.trunk_modules(), dynamic=True)
     assert len(report.blocks) >= 10, report.blocks  # DINO + frame + global blocks of the small VGGT
     with torch.inference_mode():
-        compiled = model.encode(images)
-    a = [t.float() for t in _tensors(compiled)]
-    b = [t.float() for t in _tensors(eager)]
-    assert len(a) == len(b) > 0
-    for x, y in zip(a, b, strict=True):
-        torch.testing.assert_close(x, y, rtol=5e-2, atol=5e-2)
+        compiled = [t.float() for t in _tensors(model.encode(images))]
+    assert len(compiled) == len(eager) == len(ref) > 0
+
+    def rel(x, y):
+        return float((x - y).norm() / y.norm())
+
+    for c, e, r in zip(compiled, eager, ref, strict=True):
+        assert torch.isfinite(c).all()
+        fp8_error, compiled_error = rel(e, r), rel(c, r)
+        print(
+            f"FP8 vs bf16: eager {fp8_error:.3e}, compiled {compiled_error:.3e}; compiled vs eager {rel(c, e):.3e}"
+        )
+        assert compiled_error <= 1.25 * fp8_error + 1e-3
+        assert rel(c, e) <= 0.05
 
 
 def _tensors(obj):
