@@ -21,7 +21,8 @@
 #   fp8       per-layer FP8 benchmark at 32 frames
 # Short re-checks for a later session (not in the default list): gpufix (GPU tests of FP8 compile and
 # SLA), sla_short (SLA bench at 10 % kept), e2e_short (VGGT-1B 32/128 frames, dense vs Lite3R FP8),
-# e2ec / e2e128c / da3c (eager vs torch.compile'd dense bf16 and Lite3R FP8).
+# e2ec / e2e128c / da3c (eager vs torch.compile'd dense bf16 and Lite3R FP8), distill_fix (distillation
+# with the gpufix tests beside it), e2eg (CUDA graphs), e2elean (memory options, E2ELEAN_VARIANTS).
 # Timing stages never overlap each other. Every collect returns $OUT/results.tgz (all of out/ except
 # the model) and, once training has exported it, the tiny model as ≤ 15 MiB parts:
 #   cat lite3r_tiny.tar.part-* | tar -x -C assets/
@@ -128,6 +129,28 @@ run_pipeline() {
           E2E_VARIANTS="dense:bf16 lite3r-fp8:fp8:sla0.1 lite3r-fp8-compiled:fp8:sla0.1:compile" \
           R="$R" bash benchmarks/gpu_sections/e2e.sh >"$R/da3c.txt" 2>&1
         stage "da3c exit $?" ;;
+      distill_fix)  # the distillation run (not timed) with the gpufix GPU tests beside it
+        local wargs2=()
+        [ -f "$W/model.safetensors" ] && wargs2=(--weights "$W")
+        timeout "${DISTILL_TIMEOUT_S:-560}" python3 benchmarks/distill_tiny.py "${wargs2[@]}" --out "$R/distill_tiny" \
+          --budget-s "${DISTILL_BUDGET_S:-480}" --test-scenes 32 >"$R/distill.txt" 2>&1 &
+        local dpid=$!
+        sleep 20
+        timeout "${GPUFIX_TIMEOUT_S:-300}" python3 -m pytest -q -m "gpu or hopper" -p no:xvfb -p no:cacheprovider \
+          -k "${GPUFIX_K:-compile or select or sla}" --junitxml="$R/gpu_tests_fix.xml" \
+          tests/test_fp8_gpu.py tests/test_sla_kernels.py tests/test_sla_attention.py >"$R/gpu_tests_fix.txt" 2>&1
+        stage "gpufix exit $? ($(tail -n 1 "$R/gpu_tests_fix.txt"))"
+        wait $dpid; stage "distill exit $?" ;;
+      e2eg)  # VGGT-1B 8 + 32 frames: CUDA graphs (reduce-overhead) vs compile, dense bf16 and Lite3R FP8
+        E2E_MODELS=vggt-1b E2E_GROUPS=8,32 E2E_ITERS=20 E2E_TIMEOUT_S=${E2EG_TIMEOUT_S:-420} \
+          E2E_VARIANTS="${E2EG_VARIANTS:-dense-compiled:bf16:compile dense-cudagraphs:bf16:cudagraphs lite3r-fp8-compiled:fp8:sla0.1:compile lite3r-fp8-cudagraphs:fp8:sla0.1:cudagraphs}" \
+          R="$R" bash benchmarks/gpu_sections/e2e.sh >"$R/e2eg.txt" 2>&1
+        stage "e2eg exit $?" ;;
+      e2elean)  # VGGT-1B 32 + 128 frames: compiled dense vs compiled Lite3R FP8 with the memory options
+        E2E_MODELS=vggt-1b E2E_GROUPS="${E2ELEAN_GROUPS:-32 128}" E2E_WARMUP=1 E2E_ITERS=5 E2E_TIMEOUT_S=${E2ELEAN_TIMEOUT_S:-300} \
+          E2E_VARIANTS="${E2ELEAN_VARIANTS:-dense-compiled:bf16:compile lite3r-fp8-compiled:fp8:sla0.1:compile}" \
+          R="$R" bash benchmarks/gpu_sections/e2e.sh >"$R/e2elean.txt" 2>&1
+        stage "e2elean exit $?" ;;
       *) stage "unknown stage $s" ;;
     esac
   done

@@ -41,7 +41,9 @@ def _signature(fn, pointers: dict[str, str], consts: dict) -> tuple[dict, dict]:
     return sig, attrs
 
 
-def compile_kernel(fn, pointers: dict[str, str], consts: dict, num_warps: int, num_stages: int) -> dict:
+def compile_kernel(
+    fn, pointers: dict[str, str], consts: dict, num_warps: int, num_stages: int, maxnreg: int | None = None
+) -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -50,9 +52,10 @@ def compile_kernel(fn, pointers: dict[str, str], consts: dict, num_warps: int, n
     src = ASTSource(
         fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()}, attrs=attrs
     )
-    k = triton.compile(
-        src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": num_stages}
-    )
+    options = {"num_warps": num_warps, "num_stages": num_stages}
+    if maxnreg:
+        options["maxnreg"] = maxnreg
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     info = {"shared": k.metadata.shared, "wgmma": "wgmma" in k.asm["ptx"]}
     info["async"] = len(re.findall("async_copy_global_to_local", k.asm["ttgir"]))
@@ -98,13 +101,13 @@ def variants(head_dims=(64,), quick=False):
     prep_ptrs = dict(Q=bf, K=bf, V=bf, PQ=f32, PK=f32, SBLK=bf, ZBLK=f32, SPART=f32, ZPART=f32, KPART=f32)
     sel_ptrs = dict(PQ=f32, PK=f32, KMEAN=f32, LUT=lut)
 
-    def cfgs(kernel: str, D: int, linear: int = 1) -> list[tuple[int, int]]:
+    def cfgs(kernel: str, D: int, linear: int = 1) -> list[tuple[int, int, int | None]]:
         """The configs the autotuner tries for this launch (sla_triton_common.CONFIGS)."""
         if quick:
-            return [(8, 3)]
+            return [(8, 3, None)]
         table = sla_triton_common.CONFIGS[kernel]
         chosen = table.get(sla_triton_common.config_class(D, linear), table["d64"])
-        return [(c.num_warps, c.num_stages) for c in chosen]
+        return [sla_triton_common.config_key(c) for c in chosen]
 
     fwd = sla_forward._sla_forward_kernel
     fwd_kinds = {  # name → (LINEAR, FUSE_PROJ, STORE_LSE, RECOMPUTE_STATES, FEATURE, in quick mode)
@@ -131,11 +134,13 @@ def variants(head_dims=(64,), quick=False):
         out.append((f"backward dK/dV complement D{D}", dkdv, dkdv_ptrs, {**common, "LINEAR": 2}, dq_cfgs))
         prep = dict(BLOCK_Q=128, BLOCK_K=64, HEAD_DIM=D, FEATURE=0, LINEAR=2, STORE_STATES=True)
         prep.update(HAS_SPECIAL=True, DOT_PRECISION="tf32")
-        prep_cfg = [(4 if D <= 64 else 8, 3)]
+        prep_cfg = [(4 if D <= 64 else 8, 3, None)]
         out.append((f"prepare complement D{D}", sla_prepare._sla_prepare_kernel, prep_ptrs, prep, prep_cfg))
         sel = dict(ROWS=sla_block_select.ROWS, CHUNK=32, HEAD_DIM=D, RADIX_BITS=4, PASSES=8, NB=16)
         sel.update(DOT_PRECISION="tf32x3")
-        out.append((f"block select D{D}", sla_block_select._sla_block_select_kernel, sel_ptrs, sel, [(8, 1)]))
+        out.append(
+            (f"block select D{D}", sla_block_select._sla_block_select_kernel, sel_ptrs, sel, [(8, 1, None)])
+        )
     return out
 
 
@@ -149,14 +154,16 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     failures = 0
     for name, fn, ptrs, consts, cfgs in variants(tuple(args.head_dims), args.quick):
-        for w, s in cfgs:
+        for w, s, r in cfgs:
+            cap = f" maxnreg={r}" if r else ""
             try:
-                info = compile_kernel(fn, ptrs, consts, w, s)
-                print(f"ok   {name:<40} warps={w} stages={s} {info}", flush=True)
+                info = compile_kernel(fn, ptrs, consts, w, s, r)
+                print(f"ok   {name:<40} warps={w} stages={s}{cap} {info}", flush=True)
             except Exception as e:  # report every failure, then exit non-zero
                 failures += 1
                 print(
-                    f"FAIL {name:<40} warps={w} stages={s}: {type(e).__name__}: {str(e)[:2000]}", flush=True
+                    f"FAIL {name:<40} warps={w} stages={s}{cap}: {type(e).__name__}: {str(e)[:2000]}",
+                    flush=True,
                 )
     return 1 if failures else 0
 

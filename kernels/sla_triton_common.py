@@ -40,17 +40,28 @@ def use_autotuner(x) -> bool:
 
 
 def _pick(warps_stages):
-    return [triton.Config({}, num_warps=w, num_stages=s) for w, s in warps_stages]
+    """Configs from (num_warps, num_stages) or (num_warps, num_stages, maxnreg) tuples."""
+    return [
+        triton.Config({}, num_warps=c[0], num_stages=c[1], maxnreg=(c[2] if len(c) > 2 else None))
+        for c in warps_stages
+    ]
 
 
-# (num_warps, num_stages) per kernel, from the sm_90a compile report (sla_compile_check): at head_dim
-# 64 every kernel with a linear branch spills at 4 warps (its head_dim² state lives in registers), at
-# 128 everything spills at 4 warps and 16 warps is worse (128-register cap); the sparse-only forward
-# is the FlashAttention case where 4 warps fits.
+def config_key(c) -> tuple:
+    return (c.num_warps, c.num_stages, c.maxnreg)
+
+
+# (num_warps, num_stages[, maxnreg]) per kernel, from the sm_90a compile report (sla_compile_check): at
+# head_dim 64 every kernel with a linear branch spills at 4 warps (its head_dim² state lives in
+# registers), at 128 everything spills at 4 warps and 16 warps is worse (128-register cap); the
+# sparse-only forward is the FlashAttention case where 4 warps fits. Registers decide occupancy: at 8
+# warps, ≤ 128 registers per thread lets two programs share an SM (the sparse-only forward needs 125,
+# the fused forward 138-182 once q is re-read for the epilogue), so the d64 forward also tries a
+# 128-register cap (ptxas then spills ≤ 56 bytes at inference, 100 for training; the tuner decides).
 CONFIGS = {
     "forward": {
         "small": _pick([(4, 3), (8, 3)]),  # head_dim ≤ 32
-        "d64": _pick([(8, 2), (8, 3), (8, 4)]),
+        "d64": _pick([(8, 2), (8, 3), (8, 4), (8, 3, 128), (8, 4, 128)]),
         "d64_sparse": _pick([(4, 3), (8, 3), (8, 4)]),
         "d128": _pick([(8, 2), (8, 3)]),
     },
@@ -75,7 +86,7 @@ def all_configs(kernel: str) -> list:
     seen = {}
     for cfgs in CONFIGS[kernel].values():
         for c in cfgs:
-            seen.setdefault((c.num_warps, c.num_stages), c)
+            seen.setdefault(config_key(c), c)
     return list(seen.values())
 
 
@@ -87,8 +98,8 @@ def prune_for(kernel: str):
         head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
         linear = kwargs.get("LINEAR", named_args.get("LINEAR", 1))
         cls = config_class(int(head_dim), int(linear))
-        wanted = {(c.num_warps, c.num_stages) for c in table.get(cls, table["d64"])}
-        return [c for c in configs if (c.num_warps, c.num_stages) in wanted]
+        wanted = {config_key(c) for c in table.get(cls, table["d64"])}
+        return [c for c in configs if config_key(c) in wanted]
 
     return prune
 
