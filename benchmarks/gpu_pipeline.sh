@@ -126,7 +126,7 @@ run_pipeline() {
         stage "e2e128c exit $?" ;;
       da3c)  # DA3-Large 8 + 32 frames, dense bf16 vs Lite3R FP8 (eager and compiled)
         E2E_MODELS=da3-large E2E_GROUPS=8,32 E2E_ITERS=10 E2E_TIMEOUT_S=${DA3C_TIMEOUT_S:-240} \
-          E2E_VARIANTS="dense:bf16 lite3r-fp8:fp8:sla0.1 lite3r-fp8-compiled:fp8:sla0.1:compile" \
+          E2E_VARIANTS="${DA3C_VARIANTS:-dense:bf16 lite3r-fp8:fp8:sla0.1 lite3r-fp8-compiled:fp8:sla0.1:compile}" \
           R="$R" bash benchmarks/gpu_sections/e2e.sh >"$R/da3c.txt" 2>&1
         stage "da3c exit $?" ;;
       distill_fix)  # the distillation run (not timed) with the gpufix GPU tests beside it
