@@ -65,6 +65,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--input-size", type=int, default=None, metavar="PX", help="model input size (default: the model's)"
     )
     p.add_argument(
+        "--features",
+        choices=("native", "fp8"),
+        default="native",
+        help="storage of the trunk features kept for the heads (fp8: about half the memory)",
+    )
+    p.add_argument(
+        "--mlp-chunk",
+        type=int,
+        default=None,
+        metavar="TOKENS",
+        help="run the trunk MLPs on at most TOKENS tokens at a time (less memory; e.g. 16384)",
+    )
+    p.add_argument(
         "--compile",
         choices=("none", "default", "max-autotune-no-cudagraphs", "reduce-overhead"),
         default="none",
@@ -148,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     spec = get_spec(model_name)
     device = args.device or ("cuda" if _cuda_available() else "cpu")
     precision = args.precision or ("bf16" if device == "cuda" else "fp32")
-    preflight(precision, device, args.attention)
+    preflight(precision, device, args.attention, feature_storage=args.features)
     rule = get_rule(spec.preprocessing, args.input_size or spec.default_input_size)
     bar = None if args.no_progress else _progress_bar()
     try:
@@ -191,6 +204,8 @@ def _load_and_run(
         compile=args.compile,
         frames_chunk_size=args.chunk,
         preprocess_rule=rule,
+        feature_storage=args.features,
+        mlp_chunk_tokens=args.mlp_chunk,
     )
     load_s = time.perf_counter() - t_load
     if args.points == "points" and not rc.has_point_head:

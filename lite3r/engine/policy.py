@@ -22,12 +22,20 @@ Compile: each trunk block is compiled on its own (:func:`lite3r.quant.compile.co
 Inductor fuses the norms, residuals and activations around the GEMMs / attention kernels without
 unrolling 72 blocks into one graph.
 
+Memory options (both off by default; :func:`apply_memory_options`, after precision, before compile):
+- ``feature_storage="fp8"``: the trunk stores the layer outputs its heads read as FP8 (per token) as
+  they are produced; the heads dequantise them frame chunk by frame chunk
+  (:mod:`lite3r.quant.fp8_features`). Refused where the device cannot quantise to FP8.
+- ``mlp_chunk_tokens=N``: every trunk block runs its MLP on at most N tokens at a time
+  (:mod:`lite3r.models.layers.block`), so the 4×-wide hidden never exists for the whole sequence.
+
 Each step returns the words the app and CLI show (``"dense · cuDNN SDPA"``), naming what actually runs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -64,7 +72,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def preflight(precision: str, device: str | torch.device, attention: str = "dense") -> torch.device:
+def preflight(
+    precision: str, device: str | torch.device, attention: str = "dense", *, feature_storage: str = "native"
+) -> torch.device:
     """Everything about a set-up that can be refused *before* a multi-GB model is loaded."""
     dev = resolve_device(device)
     if precision not in PRECISIONS:
@@ -74,6 +84,9 @@ def preflight(precision: str, device: str | torch.device, attention: str = "dens
     check_precision(precision, dev)
     if attention not in ATTENTIONS:
         raise UnsupportedError(f"unknown attention {attention!r}", f"choose one of {', '.join(ATTENTIONS)}")
+    from lite3r.quant.fp8_features import feature_quantizer
+
+    feature_quantizer(feature_storage, dev)
     return dev
 
 
@@ -144,6 +157,55 @@ def tf32_state(enabled: bool | None):
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+# ---- memory options --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemorySetup:
+    """Which memory options run; recorded with every result and bench row."""
+
+    feature_storage: str = "native"  # "native" (trunk dtype) | "fp8"
+    feature_quantizer: str | None = None  # "kernel" | "reference" when feature_storage is fp8
+    mlp_chunk_tokens: int | None = None
+    description: str = "features native · MLP unchunked"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def apply_memory_options(
+    model: nn.Module, feature_storage: str, mlp_chunk_tokens: int | None, device: torch.device
+) -> MemorySetup:
+    """Set the trunk's memory options (raises ``UnsupportedError`` where one cannot run)."""
+    from lite3r.models.layers.block import set_mlp_chunk_tokens
+    from lite3r.quant.fp8_features import feature_quantizer, set_feature_storage
+
+    if mlp_chunk_tokens is not None and (isinstance(mlp_chunk_tokens, bool) or int(mlp_chunk_tokens) < 1):
+        raise UnsupportedError(
+            f"mlp_chunk_tokens must be a positive number of tokens, got {mlp_chunk_tokens!r}",
+            "use e.g. 16384, or None for no chunking",
+        )
+    quantizer = feature_quantizer(feature_storage, device)
+    trunk = list(model.trunk_modules())
+    set_feature_storage(model, quantizer, trunk)
+    blocks = 0
+    for name in trunk:
+        blocks += len(set_mlp_chunk_tokens(model.get_submodule(name), mlp_chunk_tokens))
+    if mlp_chunk_tokens is not None and blocks == 0:
+        raise UnsupportedError(
+            f"{type(model).__name__}'s trunk has no transformer blocks whose MLP can be chunked",
+            "leave mlp_chunk_tokens unset for this model",
+        )
+    feat = "features native" if quantizer is None else f"features fp8 ({quantizer} quantiser)"
+    mlp = "MLP unchunked" if mlp_chunk_tokens is None else f"MLP in chunks of {int(mlp_chunk_tokens)} tokens"
+    return MemorySetup(
+        feature_storage,
+        quantizer,
+        None if mlp_chunk_tokens is None else int(mlp_chunk_tokens),
+        f"{feat} · {mlp}",
+    )
 
 
 # ---- attention -------------------------------------------------------------------------------------

@@ -2,7 +2,10 @@
 
 Memory-lean by construction: ``model.encode`` keeps only the layer outputs its heads read; the heads
 run on frame chunks; everything runs under ``torch.inference_mode``; the precision and attention paths
-are set once at construction (:mod:`lite3r.engine.policy`) and named in the result.
+are set once at construction (:mod:`lite3r.engine.policy`) and named in the result. Optional memory
+options (off by default): ``feature_storage="fp8"`` keeps the head-feeding trunk outputs in FP8 and
+dequantises them per head chunk (:meth:`Reconstructor.frame_features`, :meth:`~Reconstructor.
+camera_features`); ``mlp_chunk_tokens=N`` runs the trunk MLPs N tokens at a time.
 
 Progress: ``progress(stage, fraction, message)`` with ``fraction`` the *overall* fraction done (0 → 1,
 monotone) and ``stage`` one of :data:`STAGES`. Cancel: a ``threading.Event`` checked between stages and
@@ -29,6 +32,7 @@ from torch import nn
 
 from lite3r.engine.policy import (
     apply_attention,
+    apply_memory_options,
     apply_precision,
     compile_trunk,
     preflight,
@@ -79,6 +83,8 @@ class Reconstructor:
         sdpa_backend: str | None = None,
         adapter: str | os.PathLike | None = None,
         fp8_fast_accum: bool | None = None,
+        feature_storage: str = "native",
+        mlp_chunk_tokens: int | None = None,
     ) -> None:
         missing = [a for a in _PROTOCOL if not hasattr(model, a)]
         if missing:
@@ -97,6 +103,8 @@ class Reconstructor:
         self.attention_mode = attention
         self.precision_setup = apply_precision(model, precision, self.device, fp8_fast_accum)
         self.precision = self.precision_setup.description
+        # Memory options after the dtypes (FP8 modules in place), before compile (blocks guard on them).
+        self.memory = apply_memory_options(model, feature_storage, mlp_chunk_tokens, self.device)
         self.compile_mode = compile
         self.compile = compile_trunk(model, compile)
         rule = preprocess_rule or DEFAULT_RULES.get(self.family)
@@ -118,7 +126,10 @@ class Reconstructor:
 
         spec = registry.get_spec(name)
         preflight(
-            kwargs.get("precision", "bf16"), kwargs.get("device", "cuda"), kwargs.get("attention", "dense")
+            kwargs.get("precision", "bf16"),
+            kwargs.get("device", "cuda"),
+            kwargs.get("attention", "dense"),
+            feature_storage=kwargs.get("feature_storage", "native"),
         )
         model = registry.load_model(name, weights=weights, strict=strict, device="cpu")
         kwargs.setdefault("preprocess_rule", spec.preprocessing)
@@ -137,6 +148,29 @@ class Reconstructor:
 
             mark_step()  # a new CUDA-graph step: the previous run's graph outputs may be overwritten
         return self.model.encode(_trunk_input(images, self.precision_setup.trunk_dtype))
+
+    def camera_features(self, features):
+        """What ``decode_cameras`` reads. FP8-stored VGGT features: only the special tokens
+        (``patch_start_idx`` per frame, the camera token among them) are dequantised; models whose
+        camera decoder reads separate tokens (DA3, kept in the trunk dtype) get the features as
+        they are."""
+        from lite3r.quant.fp8_features import dequantize_tokens, has_quantized
+
+        if self.memory.feature_storage != "fp8" or not has_quantized(features):
+            return features
+        special = getattr(features, "patch_start_idx", None)
+        if special is None:
+            return features
+        return dequantize_tokens(features, 0, int(special), self.precision_setup.trunk_dtype)
+
+    def frame_features(self, features, a: int, b: int, S: int):
+        """Features of frames a..b−1 for the per-frame heads: a view (:func:`select_frames`), or, with
+        FP8 storage, those frames dequantised to the trunk dtype (all frames never are at once)."""
+        if self.memory.feature_storage == "fp8":
+            from lite3r.quant.fp8_features import dequantize_frames
+
+            return dequantize_frames(features, a, b, self.precision_setup.trunk_dtype)
+        return select_frames(self.model, features, a, b, S)
 
     def reconstruct(
         self,
@@ -248,7 +282,7 @@ class _Run:
         self.check_cancel()
 
         self.report("cameras", 0.0, "cameras")
-        cams = model.decode_cameras(features, (H, W))
+        cams = model.decode_cameras(rc.camera_features(features), (H, W))
         ext_t, intr_t = cams[0][0].float(), cams[1][0].float()  # [S, 3, 4], [S, 3, 3]
         world_frame = "camera 0 (as predicted)"
         if rc.family == "da3":
@@ -286,7 +320,7 @@ class _Run:
         for a in range(0, S, chunk):
             b = min(S, a + chunk)
             self.report("depth", a / S, f"depth {a + 1}–{b} of {S}")
-            feats = select_frames(model, features, a, b, S)
+            feats = rc.frame_features(features, a, b, S)
             depth, conf = model.decode_depth(feats, images[:, a:b], frames_chunk_size=chunk)
             t = self.clock("heads", t)
             pts = _unproject(depth[0], ext_t[a:b], intr_t[a:b])
@@ -304,7 +338,7 @@ class _Run:
             b = min(S, a + chunk)
             self.report("points", a / S, f"point map {a + 1}–{b} of {S}")
             out = model.decode_points(
-                select_frames(model, features, a, b, S), images[:, a:b], frames_chunk_size=chunk
+                rc.frame_features(features, a, b, S), images[:, a:b], frames_chunk_size=chunk
             )
             t = self.clock("heads", t)
             if out is None:
@@ -344,6 +378,7 @@ class _Run:
             "precision_report": _to_dict(rc.precision_setup.report),
             "attention_mode": rc.attention_mode,
             "compile": rc.compile,
+            "memory": rc.memory.to_dict(),
             "frames_chunk_size": rc.frames_chunk_size,
             "tf32": bool(rc.precision_setup.tf32) if self.cuda else None,
             "weights": rc.weights,

@@ -36,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="vggt-1b", help="registry name or a reference config JSON")
     p.add_argument("--weights", help="checkpoint (default: random weights, seeded)")
     p.add_argument("--variant", action="append", metavar="SPEC",
-                   help="LABEL[:fp32|bf16|fp8][:dense|sla<keep>][:compile[=MODE]|cudagraphs][:sdpa=B][:chunk=N]; "
+                   help="LABEL[:fp32|bf16|fp8][:dense|sla<keep>][:compile[=MODE]|cudagraphs][:sdpa=B][:chunk=N]"
+                   "[:feat=native|fp8][:mlpchunk=N]; "
                    "repeat; the first is the baseline (default: dense:bf16 and lite3r:bf16:sla)")  # fmt: skip
     p.add_argument("--frames", type=int, nargs="+", default=[2, 8, 32, 64, 128], help="frame counts S")
     p.add_argument("--image-size", type=int, nargs="+", default=None, metavar="PX",
@@ -58,22 +59,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def model_forward(rc, images, heads: str = "all") -> None:
     """The engine's inference on device tensors: trunk, cameras, depth (and points) in frame chunks."""
-    from lite3r.engine.reconstructor import select_frames
-
     model = rc.model
     S, H, W = images.shape[1], images.shape[-2], images.shape[-1]
     feats = rc.encode(images)
-    model.decode_cameras(feats, (H, W))
+    model.decode_cameras(rc.camera_features(feats), (H, W))
     chunk = rc.frames_chunk_size
     for a in range(0, S, chunk):
         b = min(S, a + chunk)
-        model.decode_depth(select_frames(model, feats, a, b, S), images[:, a:b], frames_chunk_size=chunk)
+        model.decode_depth(rc.frame_features(feats, a, b, S), images[:, a:b], frames_chunk_size=chunk)
     if heads == "all":
         for a in range(0, S, chunk):
             b = min(S, a + chunk)
             if (
                 model.decode_points(
-                    select_frames(model, feats, a, b, S), images[:, a:b], frames_chunk_size=chunk
+                    rc.frame_features(feats, a, b, S), images[:, a:b], frames_chunk_size=chunk
                 )
                 is None
             ):
@@ -153,6 +152,9 @@ def measure_variant(source, variant, frames, hw, args, device) -> list[dict]:
         "precision": rc.precision,
         "attention": rc.attention,
         "compile": rc.compile,
+        "memory": rc.memory.description,
+        "feature_storage": rc.memory.feature_storage,
+        "mlp_chunk_tokens": rc.memory.mlp_chunk_tokens,
         "tf32": bool(rc.precision_setup.tf32) if cuda else None,
         "weights_bytes": rc.weights_bytes,
         "weights_allocated_bytes": weights_alloc,
@@ -225,12 +227,12 @@ def table_markdown(rows: list[dict]) -> str:
 
     lines = [
         "| variant | frames | median ms | p10–p90 ms | speed-up | peak GiB | peak ratio | weights GiB "
-        "| activations GiB | attention | precision |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| activations GiB | attention | precision | memory options |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         head = f"| {r['variant']} | {r['frames']} | "
-        tail = f" | {r['attention']} | {r['precision']} |"
+        tail = f" | {r['attention']} | {r['precision']} | {r.get('memory', '?')} |"
         if r.get("status") != "ok":
             lines.append(head + " | ".join([r["status"]] + [""] * 6) + tail)
             continue

@@ -9,7 +9,10 @@ A variant is written ``LABEL[:TOKEN…]``, e.g. ``dense:bf16`` or ``lite3r:fp8:s
 * ``compile`` / ``compile=<mode>`` (none, default, max-autotune-no-cudagraphs, reduce-overhead) and ``cudagraphs``
   (= compile=reduce-overhead, torch.compile's CUDA-graph mode);
 * ``sdpa=<backend>`` (auto, cudnn, flash, efficient, math) for the dense attention kernel;
-* ``chunk=<n>`` — frames per head chunk (default 8).
+* ``chunk=<n>`` — frames per head chunk (default 8);
+* ``feat=native|fp8`` — storage of the trunk features kept for the heads (default native; fp8 stores
+  them per-token FP8 and dequantises per head chunk);
+* ``mlpchunk=<n>`` — run every trunk MLP on at most n tokens at a time (default: unchunked).
 
 Every variant of one run uses the same base model and weights; the engine (``Reconstructor``) applies
 precision (``lite3r.quant.precision``), attention (``lite3r.convert``) and compile settings.
@@ -27,6 +30,7 @@ PRECISIONS = ("fp32", "bf16", "fp8")
 from lite3r.engine.policy import COMPILE_MODES  # noqa: E402  (one list for engine, CLI and bench)
 
 SDPA_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
+FEATURE_STORAGES = ("native", "fp8")  # = lite3r.quant.fp8_features.FEATURE_STORAGES (test checks)
 _SLA_RE = re.compile(r"^sla(\d*\.?\d+)?$")
 
 
@@ -41,6 +45,8 @@ class VariantSpec:
     sdpa_backend: str | None = None
     frames_chunk_size: int = 8
     text: str = ""
+    feature_storage: str = "native"
+    mlp_chunk_tokens: int | None = None
 
     def sla_config(self):
         """The ``lite3r.convert.Lite3RConfig`` for a bare conversion (None: dense, or an adapter, whose
@@ -62,6 +68,7 @@ def parse_variant(text: str) -> VariantSpec:
     if not label:
         raise InputError(f"variant {text!r} has no label", "write e.g. dense:bf16 or lite3r:fp8:sla0.1")
     precision, attention, keep, adapter, compile_mode, sdpa, chunk = "bf16", None, None, None, "none", None, 8
+    feature_storage, mlp_chunk = "native", None
     for tok in parts[1:]:
         key, _, val = tok.partition("=")
         if tok in PRECISIONS:
@@ -86,11 +93,15 @@ def parse_variant(text: str) -> VariantSpec:
             sdpa = val
         elif key == "chunk" and val.isdigit() and int(val) > 0:
             chunk = int(val)
+        elif key == "feat" and val in FEATURE_STORAGES:
+            feature_storage = val
+        elif key == "mlpchunk" and val.isdigit() and int(val) > 0:
+            mlp_chunk = int(val)
         else:
             raise InputError(
                 f"unknown token {tok!r} in variant {text!r}",
                 "tokens: fp32|bf16|fp8, dense|sla|sla<keep>|keep=F|adapter=PATH, compile[=MODE]|cudagraphs, "
-                "sdpa=BACKEND, chunk=N",
+                "sdpa=BACKEND, chunk=N, feat=native|fp8, mlpchunk=N",
             )
     if attention is None:
         attention = "sla" if label.lower().startswith("lite3r") else "dense"
@@ -98,7 +109,19 @@ def parse_variant(text: str) -> VariantSpec:
         raise InputError(f"variant {text!r}: keep must be in (0, 1], got {keep}")
     if adapter is not None and not Path(adapter).is_file():
         raise InputError(f"variant {text!r}: adapter file {adapter} not found", "check the adapter= path")
-    return VariantSpec(label, precision, attention, keep, adapter, compile_mode, sdpa, chunk, text)
+    return VariantSpec(
+        label,
+        precision,
+        attention,
+        keep,
+        adapter,
+        compile_mode,
+        sdpa,
+        chunk,
+        text,
+        feature_storage,
+        mlp_chunk,
+    )
 
 
 def parse_variants(texts: list[str] | None, default: str = "dense:bf16") -> list[VariantSpec]:
@@ -210,6 +233,8 @@ def build_reconstructor(source: ModelSource, variant: VariantSpec, device, input
         frames_chunk_size=variant.frames_chunk_size,
         model_name=Path(source.name).stem if source.is_reference_config else source.name,
         sdpa_backend=variant.sdpa_backend,
+        feature_storage=variant.feature_storage,
+        mlp_chunk_tokens=variant.mlp_chunk_tokens,
         **kwargs,
     )
     if variant.adapter is not None:  # name the path that runs (the engine saw a converted model)

@@ -11,13 +11,25 @@ with ≥ 2 dims by a ``QuantizedActivation`` (per token = per row of the last di
 through. ``dequantize_features`` undoes it; ``dequantize_frames`` undoes it for a range of frames
 only (dim 1 of [B, S, ...] tensors), so per-frame heads can work chunk by chunk without ever holding
 all features in bf16 or float32 at once.
+
+Engine wiring (``Reconstructor(feature_storage="fp8")``): :func:`feature_quantizer` decides, once at
+build time, which quantiser runs (the Triton kernel on an FP8-capable GPU; the pure-PyTorch reference
+on the CPU, where it is the same format spec, bit for bit; refused on a GPU without FP8 support) and
+:func:`set_feature_storage` tells the trunk (VGGT aggregator, DA3 backbone: attribute
+``kept_features_fp8``) to store each kept layer output as FP8 *as it is produced* — the bf16 copies of
+the kept layers never coexist, and :func:`quantize_concat` builds a [frame half ‖ global half] output
+frame chunk by frame chunk, so even one whole layer never exists in bf16. The heads then read
+:func:`dequantize_frames` per frame chunk and :func:`dequantize_tokens` (the special tokens only) for
+the camera head.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import torch
+from torch import nn
 
 from .fp8_format import FP8_DTYPE, QuantizedActivation, dequantize_activation, fp8_bytes, quantize_activation
 
@@ -91,6 +103,113 @@ def dequantize_frames(features, start: int, stop: int, dtype: torch.dtype = torc
     return _map(features, fn)
 
 
+FEATURE_STORAGES = ("native", "fp8")
+CONCAT_FRAMES_CHUNK = 8  # frames quantised at a time by quantize_concat (bounds its bf16 transient)
+
+
+def feature_quantizer(storage: str, device) -> str | None:
+    """Which quantiser stores the kept features: None (``native``: the trunk dtype), ``"kernel"``
+    (Triton, CUDA GPUs that pass the FP8 precision check) or ``"reference"`` (pure PyTorch, CPU).
+
+    FP8 storage needs no FP8 GEMM, only the E4M3 format, which the CPU has; on a CUDA GPU it needs
+    the same FP8 support as precision ``fp8`` (the Triton cast to float8e4nv), and is refused with
+    that reason otherwise. Nothing falls back.
+    """
+    from lite3r.errors import UnsupportedError
+
+    if storage not in FEATURE_STORAGES:
+        raise UnsupportedError(
+            f"unknown feature storage {storage!r}", hint=f"choose one of {', '.join(FEATURE_STORAGES)}"
+        )
+    if storage == "native":
+        return None
+    d = torch.device(device)
+    if d.type == "cpu":
+        return "reference"
+    if d.type != "cuda":
+        raise UnsupportedError(f"FP8 feature storage is not available on {d.type}", hint="use native")
+    from .precision import precision_support
+
+    ok, reason = precision_support(d)["fp8"]
+    if not ok:
+        raise UnsupportedError(
+            f"FP8 feature storage is not supported on {d}: {reason}", hint="use feature storage native"
+        )
+    return "kernel"
+
+
+def set_feature_storage(model: nn.Module, quantizer: str | None, modules: Sequence[str]) -> list[str]:
+    """Make the trunk modules ``modules`` (e.g. ``model.trunk_modules()``) store their kept layer
+    outputs as FP8 with ``quantizer`` ("kernel" | "reference"), or natively (None). Returns the names
+    of the modules set; raises ``UnsupportedError`` if none of them can store FP8 features."""
+    from lite3r.errors import UnsupportedError
+
+    if quantizer not in (None, "kernel", "reference"):
+        raise ValueError(f"unknown quantizer {quantizer!r}")
+    names = [n for n in modules if hasattr(model.get_submodule(n), "kept_features_fp8")]
+    if not names and quantizer is not None:
+        raise UnsupportedError(
+            f"{type(model).__name__}'s trunk ({', '.join(modules)}) cannot store its features as FP8",
+            hint="use feature storage native for this model",
+        )
+    for n in names:
+        model.get_submodule(n).kept_features_fp8 = quantizer
+    return names
+
+
+def quantize_concat(
+    parts: Sequence[torch.Tensor], quantizer: str, frames_chunk: int = CONCAT_FRAMES_CHUNK
+) -> QuantizedActivation:
+    """Per-token FP8 of ``torch.cat(parts, -1)`` for tensors [B, S, ..., Cᵢ], computed ``frames_chunk``
+    frames (dim 1) at a time, so the concatenation only ever exists for a few frames. Identical codes
+    and scales to quantising the whole concatenation (scales are per token)."""
+    first = parts[0]
+    shape = (*first.shape[:-1], sum(p.shape[-1] for p in parts))
+    if first.dim() < 3:
+        raise ValueError(f"quantize_concat needs [B, S, ..., C] tensors, got shape {tuple(first.shape)}")
+    data = torch.empty(shape, dtype=FP8_DTYPE, device=first.device)
+    scale = torch.empty((*shape[:-1], 1), dtype=torch.float32, device=first.device)
+    S = shape[1]
+    for a in range(0, S, frames_chunk):
+        b = min(S, a + frames_chunk)
+        chunk = torch.cat([p[:, a:b] for p in parts], dim=-1)
+        qa = quantize_tensor(chunk, use_kernel=quantizer == "kernel")
+        data[:, a:b] = qa.data.view(chunk.shape)
+        scale[:, a:b] = qa.scale.view(*chunk.shape[:-1], 1)
+    return QuantizedActivation(data.view(-1, shape[-1]), scale.view(-1, 1), torch.Size(shape))
+
+
+def has_quantized(features) -> bool:
+    """Whether ``features`` holds any FP8 carrier."""
+    found = False
+
+    def fn(t):
+        nonlocal found
+        found = found or isinstance(t, QuantizedActivation)
+        return t
+
+    _map(features, fn)
+    return found
+
+
+def dequantize_tokens(features, start: int, stop: int, dtype: torch.dtype = torch.bfloat16):
+    """Tokens ``start:stop`` (dim 2) of every FP8 carrier [B, S, P, C] in ``features``, as ``dtype``
+    tensors [B, S, stop−start, C]; plain tensors pass unchanged. For a camera head that reads only the
+    special tokens of each frame (VGGT: ``patch_start_idx`` of them), so nothing else is dequantised."""
+
+    def fn(t):
+        if isinstance(t, QuantizedActivation):
+            shape = tuple(t.shape)
+            if len(shape) != 4:
+                raise ValueError(f"dequantize_tokens needs [B, S, P, C] carriers, got shape {shape}")
+            q = t.data.view(*shape)[:, :, start:stop]
+            scale = t.scale.view(*shape[:-1], 1)[:, :, start:stop]
+            return (q.float() * scale).to(dtype)
+        return t
+
+    return _map(features, fn)
+
+
 def feature_bytes(features) -> int:
     """Bytes held by the tensors and FP8 carriers in ``features`` (shared tensors counted once)."""
     seen: set[int] = set()
@@ -111,10 +230,17 @@ def feature_bytes(features) -> int:
 
 
 __all__ = [
+    "CONCAT_FRAMES_CHUNK",
+    "FEATURE_STORAGES",
     "dequantize_features",
     "dequantize_frames",
+    "dequantize_tokens",
     "feature_bytes",
+    "feature_quantizer",
     "fp8_bytes",
+    "has_quantized",
+    "quantize_concat",
     "quantize_features",
     "quantize_tensor",
+    "set_feature_storage",
 ]

@@ -15,7 +15,10 @@ patch grid positions (cls (0, 0), patch (r+1, c+1)), cross-view blocks with ever
 (RoPE then only separates cls from patches). At each out layer the output is
 concat(latest per-view output, current output) along channels; only the second half goes through the
 final norm, token 0 of the raw concatenation is the layer's camera token, and the views are put back
-in their original order. Only the out layers are kept (memory-lean).
+in their original order. Only the out layers are kept (memory-lean). With ``kept_features_fp8`` set
+("kernel" | "reference", by ``lite3r.quant.fp8_features.set_feature_storage``; None by default) the
+patch features of each out layer are stored as FP8 (per token) as they are produced; the camera tokens
+([B, S, 2C], small) stay in the trunk dtype.
 """
 
 from __future__ import annotations
@@ -138,6 +141,7 @@ class DA3Backbone(nn.Module):
         self.depth = cfg.depth
         self.patch_size = cfg.patch_size
         self.embed_dim = cfg.embed_dim
+        self.kept_features_fp8: str | None = None  # memory option, see the module doc
 
     def is_cross_view(self, i: int) -> bool:
         """Block i attends across all views of a sequence (odd blocks from ``alt_start`` on)."""
@@ -203,6 +207,10 @@ class DA3Backbone(nn.Module):
                 feat = torch.cat([local_x[:, :, 1:], vit.norm(x[:, :, 1:])], dim=-1)
                 if restore is not None:
                     cam, feat = gather_views(cam, restore), gather_views(feat, restore)
+                if self.kept_features_fp8 is not None:  # memory option: patch features in FP8
+                    from lite3r.quant.fp8_features import quantize_tensor
+
+                    feat = quantize_tensor(feat, use_kernel=self.kept_features_fp8 == "kernel")
                 camera_tokens.append(cam)
                 features.append(feat)
         return BackboneOutput(features, camera_tokens, ref)

@@ -9,6 +9,9 @@ is concat(frame_i, global_i) along channels, [B, S, P, 2C].
 GPU notes: the RoPE tables are computed once per forward for one frame ([1, 1, P, D], broadcast over
 B·S) and once for a global sequence ([1, 1, S·P, D]) and passed to every block; the frame↔global
 reshapes are views of contiguous block outputs (no copies); only the requested layer outputs are kept.
+With ``kept_features_fp8`` set ("kernel" | "reference", by ``lite3r.quant.fp8_features.
+set_feature_storage``; None by default) each kept output is stored as FP8 (per token) as it is
+produced, the concatenation built a few frames at a time — an engine memory option.
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ class Aggregator(nn.Module):
         self.patch_start_idx = 1 + cfg.num_register_tokens
         # Constants, not in the checkpoint (non-persistent), re-filled by reset_constants() after a
         # meta-device build.
+        self.kept_features_fp8: str | None = None  # memory option, see the module doc
         self.register_buffer("_resnet_mean", torch.zeros(1, 1, 3, 1, 1), persistent=False)
         self.register_buffer("_resnet_std", torch.ones(1, 1, 3, 1, 1), persistent=False)
         self.reset_constants()
@@ -122,7 +126,8 @@ class Aggregator(nn.Module):
 
     def forward(self, images: torch.Tensor, keep: Iterable[int] | None = None) -> dict[int, torch.Tensor]:
         """images [B, S, 3, H, W] in [0, 1] → {i: [B, S, P, 2C]} for every layer i in ``keep``
-        (default: all layers — pass the heads' layers to save memory)."""
+        (default: all layers — pass the heads' layers to save memory). With ``kept_features_fp8`` the
+        values are ``QuantizedActivation`` carriers of that shape instead."""
         B, S, _, H, W = images.shape
         keep_set = set(range(self.depth)) if keep is None else {self._index(i) for i in keep}
         x = self.normalize(images).reshape(B * S, 3, H, W)
@@ -140,7 +145,13 @@ class Aggregator(nn.Module):
             frame_out = tokens
             tokens = self.global_blocks[i](tokens.view(B, S * P, C), pos=rope_global, frame_len=P)
             if i in keep_set:
-                outputs[i] = torch.cat([frame_out.view(B, S, P, C), tokens.view(B, S, P, C)], dim=-1)
+                halves = [frame_out.view(B, S, P, C), tokens.view(B, S, P, C)]
+                if self.kept_features_fp8 is None:
+                    outputs[i] = torch.cat(halves, dim=-1)
+                else:
+                    from lite3r.quant.fp8_features import quantize_concat
+
+                    outputs[i] = quantize_concat(halves, self.kept_features_fp8)
         return outputs
 
     def _index(self, i: int) -> int:
