@@ -138,7 +138,7 @@ run_pipeline() {
         sleep 20
         timeout "${GPUFIX_TIMEOUT_S:-300}" python3 -m pytest -q -m "gpu or hopper" -p no:xvfb -p no:cacheprovider \
           -k "${GPUFIX_K:-compile or select or sla}" --junitxml="$R/gpu_tests_fix.xml" \
-          tests/test_fp8_gpu.py tests/test_sla_kernels.py tests/test_sla_attention.py >"$R/gpu_tests_fix.txt" 2>&1
+          ${GPUFIX_FILES:-tests/test_fp8_gpu.py tests/test_sla_kernels.py tests/test_sla_attention.py} >"$R/gpu_tests_fix.txt" 2>&1
         stage "gpufix exit $? ($(tail -n 1 "$R/gpu_tests_fix.txt"))"
         wait $dpid; stage "distill exit $?" ;;
       e2eg)  # VGGT-1B 8 + 32 frames: CUDA graphs (reduce-overhead) vs compile, dense bf16 and Lite3R FP8
