@@ -307,7 +307,7 @@ def test_quant_compile_trunk_on_a_vggt_with_fp8_and_sla():
     rounding boundary, and such flips compound over the blocks (H100, 2026-11-24: 1.6 % of elements
     off by > 0.05, max 0.2). What must hold is that compiling costs no accuracy: against the same
     converted model in bf16 (no FP8), the compiled FP8 trunk is as close as the eager FP8 trunk, and
-    compiled and eager agree to a small fraction of the features' norm."""
+    compiled and eager differ by no more than FP8's own error."""
     from engine_fixtures import small_vggt
 
     from lite3r.convert import Lite3RConfig, convert
@@ -340,7 +340,9 @@ def test_quant_compile_trunk_on_a_vggt_with_fp8_and_sla():
             f"FP8 vs bf16: eager {fp8_error:.3e}, compiled {compiled_error:.3e}; compiled vs eager {rel(c, e):.3e}"
         )
         assert compiled_error <= 1.25 * fp8_error + 1e-3
-        assert rel(c, e) <= 0.05
+        # two FP8 roundings of the same trunk differ by about as much as each differs from bf16
+        # (H100, 2026-11-24: compiled vs eager 0.59-0.68 × the FP8 error, for FP8 errors of 4-7.5 %)
+        assert rel(c, e) <= 1.5 * fp8_error + 1e-3
 
 
 def _tensors(obj):

@@ -81,10 +81,31 @@ def compile_trunk(
                     hint="use compile mode default or none",
                 )
     inductor_mode = None if (mode == "default" or backend != "inductor") else mode
+    raise_recompile_limit()
     for name, block in blocks:
         block.compile(backend=backend, mode=inductor_mode, fullgraph=fullgraph, dynamic=dynamic)
         report.blocks.append(name)
     return report
+
+
+# Every trunk block shares one code object (``Block.forward``), so dynamo's per-code recompile limit
+# (8 by default) is shared by all blocks of all models compiled in the process: frame counts that need
+# new guards (the chunked MLP's chunk count, a new FP8 / SLA variant) quickly exceed it and dynamo then
+# runs the blocks eagerly, with a warning only (measured on the H100: a 5-variant bench lost the
+# compiled path after the third variant). Build-time setting, logged.
+RECOMPILE_LIMIT = 64
+
+
+def raise_recompile_limit(limit: int = RECOMPILE_LIMIT) -> None:
+    import logging
+
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    if getattr(config, name) < limit:
+        logging.getLogger(__name__).info(
+            "torch._dynamo.config.%s: %s -> %s", name, getattr(config, name), limit
+        )
+        setattr(config, name, limit)
 
 
 def mark_step() -> None:
