@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     md = f"wall ms per run: {', '.join(f'{w:.1f}' for w in walls)}\n\nhost syncs per run: {syncs}\n\n"
     md += "### CUDA kernels\n\n" + markdown_table(result["cuda_kernels"]) + "\n\n### CPU ops\n\n"
     md += markdown_table(result["cpu_ops"])
-    write_result(out / f"profile_e2e_{label}_f{args.frames}", result, md)
+    write_result(out / f"profile_e2e_{label}_f{args.frames}.json", result, md)
     print(md)
     return 0
 
