@@ -59,6 +59,9 @@ def init_distributed(device: str) -> DistInfo:
 
 def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
+        # Both ranks tear down together: a gloo rank that destroys its group while its peer is still
+        # sending aborts at exit ("terminate called without an active exception"; seen on a loaded CPU).
+        dist.barrier()
         dist.destroy_process_group()
 
 
