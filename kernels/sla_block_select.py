@@ -17,8 +17,9 @@ frames (1.374 M tokens, 16 heads, blocks 128/64, 10 % kept) that is 0.13 GB + 0.
 blocks (a bounded score tile, never the whole map). On the H100 it is the faster of the two (measured at
 VGGT shapes, 10 % kept: 1.9 → 0.6 ms at 32 frames, 23.6 → 5.2 ms at 128 frames: the radix passes re-stream
 the keys 9 times), so it is the default (``SLAConfig.select = "gemm"``); the streamed kernel stays as the
-zero-workspace option (``"streamed"``). Those timings (and 1.69 GB extra at 1,000 frames) were taken
-with float32 score GEMMs; the scores are float64 since (autocast-proof), not yet re-measured.
+zero-workspace option (``"streamed"``). With float64 score GEMMs (autocast-proof) it was re-measured:
+0.66 ms at 32 frames, 5.7 ms at 128, and 346 ms with 1.5 GB extra at 1,000 frames
+(benchmarks/results/sla/bench_sla_attention_regcap).
 """
 
 from __future__ import annotations
