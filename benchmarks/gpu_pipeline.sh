@@ -8,6 +8,8 @@
 # what is finished so far:
 #
 #   LITE3R_COMMIT=$(git rev-parse HEAD) bash benchmarks/gpu_pipeline.sh start 560   # call 1
+#   (expand the hash on this machine and pass it literally: the device copy's .git can be stale, which
+#   once stamped results with an older commit)
 #   bash benchmarks/gpu_pipeline.sh collect 580                                     # call 2, 3 …
 #
 # Stages (in this order, each with its own time limit; STAGES overrides the list):
@@ -52,6 +54,15 @@ collect() {
 }
 
 stage() { echo "$(date +%T) $*" >>"$O/stages.txt"; echo "== $* ($(date +%T))"; }
+
+# The GPU tests touched since the last full run (correctness only): GPUFIX_K selects, GPUFIX_FILES lists.
+gpufix_tests() {
+  # shellcheck disable=SC2086
+  timeout "${GPUFIX_TIMEOUT_S:-300}" python3 -m pytest -q -m "gpu or hopper" -p no:xvfb -p no:cacheprovider \
+    -k "${GPUFIX_K:-compile or select or sla}" --junitxml="$R/gpu_tests_fix.xml" \
+    ${GPUFIX_FILES:-tests/test_fp8_gpu.py tests/test_sla_kernels.py tests/test_sla_attention.py} >"$R/gpu_tests_fix.txt" 2>&1
+  stage "gpufix exit $? ($(tail -n 1 "$R/gpu_tests_fix.txt"))"
+}
 
 run_pipeline() {
   export PYTHONUNBUFFERED=1
@@ -102,10 +113,7 @@ run_pipeline() {
         timeout 150 python3 benchmarks/bench_fp8_linear.py --frames 32 --parts layers --out "$R/fp8" >"$R/fp8.txt" 2>&1
         stage "fp8 exit $?" ;;
       gpufix)  # re-check of the GPU tests touched since the last full run
-        timeout "${GPUFIX_TIMEOUT_S:-240}" python3 -m pytest -q -m "gpu or hopper" -p no:xvfb -p no:cacheprovider \
-          -k "${GPUFIX_K:-compile or select or sla}" --junitxml="$R/gpu_tests_fix.xml" \
-          tests/test_fp8_gpu.py tests/test_sla_kernels.py tests/test_sla_attention.py >"$R/gpu_tests_fix.txt" 2>&1
-        stage "gpufix exit $? ($(tail -n 1 "$R/gpu_tests_fix.txt"))" ;;
+        gpufix_tests ;;
       sla_short)  # forward at 10 % kept, 64-frame backward, 1,000-frame selection
         timeout 200 python3 benchmarks/bench_sla_attention.py --frames 32 64 128 --keeps 0.1 --backward-frames 64 \
           --select-frames 1000 --select-repeats 2 --deadline-s 120 --out "$R/sla" >"$R/sla.txt" 2>&1
@@ -136,10 +144,7 @@ run_pipeline() {
           --budget-s "${DISTILL_BUDGET_S:-480}" --test-scenes 32 >"$R/distill.txt" 2>&1 &
         local dpid=$!
         sleep 20
-        timeout "${GPUFIX_TIMEOUT_S:-300}" python3 -m pytest -q -m "gpu or hopper" -p no:xvfb -p no:cacheprovider \
-          -k "${GPUFIX_K:-compile or select or sla}" --junitxml="$R/gpu_tests_fix.xml" \
-          ${GPUFIX_FILES:-tests/test_fp8_gpu.py tests/test_sla_kernels.py tests/test_sla_attention.py} >"$R/gpu_tests_fix.txt" 2>&1
-        stage "gpufix exit $? ($(tail -n 1 "$R/gpu_tests_fix.txt"))"
+        gpufix_tests
         wait $dpid; stage "distill exit $?" ;;
       e2eg)  # VGGT-1B 8 + 32 frames: CUDA graphs (reduce-overhead) vs compile, dense bf16 and Lite3R FP8
         E2E_MODELS=vggt-1b E2E_GROUPS=8,32 E2E_ITERS=20 E2E_TIMEOUT_S=${E2EG_TIMEOUT_S:-420} \
