@@ -83,9 +83,9 @@ def main(argv=None) -> int:
 
             with profile(activities=[ProfilerActivity.CPU], with_stack=True) as prof:
                 fn()
-            for e in prof.key_averages(group_by_stack_n=6):
+            for e in prof.key_averages(group_by_stack_n=12):
                 if any(s in e.key for s in ("aten::item", "_local_scalar_dense", "aten::nonzero")):
-                    stack = [s for s in e.stack if _REPO in s or "lite3r" in s][:4]
+                    stack = [s for s in e.stack if "profiler" not in s][:8]
                     rows.append({"op": e.key, "calls_per_forward": e.count, "site": " <- ".join(stack)})
     total = sum(r["calls_per_forward"] for r in rows)
     label = args.variant.split(":")[0]
