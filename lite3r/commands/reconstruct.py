@@ -71,6 +71,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="storage of the trunk features kept for the heads (fp8: about half the memory)",
     )
     p.add_argument(
+        "--heads-precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="precision of the depth/point heads with --precision bf16/fp8 (bf16: faster; camera head "
+        "stays fp32)",
+    )
+    p.add_argument(
         "--mlp-chunk",
         type=int,
         default=None,
@@ -206,6 +213,7 @@ def _load_and_run(
         preprocess_rule=rule,
         feature_storage=args.features,
         mlp_chunk_tokens=args.mlp_chunk,
+        head_precision=args.heads_precision,
     )
     load_s = time.perf_counter() - t_load
     if args.points == "points" and not rc.has_point_head:

@@ -103,15 +103,22 @@ class PrecisionSetup:
 
 
 def apply_precision(
-    model: nn.Module, precision: str, device: torch.device, fp8_fast_accum: bool | None = None
+    model: nn.Module,
+    precision: str,
+    device: torch.device,
+    fp8_fast_accum: bool | None = None,
+    head_precision: str = "fp32",
 ) -> PrecisionSetup:
-    """Move ``model`` to ``device`` and set its precision. The one place the engine decides dtypes."""
+    """Move ``model`` to ``device`` and set its precision. The one place the engine decides dtypes.
+    ``head_precision`` "bf16" runs the DPT heads in bfloat16 (``lite3r.quant.precision``)."""
     from lite3r.quant.precision import apply_precision as quant_apply_precision
 
     if precision not in PRECISIONS:
         raise UnsupportedError(f"unknown precision {precision!r}", f"choose one of {', '.join(PRECISIONS)}")
     # Checks support (raises with the reason), casts, FP8 conversion of the trunk linears.
-    report: Any = quant_apply_precision(model, precision, device, fp8_fast_accum=fp8_fast_accum)
+    report: Any = quant_apply_precision(
+        model, precision, device, fp8_fast_accum=fp8_fast_accum, head_precision=head_precision
+    )
     trunk_dtype = _param_dtype(model, model.trunk_modules())
     tf32 = False if precision == "fp32" else _default_tf32()
     return PrecisionSetup(
@@ -123,13 +130,14 @@ def describe_precision(precision: str, report: Any = None) -> str:
     """Words for the path that runs, e.g. "fp8 GEMMs (96 trunk linears) · bf16 trunk · fp32 heads"."""
     if precision == "fp32":
         return "fp32"
+    heads = getattr(report, "heads_words", "fp32 heads")
     if precision == "bf16":
-        return "bf16 trunk · fp32 heads"
+        return f"bf16 trunk · {heads}"
     fp8 = getattr(report, "fp8", None) or {}
     n = len(fp8.get("linears", ())) if isinstance(fp8, dict) else 0
     mode = fp8.get("mode", "") if isinstance(fp8, dict) else ""
     what = f"fp8 GEMMs ({n} trunk linears{', ' + mode if mode else ''})" if n else "fp8"
-    return f"{what} · bf16 trunk · fp32 heads"
+    return f"{what} · bf16 trunk · {heads}"
 
 
 def _param_dtype(model: nn.Module, names: list[str]) -> torch.dtype:

@@ -85,6 +85,7 @@ class Reconstructor:
         fp8_fast_accum: bool | None = None,
         feature_storage: str = "native",
         mlp_chunk_tokens: int | None = None,
+        head_precision: str = "fp32",
     ) -> None:
         missing = [a for a in _PROTOCOL if not hasattr(model, a)]
         if missing:
@@ -101,7 +102,9 @@ class Reconstructor:
             model, attention, sla, precision, self.device, sdpa_backend, adapter=adapter
         )
         self.attention_mode = attention
-        self.precision_setup = apply_precision(model, precision, self.device, fp8_fast_accum)
+        self.precision_setup = apply_precision(
+            model, precision, self.device, fp8_fast_accum, head_precision=head_precision
+        )
         self.precision = self.precision_setup.description
         # Memory options after the dtypes (FP8 modules in place), before compile (blocks guard on them).
         self.memory = apply_memory_options(model, feature_storage, mlp_chunk_tokens, self.device)

@@ -12,7 +12,8 @@ A variant is written ``LABEL[:TOKEN…]``, e.g. ``dense:bf16`` or ``lite3r:fp8:s
 * ``chunk=<n>`` — frames per head chunk (default 8);
 * ``feat=native|fp8`` — storage of the trunk features kept for the heads (default native; fp8 stores
   them per-token FP8 and dequantises per head chunk);
-* ``mlpchunk=<n>`` — run every trunk MLP on at most n tokens at a time (default: unchunked).
+* ``mlpchunk=<n>`` — run every trunk MLP on at most n tokens at a time (default: unchunked);
+* ``heads=fp32|bf16`` — precision of the DPT heads (default fp32; the camera head stays fp32).
 
 Every variant of one run uses the same base model and weights; the engine (``Reconstructor``) applies
 precision (``lite3r.quant.precision``), attention (``lite3r.convert``) and compile settings.
@@ -27,6 +28,7 @@ from pathlib import Path
 from lite3r.errors import InputError
 
 PRECISIONS = ("fp32", "bf16", "fp8")
+HEAD_PRECISIONS = ("fp32", "bf16")  # = lite3r.quant.precision.HEAD_PRECISIONS (test checks)
 from lite3r.engine.policy import COMPILE_MODES  # noqa: E402  (one list for engine, CLI and bench)
 
 SDPA_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
@@ -47,6 +49,7 @@ class VariantSpec:
     text: str = ""
     feature_storage: str = "native"
     mlp_chunk_tokens: int | None = None
+    head_precision: str = "fp32"
 
     def sla_config(self):
         """The ``lite3r.convert.Lite3RConfig`` for a bare conversion (None: dense, or an adapter, whose
@@ -68,7 +71,7 @@ def parse_variant(text: str) -> VariantSpec:
     if not label:
         raise InputError(f"variant {text!r} has no label", "write e.g. dense:bf16 or lite3r:fp8:sla0.1")
     precision, attention, keep, adapter, compile_mode, sdpa, chunk = "bf16", None, None, None, "none", None, 8
-    feature_storage, mlp_chunk = "native", None
+    feature_storage, mlp_chunk, heads = "native", None, "fp32"
     for tok in parts[1:]:
         key, _, val = tok.partition("=")
         if tok in PRECISIONS:
@@ -97,11 +100,13 @@ def parse_variant(text: str) -> VariantSpec:
             feature_storage = val
         elif key == "mlpchunk" and val.isdigit() and int(val) > 0:
             mlp_chunk = int(val)
+        elif key == "heads" and val in HEAD_PRECISIONS:
+            heads = val
         else:
             raise InputError(
                 f"unknown token {tok!r} in variant {text!r}",
                 "tokens: fp32|bf16|fp8, dense|sla|sla<keep>|keep=F|adapter=PATH, compile[=MODE]|cudagraphs, "
-                "sdpa=BACKEND, chunk=N, feat=native|fp8, mlpchunk=N",
+                "sdpa=BACKEND, chunk=N, feat=native|fp8, mlpchunk=N, heads=fp32|bf16",
             )
     if attention is None:
         attention = "sla" if label.lower().startswith("lite3r") else "dense"
@@ -121,6 +126,7 @@ def parse_variant(text: str) -> VariantSpec:
         text,
         feature_storage,
         mlp_chunk,
+        heads,
     )
 
 
@@ -235,6 +241,7 @@ def build_reconstructor(source: ModelSource, variant: VariantSpec, device, input
         sdpa_backend=variant.sdpa_backend,
         feature_storage=variant.feature_storage,
         mlp_chunk_tokens=variant.mlp_chunk_tokens,
+        head_precision=variant.head_precision,
         **kwargs,
     )
     if variant.adapter is not None:  # name the path that runs (the engine saw a converted model)

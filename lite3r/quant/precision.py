@@ -8,6 +8,13 @@ Policy (applied by :func:`apply_precision`, once, at build time — no autocast 
 - ``fp8``: as bf16, and every trunk Linear (except the skip list, default ``proj_lin``) runs a real
   FP8 GEMM with fused LayerNorm→FP8 and GELU→FP8 producers (``apply_fp8_inference``).
 
+``head_precision`` (bf16 / fp8 only): ``fp32`` (default, as the references run their heads) or
+``bf16``: the dense-prediction heads (the DPTs: VGGT depth/point, DA3 DualDPT) in bfloat16. Why: at
+32 frames × 518 px the fp32 DPT convolutions and resamplings are ~100 of the 355 ms of a compiled
+Lite3R FP8 forward on the H100 (``benchmarks/results/profile``). Their final activations (exp,
+1 + exp) still run in float32. The camera heads stay float32 (a few tokens per frame: no time to win,
+and pose is the most precision-sensitive output).
+
 Boundary casts: a forward pre-hook on each trunk module casts its floating inputs (the images) to
 bfloat16, so the model code needs no dtype logic on the way in (``cast_trunk_inputs``). The heads cast
 their own inputs to float32, chunk by chunk (the models do this); a pre-hook on the head modules
@@ -28,6 +35,7 @@ from torch import nn
 from lite3r.errors import UnsupportedError
 
 PRECISIONS = ("fp32", "bf16", "fp8")
+HEAD_PRECISIONS = ("fp32", "bf16")
 FP8_MIN_CAPABILITY = (8, 9)
 # FP8 GEMM accumulation. Hopper's FP8 tensor cores add products into an accumulator of reduced
 # precision (about 14 bits retained, DeepSeek-V3 technical report §3.3.2). With
@@ -152,6 +160,11 @@ class PrecisionReport:
     trunk_input_cast: bool = True
     head_input_cast: bool = False
     fp8: dict | None = None  # FP8InferenceReport as a dict, for fp8
+    bf16_heads: list[str] = field(default_factory=list)  # heads cast to bfloat16 (head_precision bf16)
+
+    @property
+    def heads_words(self) -> str:
+        return "bf16 DPT heads · fp32 camera head" if self.bf16_heads else "fp32 heads"
 
     @property
     def description(self) -> str:
@@ -159,7 +172,7 @@ class PrecisionReport:
         if self.precision == "fp32":
             return "fp32"
         if self.precision == "bf16":
-            return "bf16 trunk · fp32 heads"
+            return f"bf16 trunk · {self.heads_words}"
         f = self.fp8 or {}
         notes = []
         if f.get("fused_layernorms") or f.get("fused_gelus"):
@@ -167,7 +180,7 @@ class PrecisionReport:
         if f.get("fast_accum"):
             notes.append("fast accumulation")
         detail = f" ({', '.join(notes)})" if notes else ""
-        return f"fp8 trunk linears{detail} · bf16 trunk · fp32 heads"
+        return f"fp8 trunk linears{detail} · bf16 trunk · {self.heads_words}"
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "description": self.description}
@@ -217,6 +230,7 @@ def apply_precision(
     cast_head_inputs: bool = False,
     fp8_skip: tuple[str, ...] | None = None,
     fp8_fast_accum: bool | None = None,
+    head_precision: str = "fp32",
 ) -> PrecisionReport:
     """Check ``precision`` on ``device``, then cast/convert ``model`` in place and move it there.
 
@@ -224,7 +238,17 @@ def apply_precision(
     neither trunk nor head keep float32. All parameters are frozen (inference). ``fp8_fast_accum``
     (fp8 only; None = ``FP8_FAST_ACCUM_DEFAULT``) selects the GEMMs' fast accumulation; it is
     recorded in the report and its description. Setting it for another precision raises.
+    ``head_precision="bf16"`` casts the DPT heads to bfloat16 (module doc); refused with ``fp32``.
     """
+    if head_precision not in HEAD_PRECISIONS:
+        raise UnsupportedError(
+            f"unknown head precision {head_precision!r}", f"choose one of {', '.join(HEAD_PRECISIONS)}"
+        )
+    if head_precision == "bf16" and precision == "fp32":
+        raise UnsupportedError(
+            "bf16 heads with an fp32 trunk: precision fp32 means everything in float32",
+            "use precision bf16 or fp8 with bf16 heads",
+        )
     if fp8_fast_accum is not None and precision != "fp8":
         raise ValueError(f"fp8_fast_accum applies to precision fp8 only, not {precision}")
     if fp8_fast_accum is None:
@@ -251,6 +275,20 @@ def apply_precision(
         fp8_report = dataclasses.asdict(
             apply_fp8_inference(model, modules=trunk, skip=skip, mode="kernel", fast_accum=fp8_fast_accum)
         )
+    bf16_heads = []
+    if head_precision == "bf16":
+        from lite3r.models.layers.dpt import DPTBase
+
+        for name in heads:
+            head = model.get_submodule(name)
+            if isinstance(head, DPTBase):
+                head.to(torch.bfloat16)
+                bf16_heads.append(name)
+        if not bf16_heads:
+            raise UnsupportedError(
+                f"head precision bf16: {type(model).__name__} has no DPT head among {heads}",
+                "use head precision fp32",
+            )
     hooks = precision != "fp32"
     if hooks and cast_trunk_inputs:
         for name in trunk:
@@ -265,10 +303,11 @@ def apply_precision(
         precision=precision,
         device=str(d),
         trunk_dtype=str(trunk_dtype).replace("torch.", ""),
-        head_dtype="float32",
+        head_dtype="bfloat16 (DPT) / float32 (camera)" if bf16_heads else "float32",
         trunk_modules=trunk,
         head_modules=heads,
         trunk_input_cast=hooks and cast_trunk_inputs,
         head_input_cast=hooks and cast_head_inputs,
         fp8=fp8_report,
+        bf16_heads=bf16_heads,
     )

@@ -92,7 +92,7 @@ class DualDPT(DPTBase):
         rays: bool = False,
     ) -> dict[str, torch.Tensor]:
         """features: 4 × [B, S, h·w, dim_in] (patch tokens) → {depth, depth_conf [B, S, H, W]} and,
-        with ``rays``, {ray [B, S, 8h, 8w, 6], ray_conf [B, S, 8h, 8w]}; in the head's dtype."""
+        with ``rays``, {ray [B, S, 8h, 8w, 6], ray_conf [B, S, 8h, 8w]}; float32."""
         if len(features) != 4:
             raise ValueError(f"the DualDPT head takes 4 feature maps, got {len(features)}")
         S = features[0].shape[1]

@@ -42,8 +42,9 @@ def activate_head(
     out: torch.Tensor, activation: str, conf_activation: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Split a [N, C, H, W] head output channels-last into predictions [N, H, W, C-1] and the confidence
-    [N, H, W] (the last channel), each with its activation."""
-    fmap = out.permute(0, 2, 3, 1)
+    [N, H, W] (the last channel), each with its activation, in float32 (a bf16 head's exp would
+    round depth to 3 significant digits)."""
+    fmap = out.permute(0, 2, 3, 1).float()
     return activate(fmap[..., :-1], activation), activate(fmap[..., -1], conf_activation)
 
 

@@ -39,7 +39,7 @@ class DPTHead(DPTBase):
         frames_chunk_size: int | None = 8,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """layers {i: [B, S, P, 2C]} (at least ``intermediate_layer_idx``) → (preds [B, S, H, W, C−1],
-        conf [B, S, H, W]), both in the head's dtype."""
+        conf [B, S, H, W]), both float32."""
         missing = [i for i in self.intermediate_layer_idx if i not in layers]
         if missing:
             raise KeyError(f"DPT head needs aggregator layers {missing}, which were not kept by encode()")
