@@ -4,11 +4,13 @@ One program per (key block, batch·head). The query blocks that selected the key
 inverse look-up table (a CSR list built by :func:`inverse_lut` with one sort, no N_q × N_k map): for
 each, recompute Pᵀ = 2^(k·q·scale·log2e − lse) and accumulate dV += Pᵀ·dO, dK += (Pᵀ ⊙ (V·dOᵀ − δ))·Q.
 
-Linear branch: block j's states S_j = φ(K_j)ᵀV_j, z_j = Σφ(K_j) receive dS_j = Σ G_i over the query
-blocks whose linear domain contains j — all of them for the "all" branch, the ones that did *not*
-select j for the complement (= G_tot − Σ over the list) — so dV += φ(K_j)·dS_j and
-dφ(K_j) = V_j·dS_jᵀ + dz_j, chained through φ'. Key blocks holding special tokens are selected by every
-query block and have the longest lists; they come first in the grid so they start first.
+Linear branch, before the loop: block j's states S_j = φ(K_j)ᵀV_j, z_j = Σφ(K_j) receive dS_j = Σ G_i
+over the query blocks whose linear domain contains j — all of them for the "all" branch (the totals),
+the ones that did *not* select j for the complement (one per key block, summed beforehand by
+:mod:`sla_linear_domain`) — so dV += φ(K_j)·dS_j and dφ(K_j) = V_j·dS_jᵀ + dz_j, chained through φ'.
+It runs before the loop and initialises the dK/dV accumulators, so the loop holds nothing of it. Key blocks holding special
+tokens are selected by every query block and have the longest lists; they come first in the grid so
+they start first.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from .sla_triton_common import (
     SIZE_ARGS,
     bucketed_autotune,
     feature_map,
-    feature_map_backward,
+    linear_input_grad,
+    load_linear_state,
     tuning_report,
     virtual_to_physical,
     work_bucket,
@@ -40,12 +43,13 @@ def _sla_backward_dkdv_kernel(
     stride_db, stride_dh, stride_dn,
     stride_kgb, stride_kgh, stride_kgn,
     stride_vgb, stride_vgh, stride_vgn,
-    QLIST, QOFF, GBLK, DZBLK, GTOT, DZTOT,
+    QLIST, QOFF, DSK, DZK,
     H, N, n_qblocks, n_kblocks,
     n_special, frame_len, n_special_total,
     sm_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
     FEATURE: tl.constexpr, LINEAR: tl.constexpr, HAS_SPECIAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    M_SPLIT: tl.constexpr,
 ):  # fmt: skip
     j = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -67,19 +71,28 @@ def _sla_backward_dkdv_kernel(
     )
     qk_scale = sm_scale * 1.4426950408889634
 
-    q_base = Q + b * stride_qb + h * stride_qh
-    do_base = DO + b * stride_db + h * stride_dh
+    # Linear branch first, while only K and V are live; it initialises the accumulators (dK ÷ sm_scale:
+    # the loop's sum is scaled once at the end), so the loop holds nothing more than the sparse-only one.
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-    if LINEAR == 2:
-        g_sel = tl.zeros([HEAD_DIM, HEAD_DIM], dtype=tl.float32)
-        dz_sel = tl.zeros([HEAD_DIM], dtype=tl.float32)
+    if LINEAR != 0:
+        ds_j, dz_j = load_linear_state(DSK, DZK, bh * n_kblocks + j if LINEAR == 2 else bh, v.dtype, HEAD_DIM)
+        phik = tl.where(cmask[:, None], feature_map(k.to(tl.float32), FEATURE), 0.0)
+        dv = tl.dot(phik.to(v.dtype), ds_j, input_precision=DOT_PRECISION)
+        dk_lin = linear_input_grad(phik, v, ds_j, dz_j[None, :], FEATURE, DOT_PRECISION)
+        dk = dk_lin * (1.0 / sm_scale)
+
+    q_base = Q + b * stride_qb + h * stride_qh
+    do_base = DO + b * stride_db + h * stride_dh
     slot = bh * n_kblocks + j
     start = tl.load(QOFF + slot)
     end = tl.load(QOFF + slot + 1)
-    for e in range(start, end):
-        i = tl.load(QLIST + e).to(tl.int32)
-        rows = i * BLOCK_M + tl.arange(0, BLOCK_M)
+    # Each listed query block is walked in M_SPLIT row slices of SUB_M rows (an autotuned choice): the
+    # transposed score tiles [BLOCK_N, SUB_M] are what the loop keeps in registers.
+    SUB_M: tl.constexpr = BLOCK_M // M_SPLIT
+    for e in range(start * M_SPLIT, end * M_SPLIT):
+        i = tl.load(QLIST + e // M_SPLIT).to(tl.int32)
+        rows = i * BLOCK_M + (e % M_SPLIT) * SUB_M + tl.arange(0, SUB_M)
         rmask = rows < N
         rows64 = rows.to(tl.int64)
         q = tl.load(q_base + rows64[:, None] * stride_qn + d[None, :], mask=rmask[:, None], other=0.0)
@@ -94,23 +107,7 @@ def _sla_backward_dkdv_kernel(
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         ds_t = p_t * (dp_t - delta[None, :])
         dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
-        if LINEAR == 2:
-            blk_q = bh * n_qblocks + i
-            g_sel += tl.load(GBLK + (blk_q * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :])
-            dz_sel += tl.load(DZBLK + blk_q * HEAD_DIM + d)
     dk = dk * sm_scale
-
-    if LINEAR != 0:
-        g = tl.load(GTOT + (bh * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :])
-        dz = tl.load(DZTOT + bh * HEAD_DIM + d)
-        if LINEAR == 2:
-            g = g - g_sel
-            dz = dz - dz_sel
-        kf = k.to(tl.float32)
-        phik = tl.where(cmask[:, None], feature_map(kf, FEATURE), 0.0)
-        dphi = tl.dot(v, tl.trans(g.to(v.dtype)), input_precision=DOT_PRECISION) + dz[None, :]
-        dv += tl.dot(phik.to(v.dtype), g.to(v.dtype), input_precision=DOT_PRECISION)
-        dk += feature_map_backward(kf, phik, dphi, FEATURE)
 
     dk_offs = b * stride_kgb + h * stride_kgh + phys[:, None] * stride_kgn + d[None, :]
     dv_offs = b * stride_vgb + h * stride_vgh + phys[:, None] * stride_vgn + d[None, :]
@@ -121,7 +118,7 @@ def _sla_backward_dkdv_kernel(
 # Per work bucket (query blocks per key block on average); configs in sla_triton_common.CONFIGS.
 _sla_backward_dkdv_kernel_tuned = bucketed_autotune(
     _sla_backward_dkdv_kernel,
-    "backward",
+    "backward_dkdv",
     key=["HEAD_DIM", "BLOCK_M", "BLOCK_N", "FEATURE", "LINEAR", "HAS_SPECIAL"],
 )
 
@@ -147,21 +144,33 @@ def inverse_lut(lut: torch.Tensor, n_kblocks: int) -> tuple[torch.Tensor, torch.
 
 
 def sla_backward_dkdv(
-    q, k, v, do, lse, delta, lut, g_blk, dz_blk, geom: SLAGeometry, *,
+    q, k, v, do, lse, delta, lut, ds_k, dz_k, geom: SLAGeometry, *,
     feature: str, linear_code: int, scale: float, dk: torch.Tensor, dv: torch.Tensor,
+    m_split: int | None = None,
 ):  # fmt: skip
-    """Launch the dK/dV kernel; fills ``dk`` and ``dv``."""
+    """Launch the dK/dV kernel; fills ``dk`` and ``dv``.
+
+    ``m_split`` (query-row slices per listed query block) is chosen by the autotuner on CUDA; it may be
+    given only for the plain kernel (interpreter tests), default 1.
+
+    ``ds_k``/``dz_k``: the gradient of the linear state each key block feeds, [B,H,D,D]/[B,H,D] (the
+    totals ΣG_i, Σdz_i) for the "all" branch, [B,H,Nk,D,D]/[B,H,Nk,D] (sums over the query blocks
+    that did not select the key block) for the complement; unused without a linear branch."""
     B, H, N, D = q.shape
     qlist, offsets = inverse_lut(lut, geom.n_kblocks)
-    if linear_code:
-        g_tot, dz_tot = g_blk.sum(2), dz_blk.sum(2)
-    else:
-        g_tot = dz_tot = torch.empty(0, device=q.device, dtype=torch.float32)
+    if not linear_code:
+        ds_k = dz_k = torch.empty(0, device=q.device, dtype=torch.float32)
     if _common.use_autotuner(q):
+        if m_split is not None:
+            raise ValueError(
+                "m_split is an autotuned parameter; give it only to the plain (interpreted) kernel"
+            )
         trips = geom.n_qblocks * geom.topk / geom.n_kblocks
-        kernel = _sla_backward_dkdv_kernel_tuned[work_bucket(trips)]
+        kernel, meta = _sla_backward_dkdv_kernel_tuned[work_bucket(trips)], {}
     else:
-        kernel = _sla_backward_dkdv_kernel
+        if geom.block_q % (m_split or 1):
+            raise ValueError(f"m_split {m_split} does not divide block_q {geom.block_q}")
+        kernel, meta = _sla_backward_dkdv_kernel, {"M_SPLIT": m_split or 1}
     kernel[(geom.n_kblocks, B * H)](
         q, k, v, do, dk, dv, lse, delta,
         q.stride(0), q.stride(1), q.stride(2),
@@ -170,11 +179,11 @@ def sla_backward_dkdv(
         do.stride(0), do.stride(1), do.stride(2),
         dk.stride(0), dk.stride(1), dk.stride(2),
         dv.stride(0), dv.stride(1), dv.stride(2),
-        qlist, offsets, g_blk, dz_blk, g_tot, dz_tot,
+        qlist, offsets, ds_k, dz_k,
         H, N, geom.n_qblocks, geom.n_kblocks,
         max(geom.n_special, 1), geom.frame_len, geom.n_special_total,
         scale,
         BLOCK_M=geom.block_q, BLOCK_N=geom.block_k, HEAD_DIM=D,
         FEATURE=FEATURE_CODES[feature], LINEAR=linear_code, HAS_SPECIAL=geom.n_special > 0,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", **meta,
     )  # fmt: skip

@@ -4,11 +4,16 @@ One program per (query block, batch·head), walking the same look-up table as th
 
 * sparse branch (FlashAttention-2 style): δ = rowsum(o_s ⊙ dO) (also stored for the key-side kernel),
   P = 2^(q·k·scale·log2e − lse), dS = P ⊙ (dO·Vᵀ − δ), dQ += dS·K;
-* linear branch, from g = dL/do_l: with S_i, z_i the query block's linear state (totals minus the
-  selected blocks' states for the complement), o_l = φ(q)S_i/(φ(q)·z_i + eps):
+* linear branch, before the loop, from g = dL/do_l and the query block's linear state S_i, z_i (read
+  from ``s_q``/``z_q``: the totals for the "all" branch, one state per query block — the sum over its
+  complement, :mod:`sla_linear_domain` — for the complement), o_l = φ(q)S_i/(φ(q)·z_i + eps):
   dφ(q) = (g/den)·S_iᵀ − (rowsum(g ⊙ o_l)/den)·z_iᵀ, chained through φ'; and the block's contribution
   to the state gradients, G_i = φ(q)ᵀ(g/den) and dz_i = −φ(q)ᵀ(rowsum(g ⊙ o_l)/den), written for the
   key-side kernel (dS_j = Σ over query blocks whose linear domain contains block j).
+
+The linear branch runs before the loop (it initialises the dQ accumulator), so the loop holds nothing
+of it: the states arrive summed, and rowsum(g ⊙ o_l) comes from the forward's o_l instead of a
+φ(q)·S_i product (register pressure decides occupancy).
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from .sla_triton_common import (
     SIZE_ARGS,
     bucketed_autotune,
     feature_map,
-    feature_map_backward,
+    linear_input_grad,
+    load_linear_state,
     tuning_report,
     virtual_to_physical,
     work_bucket,
@@ -35,15 +41,16 @@ LOG2E = 1.4426950408889634
 
 @triton.jit(do_not_specialize=SIZE_ARGS)
 def _sla_backward_dq_kernel(
-    Q, K, V, O, DO, DOL, DQ, LSE, DELTA,
+    Q, K, V, O, OL, DO, DOL, DQ, LSE, DELTA,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_on,
+    stride_lb, stride_lh, stride_ln,
     stride_db, stride_dh, stride_dn,
     stride_gb, stride_gh, stride_gn,
     stride_xb, stride_xh, stride_xn,
-    LUT, SBLK, ZBLK, STOT, ZTOT, GBLK, DZBLK,
+    LUT, SQ, ZQ, GBLK, DZBLK,
     H, N, n_qblocks, n_kblocks, topk,
     n_special, frame_len, n_special_total,
     sm_scale, eps,
@@ -64,6 +71,39 @@ def _sla_backward_dq_kernel(
         mask=rmask[:, None],
         other=0.0,
     )
+    qk_scale = sm_scale * 1.4426950408889634
+
+    # Linear branch first, while only q is live (dO is loaded after it): the loop then holds nothing more
+    # than the sparse-only kernel. Its dQ initialises the accumulator (÷ sm_scale: the loop's sum is
+    # scaled once at the end).
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    if LINEAR != 0:
+        g = tl.load(
+            DOL + b * stride_gb + h * stride_gh + rows64[:, None] * stride_gn + d[None, :],
+            mask=rmask[:, None],
+            other=0.0,
+        )
+        o_l = tl.load(
+            OL + b * stride_lb + h * stride_lh + rows64[:, None] * stride_ln + d[None, :],
+            mask=rmask[:, None],
+            other=0.0,
+        )
+        # rowsum(g ⊙ o_l) from the forward's o_l: no φ(q)·S_i product is needed.
+        g_ol = tl.sum(g.to(tl.float32) * o_l.to(tl.float32), axis=1)
+        phiq = tl.where(rmask[:, None], feature_map(q.to(tl.float32), FEATURE), 0.0)
+        blk_q = bh * n_qblocks + i
+        s_i, z_i = load_linear_state(SQ, ZQ, blk_q if LINEAR == 2 else bh, q.dtype, HEAD_DIM)
+        den = tl.sum(phiq * z_i[None, :], axis=1) + eps
+        dnum = (g.to(tl.float32) / den[:, None]).to(q.dtype)
+        dden = -g_ol / den  # = −rowsum(dnum ⊙ φ(q)S_i) / den, since o_l = φ(q)S_i / den
+        g_i = tl.dot(tl.trans(phiq.to(q.dtype)), dnum, input_precision=DOT_PRECISION)
+        tl.store(
+            GBLK + (blk_q * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :], g_i.to(GBLK.dtype.element_ty)
+        )
+        tl.store(DZBLK + blk_q * HEAD_DIM + d, tl.sum(phiq * dden[:, None], axis=0))
+        dq_lin = linear_input_grad(phiq, dnum, s_i, dden[:, None] * z_i[None, :], FEATURE, DOT_PRECISION)
+        dq = dq_lin * (1.0 / sm_scale)
+
     do = tl.load(
         DO + b * stride_db + h * stride_dh + rows64[:, None] * stride_dn + d[None, :],
         mask=rmask[:, None],
@@ -78,14 +118,9 @@ def _sla_backward_dq_kernel(
     lse = tl.load(LSE + lse_offs, mask=rmask, other=0.0)
     delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
     tl.store(DELTA + lse_offs, delta, mask=rmask)
-    qk_scale = sm_scale * 1.4426950408889634
 
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
-    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    if LINEAR == 2:
-        s_sel = tl.zeros([HEAD_DIM, HEAD_DIM], dtype=tl.float32)
-        z_sel = tl.zeros([HEAD_DIM], dtype=tl.float32)
     lut = LUT + (bh * n_qblocks + i) * topk
     for t in range(0, topk):
         j = tl.load(lut + t).to(tl.int32)
@@ -101,36 +136,7 @@ def _sla_backward_dq_kernel(
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
-        if LINEAR == 2:
-            blk = bh * n_kblocks + j
-            s_sel += tl.load(SBLK + (blk * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :]).to(tl.float32)
-            z_sel += tl.load(ZBLK + blk * HEAD_DIM + d)
     dq = dq * sm_scale
-
-    if LINEAR != 0:
-        g = tl.load(
-            DOL + b * stride_gb + h * stride_gh + rows64[:, None] * stride_gn + d[None, :],
-            mask=rmask[:, None],
-            other=0.0,
-        ).to(tl.float32)
-        qf = q.to(tl.float32)
-        phiq = tl.where(rmask[:, None], feature_map(qf, FEATURE), 0.0)
-        s_i = tl.load(STOT + (bh * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :])
-        z_i = tl.load(ZTOT + bh * HEAD_DIM + d)
-        if LINEAR == 2:
-            s_i = s_i - s_sel
-            z_i = z_i - z_sel
-        num = tl.dot(phiq.to(q.dtype), s_i.to(q.dtype), input_precision=DOT_PRECISION)
-        den = tl.sum(phiq * z_i[None, :], axis=1) + eps
-        dnum = g / den[:, None]
-        dden = -tl.sum(dnum * num, axis=1) / den
-        dphi = tl.dot(dnum.to(q.dtype), tl.trans(s_i.to(q.dtype)), input_precision=DOT_PRECISION)
-        dphi += dden[:, None] * z_i[None, :]
-        dq += feature_map_backward(qf, phiq, dphi, FEATURE)
-        g_i = tl.dot(tl.trans(phiq.to(q.dtype)), dnum.to(q.dtype), input_precision=DOT_PRECISION)
-        blk_q = bh * n_qblocks + i
-        tl.store(GBLK + (blk_q * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :], g_i)
-        tl.store(DZBLK + blk_q * HEAD_DIM + d, tl.sum(phiq * dden[:, None], axis=0))
 
     dq_offs = b * stride_xb + h * stride_xh + rows64[:, None] * stride_xn + d[None, :]
     tl.store(DQ + dq_offs, dq.to(DQ.dtype.element_ty), mask=rmask[:, None])
@@ -139,7 +145,7 @@ def _sla_backward_dq_kernel(
 # Per work bucket (selected blocks per query block); configs per head_dim in sla_triton_common.CONFIGS.
 _sla_backward_dq_kernel_tuned = bucketed_autotune(
     _sla_backward_dq_kernel,
-    "backward",
+    "backward_dq",
     key=["HEAD_DIM", "BLOCK_M", "BLOCK_N", "FEATURE", "LINEAR", "HAS_SPECIAL"],
 )
 
@@ -149,35 +155,41 @@ def autotune_choices() -> dict:
 
 
 def sla_backward_dq(
-    q, k, v, o_s, do, do_l, lse, lut, s_blk, z_blk, s_tot, z_tot, geom: SLAGeometry, *,
+    q, k, v, o_s, o_l, do, do_l, lse, lut, s_q, z_q, geom: SLAGeometry, *,
     feature: str, linear_code: int, eps: float, scale: float, dq: torch.Tensor,
+    g_dtype: torch.dtype = torch.float32,
 ):  # fmt: skip
-    """Launch the dQ kernel; fills ``dq`` and returns (delta [B,H,N] f32, G [B,H,Mq,D,D] f32,
-    dz [B,H,Mq,D] f32) — the last two empty when there is no linear branch."""
+    """Launch the dQ kernel; fills ``dq`` and returns (delta [B,H,N] f32, G [B,H,Mq,D,D] ``g_dtype``,
+    dz [B,H,Mq,D] f32) — the last two empty when there is no linear branch.
+
+    ``s_q``/``z_q``: the linear state each query block attends to, [B,H,D,D]/[B,H,D] (the totals) for
+    the "all" branch (linear_code 1), [B,H,Mq,D,D]/[B,H,Mq,D] for the complement (linear_code 2); any
+    float dtype (read as float32, S rounded to the input dtype for the MMA as in the forward)."""
     B, H, N, D = q.shape
     dev = q.device
     delta = torch.empty(B, H, N, device=dev, dtype=torch.float32)
     if linear_code:
-        g_blk = torch.empty(B, H, geom.n_qblocks, D, D, device=dev, dtype=torch.float32)
+        g_blk = torch.empty(B, H, geom.n_qblocks, D, D, device=dev, dtype=g_dtype)
         dz_blk = torch.empty(B, H, geom.n_qblocks, D, device=dev, dtype=torch.float32)
-        dol = do_l
+        dol, ol = do_l, o_l
     else:
         g_blk = dz_blk = torch.empty(0, device=dev, dtype=torch.float32)
-        dol = do
+        dol, ol = do, o_s
     if _common.use_autotuner(q):
         kernel = _sla_backward_dq_kernel_tuned[work_bucket(geom.topk)]
     else:
         kernel = _sla_backward_dq_kernel
     kernel[(geom.n_qblocks, B * H)](
-        q, k, v, o_s, do, dol, dq, lse, delta,
+        q, k, v, o_s, ol, do, dol, dq, lse, delta,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         o_s.stride(0), o_s.stride(1), o_s.stride(2),
+        ol.stride(0), ol.stride(1), ol.stride(2),
         do.stride(0), do.stride(1), do.stride(2),
         dol.stride(0), dol.stride(1), dol.stride(2),
         dq.stride(0), dq.stride(1), dq.stride(2),
-        lut, s_blk, z_blk, s_tot, z_tot, g_blk, dz_blk,
+        lut, s_q, z_q, g_blk, dz_blk,
         H, N, geom.n_qblocks, geom.n_kblocks, geom.topk,
         max(geom.n_special, 1), geom.frame_len, geom.n_special_total,
         scale, eps,

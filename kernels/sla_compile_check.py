@@ -1,6 +1,6 @@
 """Compile the SLA kernels for Hopper (sm_90a) on any machine, GPU or not, and report their resources.
 
-    python -m lite3r.kernels.sla_compile_check [--quick] [--head-dims 64 128]
+    python -m lite3r.kernels.sla_compile_check [--quick] [--head-dims 64 128] [--only backward]
 
 Triton's front end, its MLIR passes and the bundled ``ptxas`` run without a GPU, so this catches what
 the interpreter cannot (invalid ``tl.dot`` shapes, layouts, type errors in compiled code, shared memory
@@ -76,7 +76,7 @@ def compile_kernel(
 
 
 def variants(head_dims=(64,), quick=False):
-    """(name, kernel, pointer dtypes, constexprs, [(num_warps, num_stages)])."""
+    """(name, kernel, pointer dtypes, constexprs, [(num_warps, num_stages, maxnreg, meta)])."""
     from . import (
         sla_backward_dkdv,
         sla_backward_dq,
@@ -91,23 +91,25 @@ def variants(head_dims=(64,), quick=False):
         Q=bf, K=bf, V=bf, O=bf, OL=bf, LSE=f32, LUT=lut, SBLK=bf, ZBLK=f32, STOT=f32, ZTOT=f32, W=f32
     )
     dq_ptrs = dict(
-        Q=bf, K=bf, V=bf, O=bf, DO=bf, DOL=bf, DQ=bf, LSE=f32, DELTA=f32,
-        LUT=lut, SBLK=bf, ZBLK=f32, STOT=f32, ZTOT=f32, GBLK=f32, DZBLK=f32,
+        Q=bf, K=bf, V=bf, O=bf, OL=bf, DO=bf, DOL=bf, DQ=bf, LSE=f32, DELTA=f32,
+        LUT=lut, SQ=bf, ZQ=f32, GBLK=bf, DZBLK=f32,
     )  # fmt: skip
     dkdv_ptrs = dict(
         Q=bf, K=bf, V=bf, DO=bf, DK=bf, DV=bf, LSE=f32, DELTA=f32,
-        QLIST="*i32", QOFF="*i64", GBLK=f32, DZBLK=f32, GTOT=f32, DZTOT=f32,
+        QLIST="*i32", QOFF="*i64", DSK=bf, DZK=f32,
     )  # fmt: skip
     prep_ptrs = dict(Q=bf, K=bf, V=bf, PQ=f32, PK=f32, SBLK=bf, ZBLK=f32, SPART=f32, ZPART=f32, KPART=f32)
     sel_ptrs = dict(PQ=f32, PK=f32, KMEAN=f32, LUT=lut)
 
-    def cfgs(kernel: str, D: int, linear: int = 1) -> list[tuple[int, int, int | None]]:
-        """The configs the autotuner tries for this launch (sla_triton_common.CONFIGS)."""
-        if quick:
-            return [(8, 3, None)]
+    def cfgs(kernel: str, D: int, linear: int = 1) -> list[tuple[int, int, int | None, dict]]:
+        """The configs the autotuner tries for this launch (sla_triton_common.CONFIGS), as (num_warps,
+        num_stages, maxnreg, constexpr meta-parameters); ``--quick``: one per kernel, 8 warps, 3 stages."""
         table = sla_triton_common.CONFIGS[kernel]
         chosen = table.get(sla_triton_common.config_class(D, linear), table["d64"])
-        return [sla_triton_common.config_key(c) for c in chosen]
+        keys = [sla_triton_common.config_key(c) for c in chosen]
+        if quick:
+            return [(8, 3, None, dict(keys[0][3]))]
+        return [(w, s, r, dict(meta)) for w, s, r, meta in keys]
 
     fwd = sla_forward._sla_forward_kernel
     fwd_kinds = {  # name → (LINEAR, FUSE_PROJ, STORE_LSE, RECOMPUTE_STATES, FEATURE, in quick mode)
@@ -127,19 +129,30 @@ def variants(head_dims=(64,), quick=False):
             consts = {**common, "LINEAR": lin, "FUSE_PROJ": fuse, "STORE_LSE": lse}
             consts.update(RECOMPUTE_STATES=recompute, FEATURE=feature)
             out.append((f"{name} D{D}", fwd, fwd_ptrs, consts, cfgs("forward", D, lin)))
-        dq = sla_backward_dq._sla_backward_dq_kernel
-        dq_cfgs = cfgs("backward", D)
-        out.append((f"backward dQ complement D{D}", dq, dq_ptrs, {**common, "LINEAR": 2}, dq_cfgs))
-        dkdv = sla_backward_dkdv._sla_backward_dkdv_kernel
-        out.append((f"backward dK/dV complement D{D}", dkdv, dkdv_ptrs, {**common, "LINEAR": 2}, dq_cfgs))
+        bwd_kinds = {"complement": (2, True), "all": (1, False), "sparse only": (0, False)}
+        for kind, (lin, in_quick) in bwd_kinds.items():
+            if quick and not in_quick:
+                continue
+            dq, dkdv = sla_backward_dq._sla_backward_dq_kernel, sla_backward_dkdv._sla_backward_dkdv_kernel
+            consts = {**common, "LINEAR": lin}
+            out.append((f"backward dQ {kind} D{D}", dq, dq_ptrs, consts, cfgs("backward_dq", D, lin)))
+            out.append(
+                (f"backward dK/dV {kind} D{D}", dkdv, dkdv_ptrs, consts, cfgs("backward_dkdv", D, lin))
+            )
         prep = dict(BLOCK_Q=128, BLOCK_K=64, HEAD_DIM=D, FEATURE=0, LINEAR=2, STORE_STATES=True)
         prep.update(HAS_SPECIAL=True, DOT_PRECISION="tf32")
-        prep_cfg = [(4 if D <= 64 else 8, 3, None)]
+        prep_cfg = [(4 if D <= 64 else 8, 3, None, {})]
         out.append((f"prepare complement D{D}", sla_prepare._sla_prepare_kernel, prep_ptrs, prep, prep_cfg))
         sel = dict(ROWS=sla_block_select.ROWS, CHUNK=32, HEAD_DIM=D, RADIX_BITS=4, PASSES=8, NB=16)
         sel.update(DOT_PRECISION="tf32x3")
         out.append(
-            (f"block select D{D}", sla_block_select._sla_block_select_kernel, sel_ptrs, sel, [(8, 1, None)])
+            (
+                f"block select D{D}",
+                sla_block_select._sla_block_select_kernel,
+                sel_ptrs,
+                sel,
+                [(8, 1, None, {})],
+            )
         )
     return out
 
@@ -151,13 +164,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="compile the SLA kernels for sm_90a and report resources")
     ap.add_argument("--quick", action="store_true", help="one config of each kernel")
     ap.add_argument("--head-dims", type=int, nargs="*", default=[64])
+    ap.add_argument("--only", default=None, help="only the kernels whose name contains this text")
     args = ap.parse_args(argv)
     failures = 0
     for name, fn, ptrs, consts, cfgs in variants(tuple(args.head_dims), args.quick):
-        for w, s, r in cfgs:
+        if args.only and args.only not in name:
+            continue
+        for w, s, r, meta in cfgs:
             cap = f" maxnreg={r}" if r else ""
+            cap += "".join(f" {k}={v}" for k, v in meta.items())
             try:
-                info = compile_kernel(fn, ptrs, consts, w, s, r)
+                info = compile_kernel(fn, ptrs, {**consts, **meta}, w, s, r)
                 print(f"ok   {name:<40} warps={w} stages={s}{cap} {info}", flush=True)
             except Exception as e:  # report every failure, then exit non-zero
                 failures += 1

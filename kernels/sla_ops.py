@@ -17,6 +17,7 @@ from . import sla_backward_dkdv as _dkdv_mod
 from . import sla_backward_dq as _dq_mod
 from . import sla_block_select as _select_mod
 from . import sla_forward as _forward_mod
+from . import sla_linear_domain as _domain_mod
 from . import sla_prepare as _prepare_mod
 from .sla_reference import SLAGeometry
 from .sla_triton_common import LINEAR_CODES
@@ -163,6 +164,7 @@ def sla_backward_op(
     k: Tensor,
     v: Tensor,
     o_s: Tensor,
+    o_l: Tensor,
     lse: Tensor,
     do: Tensor,
     do_l: Tensor | None,
@@ -184,19 +186,34 @@ def sla_backward_op(
     if code:
         do_l = _unit_last_stride(do_l)
     dq, dk, dv = (_bnhd(B, H, N, D, q) for _ in range(3))
+    # The linear state of each query block (the totals, or the sum over its complement) comes in summed,
+    # so neither kernel gathers per-block states inside its attention loop (sla_linear_domain).
+    if code == 2:
+        s_q, z_q = _domain_mod.complement_sums(lut, s_blk, z_blk, g.n_kblocks, transpose=False)
+        g_dtype = s_blk.dtype  # G_i only feeds the complement GEMM, which rounds to this dtype anyway
+    else:
+        s_q, z_q, g_dtype = s_tot, z_tot, torch.float32
     delta, g_blk, dz_blk = _dq_mod.sla_backward_dq(
-        q, k, v, o_s, do, do_l, lse, lut, s_blk, z_blk, s_tot, z_tot, g,
-        feature=feature, linear_code=code, eps=eps, scale=scale, dq=dq,
+        q, k, v, o_s, o_l, do, do_l, lse, lut, s_q, z_q, g,
+        feature=feature, linear_code=code, eps=eps, scale=scale, dq=dq, g_dtype=g_dtype,
     )  # fmt: skip
+    del s_q, z_q
+    if code == 2:
+        ds_k, dz_k = _domain_mod.complement_sums(lut, g_blk, dz_blk, g.n_kblocks, transpose=True)
+    elif code == 1:
+        ds_k, dz_k = g_blk.sum(2), dz_blk.sum(2)
+    else:
+        ds_k = dz_k = g_blk
+    del g_blk, dz_blk
     _dkdv_mod.sla_backward_dkdv(
-        q, k, v, do, lse, delta, lut, g_blk, dz_blk, g,
+        q, k, v, do, lse, delta, lut, ds_k, dz_k, g,
         feature=feature, linear_code=code, scale=scale, dk=dk, dv=dv,
     )  # fmt: skip
     return dq, dk, dv
 
 
 @sla_backward_op.register_fake
-def _(q, k, v, o_s, lse, do, do_l, lut, s_blk, z_blk, s_tot, z_tot, geom, feature, linear, eps, scale):
+def _(q, k, v, o_s, o_l, lse, do, do_l, lut, s_blk, z_blk, s_tot, z_tot, geom, feature, linear, eps, scale):
     B, H, N, D = q.shape
     return tuple(_bnhd(B, H, N, D, q) for _ in range(3))
 
@@ -213,19 +230,21 @@ class SparseLinearAttentionFunction(torch.autograd.Function):
         o_s, o_l, lse = sla_forward_op(
             q, k, v, lut, s_blk, z_blk, s_tot, z_tot, None, geom, feature, linear, eps, scale, False
         )
-        ctx.save_for_backward(q, k, v, o_s, lse, lut, s_blk, z_blk, s_tot, z_tot)
+        # o_l is kept alive by the projection's autograd anyway; the dQ kernel reads rowsum(g ⊙ o_l) from it.
+        ctx.save_for_backward(q, k, v, o_s, o_l, lse, lut, s_blk, z_blk, s_tot, z_tot)
         ctx.cfg = (geom, feature, linear, eps, scale)
         return o_s, o_l
 
     @staticmethod
     def backward(ctx, do_s, do_l):
-        q, k, v, o_s, lse, lut, s_blk, z_blk, s_tot, z_tot = ctx.saved_tensors
+        q, k, v, o_s, o_l, lse, lut, s_blk, z_blk, s_tot, z_tot = ctx.saved_tensors
         geom, feature, linear, eps, scale = ctx.cfg
         if do_l is not None and do_l.numel() == 0:
             do_l = None
         dq, dk, dv = sla_backward_op(
-            q, k, v, o_s, lse, do_s, do_l, lut, s_blk, z_blk, s_tot, z_tot, geom, feature, linear, eps, scale
-        )
+            q, k, v, o_s, o_l, lse, do_s, do_l, lut, s_blk, z_blk, s_tot, z_tot, geom, feature, linear, eps,
+            scale,
+        )  # fmt: skip
         return dq, dk, dv, *([None] * 10)
 
 

@@ -39,16 +39,16 @@ def use_autotuner(x) -> bool:
     return x.is_cuda
 
 
-def _pick(warps_stages):
-    """Configs from (num_warps, num_stages) or (num_warps, num_stages, maxnreg) tuples."""
+def _pick(warps_stages, **meta):
+    """Configs from (num_warps, num_stages[, maxnreg]) tuples; ``meta``: constexpr values they all set."""
     return [
-        triton.Config({}, num_warps=c[0], num_stages=c[1], maxnreg=(c[2] if len(c) > 2 else None))
+        triton.Config(dict(meta), num_warps=c[0], num_stages=c[1], maxnreg=(c[2] if len(c) > 2 else None))
         for c in warps_stages
     ]
 
 
 def config_key(c) -> tuple:
-    return (c.num_warps, c.num_stages, c.maxnreg)
+    return (c.num_warps, c.num_stages, c.maxnreg, tuple(sorted(c.kwargs.items())))
 
 
 # (num_warps, num_stages[, maxnreg]) per kernel, from the sm_90a compile report (sla_compile_check): at
@@ -58,6 +58,12 @@ def config_key(c) -> tuple:
 # warps, ≤ 128 registers per thread lets two programs share an SM (the sparse-only forward needs 125,
 # the fused forward 138-182 once q is re-read for the epilogue), so the d64 forward also tries a
 # 128-register cap (ptxas then spills ≤ 56 bytes at inference, 100 for training; the tuner decides).
+# The backward kernels run their linear branch before their loop and get the complement states summed
+# (sla_linear_domain), so the loops hold only the sparse branch. d64 dQ: 185 registers uncapped, 0 bytes
+# spilled under a 168 cap, 72 (prologue only) under 128. dK/dV walks each query block in M_SPLIT row
+# slices (autotuned) to shrink its [BLOCK_N, BLOCK_M] score tiles: d64 at 8 warps 255 registers whole,
+# 0 spills at 168 with 2 slices and at 128 with 4 (4 warps, 4 slices: 156); d128 spills 248 bytes
+# whole, none with 2 or 4 slices.
 CONFIGS = {
     "forward": {
         "small": _pick([(4, 3), (8, 3)]),  # head_dim ≤ 32
@@ -65,10 +71,19 @@ CONFIGS = {
         "d64_sparse": _pick([(4, 3), (8, 3), (8, 4)]),
         "d128": _pick([(8, 2), (8, 3)]),
     },
-    "backward": {  # dQ and dK/dV
+    "backward_dq": {
         "small": _pick([(4, 3), (8, 3)]),
-        "d64": _pick([(8, 2), (8, 3)]),
+        "d64": _pick([(8, 2), (8, 3), (8, 3, 168), (8, 3, 128)]),
         "d128": _pick([(8, 2), (8, 3)]),
+    },
+    "backward_dkdv": {
+        "small": _pick([(4, 3), (8, 3)], M_SPLIT=1),
+        "d64": (
+            _pick([(8, 2), (8, 3)], M_SPLIT=1)
+            + _pick([(8, 3, 168)], M_SPLIT=2)
+            + _pick([(8, 3, 128), (4, 3)], M_SPLIT=4)
+        ),
+        "d128": _pick([(8, 3)], M_SPLIT=1) + _pick([(8, 3)], M_SPLIT=2) + _pick([(8, 3)], M_SPLIT=4),
     },
 }
 
@@ -90,6 +105,12 @@ def all_configs(kernel: str) -> list:
     return list(seen.values())
 
 
+def _fits(c, block_m) -> bool:
+    """A query-row split leaves slices of at least 32 rows (an MMA dimension) that tile BLOCK_M."""
+    split = c.kwargs.get("M_SPLIT", 1)
+    return split == 1 or (block_m is not None and block_m % split == 0 and block_m // split >= 32)
+
+
 def prune_for(kernel: str):
     """early_config_prune: keep the configs of the launch's head_dim (and linear-branch) class."""
     table = CONFIGS[kernel]
@@ -97,9 +118,10 @@ def prune_for(kernel: str):
     def prune(configs, named_args, **kwargs):
         head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
         linear = kwargs.get("LINEAR", named_args.get("LINEAR", 1))
+        block_m = kwargs.get("BLOCK_M", named_args.get("BLOCK_M"))
         cls = config_class(int(head_dim), int(linear))
         wanted = {config_key(c) for c in table.get(cls, table["d64"])}
-        return [c for c in configs if config_key(c) in wanted]
+        return [c for c in configs if config_key(c) in wanted and _fits(c, block_m)]
 
     return prune
 
@@ -151,9 +173,30 @@ def feature_map(x, FEATURE: tl.constexpr):
 
 
 @triton.jit
-def feature_map_backward(x, phi, dphi, FEATURE: tl.constexpr):
-    """dL/dx from dL/dφ, given x and φ(x)."""
+def feature_map_backward(phi, dphi, FEATURE: tl.constexpr):
+    """dL/dx from dL/dφ, given φ(x) only (x need not stay live): for ELU+1, x > 0 exactly when φ > 1
+    (x+1 rounding to 1 and x = 0 both have derivative φ = 1)."""
     if FEATURE == 0:
-        return tl.where(x > 0, dphi, dphi * phi)
+        return tl.where(phi > 1.0, dphi, dphi * phi)
     else:
         return phi * (dphi - tl.sum(dphi * phi, axis=1)[:, None])
+
+
+@triton.jit
+def load_linear_state(S, Z, blk, dot_dtype, HEAD_DIM: tl.constexpr):
+    """Block ``blk``'s head_dim × head_dim state in ``dot_dtype`` (the MMA input dtype: converted straight
+    from its storage dtype, never widened to float32 in registers) and its head_dim vector in float32."""
+    d = tl.arange(0, HEAD_DIM)
+    s = tl.load(S + (blk * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :]).to(dot_dtype)
+    z = tl.load(Z + blk * HEAD_DIM + d).to(tl.float32)
+    return s, z
+
+
+@triton.jit
+def linear_input_grad(phi, a, state, dphi_extra, FEATURE: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """dL/dx of a linear-attention input x [R, D] with φ(x) = ``phi`` [R, D], whose feature gradient is
+    a·stateᵀ + dphi_extra: the shared tail of both backward kernels (queries: a = g/den, state = S_i,
+    extra = dden·z_iᵀ; keys: a = V_j, state = dS_j, extra = dz_j). ``a`` and ``state`` come in the dot
+    dtype."""
+    dphi = tl.dot(a, tl.trans(state), input_precision=DOT_PRECISION) + dphi_extra
+    return feature_map_backward(phi, dphi, FEATURE)
