@@ -1,7 +1,8 @@
 """Sparse-linear attention vs dense cuDNN SDPA at VGGT global-attention shapes (GPU).
 
     python benchmarks/bench_sla_attention.py [--frames 8 32 64 128] [--keeps 0.05 0.1 0.2]
-        [--backward-frames 8 32 64] [--select-frames 1000] [--repeats 20] [--select-repeats 5]
+        [--backward-frames 8 32 64] [--backward-breakdown] [--select-frames 1000] [--repeats 20]
+        [--select-repeats 5]
         [--deadline-s 330] [--out DIR]
 
 Shapes: B = 1, 16 heads × 64, 1,374 tokens per frame (5 special tokens each), bf16; q, k, v are the
@@ -20,7 +21,9 @@ Per frame count and kept fraction:
   comparison); ``sla_recomputed_ms`` / ``speedup_recomputed`` / ``outside_recomputed_pct``: the module
   with ``SLAConfig(complement_states="recomputed")``;
 - backward (``--backward-frames``): dense SDPA backward vs the SLA backward (autograd of the module,
-  dQ + dK/dV kernels, inverse LUT), forward not included.
+  dQ + dK/dV kernels, inverse LUT), forward not included; ``--backward-breakdown`` adds the time of
+  each piece of the backward op (complement sums, dQ kernel, inverse LUT, dK/dV kernel) with the
+  kernels' TFLOP/s (``backward_parts``).
 Block selection at ``--select-frames`` (default 1,000): time and peak extra device memory of pooling +
 streamed selection (the LUT included), and of the linear-branch block states separately.
 
@@ -52,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import markdown_table, write_result
 
 from lite3r.attention.sla import SLAConfig, SparseLinearAttention
-from lite3r.kernels import sla_backward_dkdv, sla_backward_dq, sla_forward, sla_ops
+from lite3r.kernels import sla_backward_dkdv, sla_backward_dq, sla_forward, sla_linear_domain, sla_ops
 
 TOKENS, SPECIAL, HEADS, HEAD_DIM = 1374, 5, 16, 64
 BLOCK_Q, BLOCK_K = 128, 64
@@ -258,6 +261,74 @@ def backward_rows(rows, frames_list, keeps, repeats, budget: Budget, save):
         torch.cuda.empty_cache()
 
 
+def _backward_parts(frames: int, keep: float, q, k, v, repeats: int) -> dict:
+    """Per-piece times of ``sla_backward_op`` (complement linear branch, stored states), inputs from one
+    untimed forward: the complement sums for dQ (``domain_q_ms``) and for dK/dV (``domain_k_ms``), the
+    dQ kernel, the inverse LUT and the dK/dV kernel (its launcher builds the inverse LUT: ``dkdv_ms``
+    excludes it), and the whole op; TFLOP/s over the MMAs each kernel runs per selected block pair
+    (dQ 3, dK/dV 4 of 2·BM·BN·D)."""
+    n = frames * TOKENS
+    m = sla_module(keep)
+    geom = m.geometry(n, TOKENS)
+    g = sla_ops.geom_to_list(geom)
+    eps, scale = m.config.eps, m.scale
+    code = sla_ops.effective_linear_code("complement", geom)
+    with torch.no_grad():
+        q, k, v = q.detach(), k.detach(), v.detach()
+        pq, pk, km, sb, zb, st, zt = sla_ops.sla_prepare_op(q, k, v, g, "elu", "complement", True)
+        lut = sla_ops.sla_block_select_op(pq, pk, km, g)
+        o_s, o_l, lse = sla_ops.sla_forward_op(
+            q, k, v, lut, sb, zb, st, zt, None, g, "elu", "complement", eps, scale, False
+        )
+        do, do_l = torch.randn_like(o_s), torch.randn_like(o_l)
+        dq, dk, dv = (torch.empty_like(o_s) for _ in range(3))
+        domain_q = partial(sla_linear_domain.complement_sums, lut, sb, zb, geom.n_kblocks, transpose=False)
+        s_q, z_q = domain_q()
+        dq_call = partial(
+            sla_backward_dq.sla_backward_dq, q, k, v, o_s, o_l, do, do_l, lse, lut, s_q, z_q, geom,
+            feature="elu", linear_code=code, eps=eps, scale=scale, dq=dq, g_dtype=sb.dtype,
+        )  # fmt: skip
+        delta, g_blk, dz_blk = dq_call()
+        domain_k = partial(
+            sla_linear_domain.complement_sums, lut, g_blk, dz_blk, geom.n_kblocks, transpose=True
+        )
+        ds_k, dz_k = domain_k()
+        dkdv_call = partial(
+            sla_backward_dkdv.sla_backward_dkdv, q, k, v, do, lse, delta, lut, ds_k, dz_k, geom,
+            feature="elu", linear_code=code, scale=scale, dk=dk, dv=dv,
+        )  # fmt: skip
+        whole = partial(
+            sla_ops.sla_backward_op, q, k, v, o_s, o_l, lse, do, do_l, lut, sb, zb, st, zt, g, "elu",
+            "complement", eps, scale,
+        )  # fmt: skip
+        row = {"frames": frames, "keep": keep, "kept_blocks": f"{geom.topk}/{geom.n_kblocks}"}
+        row["backward_op_ms"] = median_ms(whole, repeats)
+        row["domain_q_ms"] = median_ms(domain_q, repeats)
+        row["dq_ms"] = median_ms(dq_call, repeats)
+        row["domain_k_ms"] = median_ms(domain_k, repeats)
+        row["inverse_lut_ms"] = median_ms(
+            partial(sla_backward_dkdv.inverse_lut, lut, geom.n_kblocks), repeats
+        )
+        row["dkdv_ms"] = median_ms(dkdv_call, repeats) - row["inverse_lut_ms"]
+    pair_mma = 2 * HEADS * geom.n_qblocks * geom.topk * geom.block_q * geom.block_k * HEAD_DIM
+    row["dq_tflops"] = 3 * pair_mma / row["dq_ms"] / 1e9
+    row["dkdv_tflops"] = 4 * pair_mma / row["dkdv_ms"] / 1e9
+    return row
+
+
+def backward_parts_rows(rows, frames_list, keeps, repeats, budget: Budget, save):
+    for frames in frames_list:
+        _, q, k, v = qkv_views(frames)
+        for keep in keeps:
+            if not budget.allows(f"backward parts {frames} frames keep {keep}"):
+                continue
+            rows.append(_backward_parts(frames, keep, q, k, v, repeats))
+            _show(rows[-1], budget)
+            save()
+        del q, k, v
+        torch.cuda.empty_cache()
+
+
 def _peak_extra_bytes(fn):
     """(result, peak device memory allocated by ``fn`` beyond what was allocated before)."""
     torch.cuda.synchronize()
@@ -364,6 +435,11 @@ def main(argv=None) -> int:
     ap.add_argument("--keeps", type=float, nargs="*", default=[0.05, 0.1, 0.2])
     ap.add_argument("--backward-frames", type=int, nargs="*", default=[8, 32, 64])
     ap.add_argument("--backward-keeps", type=float, nargs="*", default=[0.1])
+    ap.add_argument(
+        "--backward-breakdown",
+        action="store_true",
+        help="also time the backward's pieces (complement sums, dQ, inverse LUT, dK/dV) per backward point",
+    )
     ap.add_argument("--select-frames", type=int, nargs="*", default=[1000])
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--select-repeats", type=int, default=5, help="timed runs of the long selection")
@@ -386,11 +462,13 @@ def main(argv=None) -> int:
         }
     }
     budget = Budget(args.deadline_s)
-    fwd, bwd, sel = [], [], []
+    fwd, bwd, bwd_parts, sel = [], [], [], []
     part_end_s = {}
 
     def save():
         results.update(forward=fwd, backward=bwd, selection=sel, summary=check_targets(fwd, bwd, sel))
+        if bwd_parts:
+            results["backward_parts"] = bwd_parts
         results.update(skipped=budget.skipped, part_end_s=part_end_s, autotune=autotune_choices())
         table = "## Forward (global attention)\n\n" + markdown_table(
             fwd,
@@ -401,6 +479,8 @@ def main(argv=None) -> int:
         )  # fmt: skip
         if bwd:
             table += "\n## Backward\n\n" + markdown_table(bwd)
+        if bwd_parts:
+            table += "\n## Backward pieces (complement, stored states)\n\n" + markdown_table(bwd_parts)
         if sel:
             table += "\n## Block selection\n\n" + markdown_table(sel)
         if budget.skipped:
@@ -411,6 +491,8 @@ def main(argv=None) -> int:
     part_end_s["forward"] = round(budget.elapsed(), 1)
     save()
     backward_rows(bwd, args.backward_frames, args.backward_keeps, args.repeats, budget, save)
+    if args.backward_breakdown:
+        backward_parts_rows(bwd_parts, args.backward_frames, args.backward_keeps, args.repeats, budget, save)
     part_end_s["backward"] = round(budget.elapsed(), 1)
     save()
     selection_rows(sel, args.select_frames, args.keeps, args.select_repeats, budget, save)
