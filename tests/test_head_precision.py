@@ -85,3 +85,25 @@ def test_bf16_heads_on_gpu_fp8_trunk():
     got = rc.reconstruct(PAIR)
     rel = np.abs(got.depth - ref.depth) / np.maximum(np.abs(ref.depth), 1e-6)
     assert np.median(rel) < 2e-2 and np.percentile(rel, 99) < 1e-1
+
+
+def test_compile_covers_the_dpt_heads_and_changes_nothing():
+    """The engine's compile step compiles each DPT head's main chain too (here with the aot_eager
+    backend: same graphs, no code generation; fp32 heads, as bf16 decompositions round differently);
+    the depth it computes is unchanged."""
+    from lite3r.engine.policy import compile_trunk
+
+    model = small_vggt()
+    apply_precision(model, "bf16", "cpu")
+    images = torch.rand(1, 3, 3, 56, 70)
+    with torch.inference_mode():
+        feats = model.encode(images.to(torch.bfloat16))
+        ref = model.decode_depth(feats, images, frames_chunk_size=1)
+        torch._dynamo.reset()
+        desc = compile_trunk(model, "default", backend="aot_eager")
+        got = model.decode_depth(feats, images, frames_chunk_size=1)
+    n_heads = sum(getattr(model, n) is not None for n in ("depth_head", "point_head"))
+    assert desc.endswith(f"{n_heads} DPT heads)")
+    assert model.depth_head.main_map is not type(model.depth_head).main_map
+    for a, b in zip(got, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -314,13 +314,19 @@ def apply_attention(
 # ---- compile ---------------------------------------------------------------------------------------
 
 
-def compile_trunk(model: nn.Module, mode: str) -> str:
-    """Compile each trunk block in place (heads stay eager: cheap and chunked per frame)."""
+def compile_trunk(model: nn.Module, mode: str, backend: str = "inductor") -> str:
+    """Compile each trunk block in place (``mode``; reduce-overhead = CUDA graphs), and the DPT heads'
+    main chain (Inductor default mode: the heads run chunk by chunk and keep every chunk's output,
+    which CUDA-graph replays would overwrite). ``backend`` other than inductor is for tests."""
+    from lite3r.models.layers.dpt import DPTBase, compile_dpt_head
     from lite3r.quant.compile import compile_trunk as compile_blocks
 
     if mode not in COMPILE_MODES:
         raise UnsupportedError(f"unknown compile mode {mode!r}", f"choose one of {', '.join(COMPILE_MODES)}")
     if mode == "none":
         return "eager"
-    report = compile_blocks(model, mode, model.trunk_modules(), dynamic=True)
-    return f"torch.compile ({mode}, {len(report.blocks)} blocks)"
+    report = compile_blocks(model, mode, model.trunk_modules(), dynamic=True, backend=backend)
+    heads = [n for n in model.head_modules() if isinstance(model.get_submodule(n), DPTBase)]
+    for name in heads:
+        compile_dpt_head(model.get_submodule(name), backend=backend)
+    return f"torch.compile ({mode}, {len(report.blocks)} blocks; {len(heads)} DPT heads)"

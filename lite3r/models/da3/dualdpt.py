@@ -113,8 +113,11 @@ class DualDPT(DPTBase):
         B = features[0].shape[0]
         n = s1 - s0
         tokens = [f[:, s0:s1].reshape(B * n, f.shape[-2], f.shape[-1]) for f in features]
-        rn = self.scratch_levels(self.levels(tokens, patch_hw, image_hw))
-        main = self.output_map(self.fuse(rn)[-1], image_hw)
+        if rays:  # the auxiliary chain shares the main chain's layer{k}_rn maps
+            rn = self.scratch_levels(self.levels(tokens, patch_hw, image_hw))
+            main = self.output_map(self.fuse(rn)[-1], image_hw)
+        else:
+            main = self.main_map(tokens, patch_hw, image_hw)
         depth, conf = activate_head(main, "exp", "expp1")
         out = {
             "depth": depth[..., 0].reshape(B, n, H, W),

@@ -62,7 +62,6 @@ class DPTHead(DPTBase):
             x = layers[i][:, s0:s1, patch_start_idx:]
             tokens.append(x.reshape(-1, x.shape[-2], x.shape[-1]))
         B = layers[self.intermediate_layer_idx[0]].shape[0]
-        rn = self.scratch_levels(self.levels(tokens, patch_hw, image_hw))
-        out = self.output_map(self.fuse(rn)[-1], image_hw)
+        out = self.main_map(tokens, patch_hw, image_hw)
         preds, conf = activate_head(out, self.cfg.activation, self.cfg.conf_activation)
         return preds.reshape(B, s1 - s0, *preds.shape[1:]), conf.reshape(B, s1 - s0, *conf.shape[1:])
