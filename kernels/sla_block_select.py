@@ -28,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import sla_topk_rows as _topk_rows
 from .sla_reference import SLAGeometry, block_scores_reference, select_blocks_reference
 from .sla_triton_common import SIZE_ARGS
 
@@ -152,6 +153,7 @@ def sla_block_select(
 
 SELECT_WORKSPACE_BYTES = 1 << 29  # per chunk of the GEMM + top-k selection (scores and their masks)
 SELECT_BYTES_PER_SCORE = 32  # float64 product, float32 score, masks, int32 prefix sums, int64 slots
+ROW_KERNEL_BYTES_PER_SCORE = 8  # the float64 product only: the row kernel does the rest in registers
 
 
 def sla_block_select_gemm(
@@ -166,7 +168,11 @@ def sla_block_select_gemm(
 
     Per chunk: scores = pq · (pk − k̄)ᵀ, the k-th largest score t per row (torch.topk), every block
     above t plus the first blocks equal to t in block order, written in ascending order by a scatter
-    (no host synchronisation, so it can be captured in a CUDA graph)."""
+    (no host synchronisation, so it can be captured in a CUDA graph).
+
+    Everything after the GEMM is one Triton kernel (``sla_topk_rows``) when a row of scores fits in
+    registers (≤ ``sla_topk_rows.MAX_COLS`` key blocks) on a GPU or under the interpreter; otherwise
+    (longer sequences, or plain CPU) the same rule runs as PyTorch ops. Both give the same table."""
     B, H, M, _ = pq.shape
     n_k, k = geom.n_kblocks, geom.topk
     dtype = lut_dtype_for(n_k)
@@ -177,6 +183,17 @@ def sla_block_select_gemm(
     # flip the selection of ~4 % of the rows: measured on the H100).
     keys_t = (pk.float() - kmean.float()[:, :, None]).double().transpose(-1, -2)  # [B, H, D, n_k]
     lut = torch.empty(B, H, M, k, device=pq.device, dtype=dtype)
+    if n_k <= _topk_rows.MAX_COLS and _topk_rows.runs_here(pq):
+        rows = max(1, workspace_bytes // (ROW_KERNEL_BYTES_PER_SCORE * B * H * n_k))
+        for r0 in range(0, M, rows):
+            with torch.autocast(pq.device.type, enabled=False):
+                s = torch.matmul(pq[:, :, r0 : r0 + rows].double(), keys_t)  # [B, H, r, n_k]
+            r = s.shape[2]
+            out = lut if r == M else torch.empty(B, H, r, k, device=pq.device, dtype=dtype)
+            _topk_rows.topk_rows(s.view(-1, n_k), k, out.view(-1, k), geom.n_forced)
+            if r != M:
+                lut[:, :, r0 : r0 + r] = out
+        return lut
     rows = max(1, workspace_bytes // (SELECT_BYTES_PER_SCORE * B * H * n_k))
     block_ids = torch.arange(n_k, device=pq.device, dtype=torch.int32)
     for r0 in range(0, M, rows):

@@ -1,0 +1,112 @@
+"""Top-k of score rows in one pass: the k largest entries of each row, listed in ascending column order.
+
+The block selection computes its scores with one float64 GEMM per chunk of query blocks; what follows
+used to be ~11 PyTorch kernels over the score tile (rounding to float32, ``torch.topk`` for the k-th
+largest value, comparisons, two prefix sums, a scatter, a copy), each a full pass over
+rows × key blocks: ~1 ms at 32 VGGT frames, a quarter of the whole SLA layer. Here one program owns
+``ROWS`` rows, keeps them in registers and
+
+1. rounds the float64 scores to float32 once (the reference's rounding) and maps them to
+   order-preserving int32 keys (-0.0 ties with +0.0, as in ``torch.topk``; forced columns, the special
+   tokens' key blocks, score +inf);
+2. finds the k-th largest key of every row by bisection on the key range (32 steps of a row-wise
+   count: exact, no sorting);
+3. selects every entry above it plus the first ties in column order (so ties go to the lower block,
+   as in the reference) and writes their column indices at their prefix-sum positions.
+
+Rows must fit in registers: up to ``MAX_COLS`` columns (VGGT: ~380 frames of 1,374 tokens at 64-token key
+blocks); the caller (``sla_block_select_gemm``) uses the PyTorch path beyond that, which computes the
+same table.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_COLS = 8192
+
+
+@triton.jit
+def _order_keys(s):
+    """float32 → int32 keys with the same order (signed compare); -0.0 and +0.0 get the same key."""
+    bits = s.to(tl.int32, bitcast=True)
+    bits = tl.where(s == 0.0, 0, bits)
+    return tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+
+
+@triton.jit(do_not_specialize=("n_rows", "n_cols", "topk", "n_forced"))
+def _topk_rows_kernel(
+    S, LUT, n_rows, n_cols, topk, n_forced,
+    stride_sr, stride_lr,
+    ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    c = tl.arange(0, BLOCK_C)
+    rmask = r < n_rows
+    cmask = c < n_cols
+    mask = rmask[:, None] & cmask[None, :]
+    s = tl.load(S + r.to(tl.int64)[:, None] * stride_sr + c[None, :], mask=mask, other=0.0).to(tl.float32)
+    s = tl.where((c < n_forced)[None, :], float("inf"), s)
+    key = _order_keys(s)
+    # Invalid columns get the smallest key and are never counted (count uses cmask).
+    lo = tl.full([ROWS], -2147483648, dtype=tl.int64)  # count(key >= lo) >= topk always
+    hi = tl.full([ROWS], 2147483648, dtype=tl.int64)  # count(key >= hi) = 0 < topk
+    key64 = key.to(tl.int64)
+    for _ in range(33):  # invariant: count(≥ lo) ≥ k > count(≥ hi); the range halves each step
+        mid = (lo + hi) // 2
+        cnt = tl.sum(((key64 >= mid[:, None]) & cmask[None, :]).to(tl.int32), axis=1)
+        ok = cnt >= topk
+        lo = tl.where(ok, mid, lo)
+        hi = tl.where(ok, hi, mid)
+    t = lo[:, None]  # the k-th largest key of each row
+    above = (key64 > t) & cmask[None, :]
+    tied = (key64 == t) & cmask[None, :]
+    room = topk - tl.sum(above.to(tl.int32), axis=1)
+    sel = above | (tied & (tl.cumsum(tied.to(tl.int32), axis=1) <= room[:, None]))
+    pos = tl.cumsum(sel.to(tl.int32), axis=1) - 1
+    out = LUT + r.to(tl.int64)[:, None] * stride_lr + pos
+    tl.store(out, (c[None, :] + tl.zeros([ROWS, BLOCK_C], dtype=tl.int32)).to(LUT.dtype.element_ty),
+             mask=sel & rmask[:, None])  # fmt: skip
+
+
+def _rows_per_program(block_c: int) -> int:
+    return max(1, min(16, 4096 // block_c))
+
+
+def topk_rows(scores: torch.Tensor, topk: int, out: torch.Tensor, n_forced: int = 0) -> torch.Tensor:
+    """Write the ``topk`` largest entries of each row of ``scores`` [R, C] (float64 or float32; rounded
+    to float32 first) as ascending column indices into ``out`` [R, topk] (int16/int32). Columns below
+    ``n_forced`` count as +inf. Needs C ≤ ``MAX_COLS`` and 1 ≤ topk ≤ C."""
+    R, C = scores.shape
+    if C > MAX_COLS:
+        raise ValueError(f"topk_rows keeps a row in registers: {C} columns > {MAX_COLS}")
+    if not 1 <= topk <= C:
+        raise ValueError(f"topk must be in [1, {C}], got {topk}")
+    if out.shape != (R, topk) or out.stride(-1) != 1 or scores.stride(-1) != 1:
+        raise ValueError("topk_rows needs row-major scores [R, C] and out [R, topk]")
+    if R == 0:
+        return out
+    block_c = triton.next_power_of_2(C)
+    rows = _rows_per_program(block_c)
+    _topk_rows_kernel[(triton.cdiv(R, rows),)](
+        scores, out, R, C, topk, n_forced, scores.stride(0), out.stride(0),
+        ROWS=rows, BLOCK_C=block_c, num_warps=4 if block_c * rows <= 4096 else 8,
+    )  # fmt: skip
+    return out
+
+
+def topk_rows_reference(scores: torch.Tensor, topk: int, n_forced: int = 0) -> torch.Tensor:
+    """The same table in PyTorch: stable descending sort of the float32 scores (ties → lower column),
+    first ``topk`` columns, ascending."""
+    s = scores.float().clone()
+    s[:, :n_forced] = float("inf")
+    s = torch.where(s == 0, torch.zeros_like(s), s)  # -0.0 ties with +0.0
+    idx = torch.sort(s, dim=-1, descending=True, stable=True).indices[:, :topk]
+    return idx.sort(dim=-1).values
+
+
+def runs_here(x: torch.Tensor) -> bool:
+    """Whether the kernel can run on ``x``'s device: CUDA, or CPU under the Triton interpreter."""
+    return x.is_cuda or type(_topk_rows_kernel).__name__ == "InterpretedFunction"
