@@ -6,6 +6,9 @@
 * **Camera**: L1 on the absT_quaR_FoV encoding for every refinement iteration i of n, weighted
   0.6^(n−1−i) and averaged over n; component weights T 1.0, quaternion 1.0, FoV 0.5; the per-element
   translation error is clamped at 100. Frames count when view 0 of their sample has > 100 valid pixels.
+  Optional (``trans_dir_weight`` > 0, off in VGGT): 1 − cos between the predicted and GT translation
+  of every view with a non-zero GT translation, same iteration weights — a scale-free signal that,
+  unlike the L1 on absolute T, does not reward T → 0 when the model is unsure (issue #6).
 * **Depth / points**: confidence-weighted regression γ·‖p̂ − p‖·c − α·log c (γ 1, α 0.2) plus the plain
   regression term, both trimmed at the ``valid_range`` quantile (0.98; values clamped at 100 first),
   plus a multi-scale gradient term: L1 of the residual's finite differences at strides 1, 2, 4, 8
@@ -48,6 +51,9 @@ class LossConfig:
     weight_rot: float = 1.0
     weight_fov: float = 0.5
     trans_clamp: float = 100.0
+    # 1 − cos between predicted and GT translation of views 1..S−1 (scale-free). The L1 on absolute T
+    # rewards T → 0 when the model is unsure; a direction term does not (issue #6). 0 = off (VGGT).
+    trans_dir_weight: float = 0.0
     conf_gamma: float = 1.0
     conf_alpha: float = 0.2
     valid_range: float = 0.98  # quantile trimming; <= 0 disables
@@ -143,18 +149,29 @@ def camera_loss(pose_enc_list: list[Tensor], gt_pose_enc: Tensor, frame_ok: Tens
     n = len(pose_enc_list)
     zero = pose_enc_list[-1].sum() * 0.0
     if not bool(frame_ok.any()):
-        return {"camera": zero, "cam_T": zero, "cam_R": zero, "cam_FoV": zero}
+        out = {"camera": zero, "cam_T": zero, "cam_R": zero, "cam_FoV": zero}
+        return {**out, "cam_Tdir": zero} if cfg.trans_dir_weight else out
     gt = gt_pose_enc[frame_ok].float()
-    lt = lr = lf = 0.0
+    lt = lr = lf = ld = 0.0
+    gt_norm = gt[..., :3].norm(dim=-1)
+    moved = gt_norm > 1e-6  # view 0 (identity) and degenerate baselines have no direction
     for i, pred in enumerate(pose_enc_list):
         w = cfg.camera_gamma ** (n - 1 - i)
         p = pred[frame_ok].float()
         lt = lt + w * (p[..., :3] - gt[..., :3]).abs().clamp(max=cfg.trans_clamp).mean()
         lr = lr + w * (p[..., 3:7] - gt[..., 3:7]).abs().mean()
         lf = lf + w * (p[..., 7:] - gt[..., 7:]).abs().mean()
-    lt, lr, lf = lt / n, lr / n, lf / n
+        if cfg.trans_dir_weight and bool(moved.any()):
+            pt, gtt = p[..., :3][moved], gt[..., :3][moved]
+            cos = (pt * gtt).sum(-1) / (pt.norm(dim=-1).clamp_min(1e-2) * gt_norm[moved])
+            ld = ld + w * (1 - cos).mean()
+    lt, lr, lf, ld = lt / n, lr / n, lf / n, ld / n
     total = cfg.weight_trans * lt + cfg.weight_rot * lr + cfg.weight_fov * lf
-    return {"camera": total, "cam_T": lt, "cam_R": lr, "cam_FoV": lf}
+    out = {"camera": total, "cam_T": lt, "cam_R": lr, "cam_FoV": lf}
+    if cfg.trans_dir_weight:
+        out["cam_Tdir"] = ld if torch.is_tensor(ld) else zero
+        out["camera"] = total + cfg.trans_dir_weight * out["cam_Tdir"]
+    return out
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,6 +9,9 @@
   the batch holds ``views_per_step // S`` scenes, so every step costs about the same.
 * Curriculum: the first ``curriculum`` fraction of the steps uses the easy/medium tiers and at most
   5 views; then every tier with 2–8 views (the test distribution).
+* Correspondence supervision (``corr_weight`` > 0, issue #6): a cross-entropy on the attention logits
+  of chosen global blocks toward the GT-corresponding patch of every other view
+  (``lite3r.training.correspondence``), through forward hooks installed here; off by default.
 * Optimiser: AdamW (no decay on biases, norms, LayerScale, tokens, position embeddings), linear
   warm-up then cosine decay to ``min_lr_ratio``, bf16 autocast for the trunk (the heads run in fp32 as
   in VGGT), global grad-norm clipping.
@@ -49,8 +52,13 @@ EXPORT = "lite3r-tiny"
 # Fields that define the training trajectory: a resumed run must keep them.
 TRAJECTORY = (
     "preset", "image_size", "point_head", "layer_scale_init", "token_init_std", "views", "views_per_step", "lr", "betas", "weight_decay", "warmup_steps",
-    "min_lr_ratio", "grad_clip", "seed", "curriculum", "supersample", "autocast", "loss",
+    "min_lr_ratio", "grad_clip", "seed", "curriculum", "supersample", "autocast", "loss", "corr_weight",
+    "corr_layers", "corr_queries", "corr_heads", "corr_depth_tol",
 )  # fmt: skip
+
+# Values of fields added after the first checkpoints were written, as those runs trained: a checkpoint
+# without the field resumes with this value, not with a (possibly different) newer default.
+LEGACY_VALUES = {"corr_weight": 0.0}
 
 
 @dataclass
@@ -74,6 +82,15 @@ class TinyTrainConfig:
     supersample: int = 2
     autocast: str = "bf16"  # bf16 | fp32
     loss: dict = field(default_factory=dict)  # overrides of lite3r.training.losses.LossConfig
+    # Correspondence supervision of global attention (lite3r.training.correspondence, issue #6): weight
+    # of the cross-entropy of q·k/√d toward the GT-corresponding patch of every other view (0 = off),
+    # the global blocks it applies to (None: the middle one), query patches per view, heads supervised,
+    # relative depth tolerance of the occlusion test.
+    corr_weight: float = 0.0
+    corr_layers: tuple[int, ...] | None = None
+    corr_queries: int = 64
+    corr_heads: int = 1
+    corr_depth_tol: float = 0.05
     eval_every: int = 500
     eval_scenes: int = 32  # validation scenes (0: no evaluation at all)
     eval_views: int = 4
@@ -93,6 +110,13 @@ class TinyTrainConfig:
             raise InputError(f"autocast must be bf16 or fp32, got {self.autocast!r}")
         if not 0 <= self.curriculum < 1:
             raise InputError("curriculum must be in [0, 1)")
+        if self.corr_weight < 0 or self.corr_queries < 1 or self.corr_heads < 1 or self.corr_depth_tol <= 0:
+            raise InputError("need corr_weight >= 0, corr_queries >= 1, corr_heads >= 1, corr_depth_tol > 0")
+        if self.corr_weight > 0 and self.compile:
+            raise InputError(
+                "correspondence supervision (corr_weight > 0) hooks the global attention modules, which "
+                "the compiled blocks do not support; drop --compile or set --corr-weight 0"
+            )
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -105,7 +129,7 @@ class TinyTrainConfig:
         if unknown:
             raise InputError(f"unknown training config fields {sorted(unknown)}")
         d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        return cls(**d)
+        return cls(**{**LEGACY_VALUES, **d})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -340,6 +364,24 @@ def _set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
+def _correspondence_term(captured: dict, targets, model, cfg: TinyTrainConfig) -> tuple:
+    """Mean correspondence cross-entropy (and top-1 accuracy) over the captured global layers."""
+    from .correspondence import correspondence_loss, patch_correspondences
+
+    agg = model.aggregator
+    corr_t = patch_correspondences(targets.world_points, targets.valid, targets.depth, targets.extrinsics,
+                                   targets.intrinsics, agg.patch_size, cfg.corr_depth_tol)  # fmt: skip
+    S = targets.depth.shape[1]
+    losses, accs = [], []
+    for q, k, _ in captured.values():
+        lo, acc = correspondence_loss(q, k, corr_t, S, agg.patch_start_idx, cfg.corr_queries, cfg.corr_heads)
+        losses.append(lo)
+        accs.append(acc)
+    if not losses:
+        raise RuntimeError("correspondence supervision is on but no global attention output was captured")
+    return torch.stack(losses).mean(), torch.stack(accs).mean()
+
+
 def train(
     cfg: TinyTrainConfig,
     out: str | Path,
@@ -356,6 +398,7 @@ def train(
     """Run (or continue) a training; returns the exit code. ``max_steps`` and ``minutes`` limit this
     invocation; ``schedule_minutes`` (default ``minutes``) is the time the LR schedule is planned for
     when it is not fixed yet (a plan over several invocations, continued with ``resume``)."""
+    from .correspondence import AttentionCapture
     from .losses import LossConfig, targets_from_batch, vggt_loss
     from .tiny import PRESETS, build_tiny, export_tiny
 
@@ -401,6 +444,7 @@ def train(
     }
     model = build_tiny(cfg.preset, seed=cfg.seed, point_head=cfg.point_head, **extra).to(dev)
     model.train()
+    capture = AttentionCapture(model, cfg.corr_layers) if cfg.corr_weight > 0 else None
     opt = torch.optim.AdamW(
         param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, fused=dev.type == "cuda"
     )
@@ -489,6 +533,10 @@ def train(
             preds = fwd(batch["images"])
         targets = targets_from_batch(batch, loss_cfg)
         loss, terms = vggt_loss(preds, targets, loss_cfg)
+        if capture is not None:
+            corr, corr_acc = _correspondence_term(capture.pop(), targets, model, cfg)
+            terms["corr"], terms["corr_acc"] = corr, corr_acc
+            loss = loss + cfg.corr_weight * corr
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -596,6 +644,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--loss", type=json.loads, help="LossConfig overrides as JSON, e.g. '{\"camera_weight\": 5}'"
     )
+    g.add_argument(
+        "--corr-weight", type=float, help="correspondence supervision of global attention (0 = off)"
+    )
+    g.add_argument("--corr-layers", type=int, nargs="+", help="global blocks to supervise (default: middle)")
+    g.add_argument("--corr-queries", type=int, help="query patches per view for the correspondence loss")
+    g.add_argument("--corr-heads", type=int, help="attention heads supervised (the first N)")
+    g.add_argument("--corr-depth-tol", type=float, help="relative depth tolerance of the occlusion test")
     g.add_argument("--eval-every", type=int)
     g.add_argument("--eval-scenes", type=int)
     g.add_argument("--eval-views", type=int)
