@@ -154,6 +154,18 @@ def variants(head_dims=(64,), quick=False):
                 [(8, 1, None, {})],
             )
         )
+    # The row top-k of the block selection: float64 scores in, int16 LUT out; one config per row width
+    # the VGGT shapes use (32 / 128 frames at 64-token key blocks: 687 / 2,748 columns) and the maximum.
+    from . import sla_topk_rows
+
+    topk_ptrs = {"S": "*fp64", "LUT": "*i16"}
+    for cols in (1024, 4096, sla_topk_rows.MAX_COLS):
+        rows = sla_topk_rows._rows_per_program(cols)
+        warps = 4 if cols * rows <= 4096 else 8
+        consts = dict(ROWS=rows, BLOCK_C=cols)
+        out.append(
+            (f"topk rows C{cols}", sla_topk_rows._topk_rows_kernel, topk_ptrs, consts, [(warps, 1, None, {})])
+        )
     return out
 
 
