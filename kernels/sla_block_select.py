@@ -193,6 +193,7 @@ def sla_block_select_gemm(
             _topk_rows.topk_rows(s.view(-1, n_k), k, out.view(-1, k), geom.n_forced)
             if r != M:
                 lut[:, :, r0 : r0 + r] = out
+            del s, out  # free this tile before the next GEMM allocates its own (one tile live at a time)
         return lut
     rows = max(1, workspace_bytes // (SELECT_BYTES_PER_SCORE * B * H * n_k))
     block_ids = torch.arange(n_k, device=pq.device, dtype=torch.int32)
