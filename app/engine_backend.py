@@ -134,6 +134,7 @@ class EngineBackend:
             settings.get("attention", "dense"),
             float(settings.get("kept_fraction", 0.1)),
             settings.get("precision", "fp32"),
+            settings.get("heads_precision", "fp32"),
             device,
         )
         if key == self._key and self._rc is not None:
@@ -147,7 +148,11 @@ class EngineBackend:
         attention = settings.get("attention", "dense")
         sla = {"keep_ratio": float(settings.get("kept_fraction", 0.1))} if attention == "sla" else None
         adapter = settings.get("adapter")
-        common = dict(precision=settings.get("precision", "fp32"), device=device)
+        common = dict(
+            precision=settings.get("precision", "fp32"),
+            head_precision=settings.get("heads_precision", "fp32"),
+            device=device,
+        )
         model, name, kwargs = self._load_model(backbone, settings.get("weights"))
         if adapter:
             # the adapter carries its own conversion and is tied to the exact base weights (checked)

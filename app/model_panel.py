@@ -77,6 +77,13 @@ class ModelPanel(QWidget):
         for p in PRECISIONS:
             self.precision.addItem(PRECISION_LABELS[p], p)
         self.precision.setToolTip("Number format of the trunk's linear layers and attention")
+        self.heads = QComboBox()
+        self.heads.addItem("heads fp32 (reference)", "fp32")
+        self.heads.addItem("heads bf16 (faster)", "bf16")
+        self.heads.setToolTip(
+            "Depth/point heads in bf16 with a bf16 or fp8 trunk: about 20 ms less per 32 frames on an "
+            "H100 and less memory; the camera head stays fp32"
+        )
 
         self.run_button = QPushButton("Run")
         self.run_button.setDefault(True)
@@ -98,7 +105,10 @@ class ModelPanel(QWidget):
         att_row.addWidget(self.attention, 1)
         att_row.addWidget(self.kept)
         form.addRow("Attention", att_row)
-        form.addRow("Precision", self.precision)
+        prec_row = QHBoxLayout()
+        prec_row.addWidget(self.precision, 1)
+        prec_row.addWidget(self.heads)
+        form.addRow("Precision", prec_row)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.compare_button)
@@ -112,6 +122,7 @@ class ModelPanel(QWidget):
         self.attention.currentIndexChanged.connect(self._changed)
         self.kept.valueChanged.connect(self._changed)
         self.precision.currentIndexChanged.connect(self._changed)
+        self.heads.currentIndexChanged.connect(self._changed)
         self._fill_backbones()
         self._updating = True  # nothing is announced while the panel builds itself
         self.set_capabilities(None)
@@ -163,6 +174,7 @@ class ModelPanel(QWidget):
         self._updating = was_updating
         if not model.item(idx).isEnabled() and caps is not None and wanted != "fp32":
             self.notice.emit(f"{wanted} cannot run here ({model.item(idx).toolTip()}); using fp32")
+        self._sync_enabled()
         self._update_weights_label()
         if not self._updating:
             self._emit()
@@ -212,6 +224,8 @@ class ModelPanel(QWidget):
             precision=self.precision.currentData(),
             weights=self._weights_paths.get(data["backbone"]),
             device=self._settings.device,
+            # fp32 runs everything in float32: the heads choice applies to bf16 / fp8 only
+            heads_precision="fp32" if self.precision.currentData() == "fp32" else self.heads.currentData(),
         )
 
     def set_settings(self, s: RunSettings) -> None:
@@ -223,6 +237,7 @@ class ModelPanel(QWidget):
                 break
         self.attention.setCurrentIndex(max(0, self.attention.findData(s.attention)))
         self.kept.setValue(s.kept_fraction * 100.0)
+        self.heads.setCurrentIndex(max(0, self.heads.findData(s.heads_precision)))
         self._wanted_precision = s.precision
         idx = self.precision.findData(s.precision)
         if idx >= 0 and self.precision.model().item(idx).isEnabled():
@@ -247,6 +262,7 @@ class ModelPanel(QWidget):
                 self.kept.blockSignals(False)
             self.attention.setToolTip("This Lite3R adapter was trained for sparse-linear attention")
         self.kept.setEnabled(self.attention.currentData() == "sla" and not adapter)
+        self.heads.setEnabled(self.precision.currentData() != "fp32")
 
     def _changed(self) -> None:
         if self._updating:

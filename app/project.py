@@ -25,6 +25,7 @@ BACKBONES = {  # registry name → display name (the registry itself lives in th
 }
 ATTENTION_PATHS = ("dense", "sla")
 PRECISIONS = ("fp32", "bf16", "fp8")
+HEAD_PRECISIONS = ("fp32", "bf16")  # = lite3r.quant.precision.HEAD_PRECISIONS (test checks)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class RunSettings:
     precision: str = "fp32"  # "fp32" | "bf16" | "fp8"
     weights: str | None = None  # explicit weights file; None = the registry's default location
     device: str = "auto"  # "auto" | "cpu" | "cuda"
+    heads_precision: str = "fp32"  # depth/point heads: "fp32" | "bf16" (bf16/fp8 precision only)
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_PATHS:
@@ -46,6 +48,12 @@ class RunSettings:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not 0.0 < self.kept_fraction <= 1.0:
             raise ValueError(f"kept fraction must be in (0, 1], got {self.kept_fraction}")
+        if self.heads_precision not in HEAD_PRECISIONS:
+            raise ValueError(
+                f"heads precision must be one of {HEAD_PRECISIONS}, got {self.heads_precision!r}"
+            )
+        if self.heads_precision == "bf16" and self.precision == "fp32":
+            raise ValueError("bf16 heads need precision bf16 or fp8 (fp32 runs everything in float32)")
 
     @property
     def display_backbone(self) -> str:
@@ -55,7 +63,8 @@ class RunSettings:
     def label(self) -> str:
         """One line for labels and logs, e.g. ``VGGT-1B · SLA keep 10% · bf16``."""
         att = "dense" if self.attention == "dense" else f"SLA keep {self.kept_fraction:.0%}"
-        return f"{self.display_backbone} · {att} · {self.precision}"
+        heads = " · bf16 heads" if self.heads_precision == "bf16" else ""
+        return f"{self.display_backbone} · {att} · {self.precision}{heads}"
 
     def with_(self, **changes) -> RunSettings:
         return replace(self, **changes)

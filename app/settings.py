@@ -61,6 +61,7 @@ class Preferences:
                 kept_fraction=self._get("model/kept_fraction", d.kept_fraction, float),
                 precision=self._get("model/precision", d.precision, str),
                 device=self._get("model/device", d.device, str),
+                heads_precision=self._get("model/heads_precision", d.heads_precision, str),
             )
         except ValueError:  # a hand-edited or outdated INI: start from defaults rather than crash
             s = d
@@ -73,6 +74,7 @@ class Preferences:
         self.qs.setValue("model/kept_fraction", float(s.kept_fraction))
         self.qs.setValue("model/precision", s.precision)
         self.qs.setValue("model/device", s.device)
+        self.qs.setValue("model/heads_precision", s.heads_precision)
 
     # ---- weights and adapters ------------------------------------------------------------------------
 

@@ -61,6 +61,20 @@ def test_project_cache_key_follows_photos_and_settings(tmp_path, photo_folder):
     with pytest.raises(ValueError):
         RunSettings(precision="fp16")
     assert "SLA keep 25%" in RunSettings(attention="sla", kept_fraction=0.25).label()
+    bf16_heads = RunSettings(precision="bf16", heads_precision="bf16")
+    assert p.result_key(bf16_heads) != p.result_key(RunSettings(precision="bf16"))
+    assert bf16_heads.label().endswith("bf16 · bf16 heads")
+    with pytest.raises(ValueError, match="bf16 heads need"):
+        RunSettings(heads_precision="bf16")  # fp32 means everything in float32
+    with pytest.raises(ValueError, match="heads precision"):
+        RunSettings(precision="bf16", heads_precision="fp16")
+
+
+def test_app_head_precisions_match_the_engine():
+    from lite3r.app.project import HEAD_PRECISIONS
+    from lite3r.quant.precision import HEAD_PRECISIONS as ENGINE_HEAD_PRECISIONS
+
+    assert HEAD_PRECISIONS == ENGINE_HEAD_PRECISIONS
 
 
 def test_compare_recovers_a_similarity_and_measures_distances():

@@ -284,5 +284,13 @@ def test_a_precision_the_device_cannot_run_is_refused_with_the_reason(qtbot, mak
     wait_caps(qtbot, win)
     assert win.project.settings.precision == "fp32"
     assert any("fp8 cannot run here" in line and "FP8" in line for line in win.log_panel.lines)
-    win.model_panel.precision.setCurrentIndex(1)  # bf16 is allowed here
+    panel = win.model_panel
+    assert not panel.heads.isEnabled()  # fp32: the heads run in float32 too
+    panel.precision.setCurrentIndex(1)  # bf16 is allowed here
     assert win.project.settings.precision == "bf16" and app_prefs.run_settings().precision == "bf16"
+    assert panel.heads.isEnabled()
+    panel.heads.setCurrentIndex(panel.heads.findData("bf16"))
+    assert win.project.settings.heads_precision == "bf16"
+    assert app_prefs.run_settings().heads_precision == "bf16"
+    panel.precision.setCurrentIndex(0)  # back to fp32: the heads choice no longer applies
+    assert win.project.settings.heads_precision == "fp32" and not panel.heads.isEnabled()

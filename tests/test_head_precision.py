@@ -107,3 +107,17 @@ def test_compile_covers_the_dpt_heads_and_changes_nothing():
     assert model.depth_head.main_map is not type(model.depth_head).main_map
     for a, b in zip(got, ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_app_engine_backend_passes_the_heads_choice():
+    """The app's worker builds its engine with the panel's heads choice (and keys its cache on it)."""
+    from conftest import PARITY_DIR
+
+    from lite3r.app.engine_backend import EngineBackend
+
+    backend = EngineBackend(dev_models={"parity-vggt": str(PARITY_DIR)})
+    base = {"backbone": "parity-vggt", "attention": "dense", "precision": "bf16", "device": "cpu"}
+    fp32_heads = backend.reconstructor(base)
+    assert "fp32 heads" in fp32_heads.precision
+    bf16_heads = backend.reconstructor({**base, "heads_precision": "bf16"})
+    assert bf16_heads is not fp32_heads and "bf16 DPT heads" in bf16_heads.precision
