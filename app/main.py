@@ -1,6 +1,7 @@
 """``lite3r-app``: the desktop application (and, with ``--worker``, its worker processes).
 
-    lite3r-app [PHOTOS_OR_FOLDERS …] [--run] [--backbone NAME] [--precision P] [--attention A]
+    lite3r-app [PHOTOS_OR_FOLDERS …] [--run] [--backbone NAME] [--precision P] [--heads-precision H]
+               [--attention A]
     lite3r-app --demo [--smoke-test]
     lite3r-app --worker inference|train …      (what the app starts for itself; see protocol.py)
 
@@ -46,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--backbone", help="backbone for this session (lite3r-tiny, vggt-1b, da3-large, or a --dev-model)"
     )
     p.add_argument("--precision", choices=("fp32", "bf16", "fp8"))
+    p.add_argument(
+        "--heads-precision",
+        choices=("fp32", "bf16"),
+        help="depth/point heads (bf16 needs precision bf16/fp8)",
+    )
     p.add_argument("--attention", choices=("dense", "sla"))
     p.add_argument(
         "--dev-model",
@@ -90,7 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "--worker":
         return run_worker(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.heads_precision == "bf16" and args.precision == "fp32":
+        parser.error("--heads-precision bf16 needs --precision bf16 or fp8 (fp32 runs everything in float32)")
     os.environ.setdefault("QT_API", "pyside6")  # qtpy (used by pyvistaqt and superqt) must pick PySide6
 
     from PySide6.QtCore import QTimer
@@ -111,6 +120,14 @@ def main(argv: list[str] | None = None) -> int:
         changes["backbone"] = args.backbone
     if args.precision:
         changes["precision"] = args.precision
+        if args.precision == "fp32":
+            changes["heads_precision"] = "fp32"  # fp32 runs everything in float32
+    if args.heads_precision:
+        changes["heads_precision"] = args.heads_precision
+        if args.heads_precision == "bf16" and changes.get("precision", settings.precision) == "fp32":
+            print("lite3r-app: --heads-precision bf16 needs --precision bf16 or fp8", file=sys.stderr)
+            win.shutdown()
+            return 2
     if args.attention:
         changes["attention"] = args.attention
     paths = list(args.paths)

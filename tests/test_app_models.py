@@ -172,3 +172,16 @@ def test_scene_functions_render_headless():
         assert scene.pick_view(pl, int(x), int(y), actors) == 2
     finally:
         pl.close()
+
+
+def test_app_command_line_refuses_bf16_heads_with_fp32():
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "lite3r.app", "--precision", "fp32", "--heads-precision", "bf16"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "needs --precision bf16 or fp8" in proc.stderr
