@@ -19,7 +19,9 @@ VGGT shapes, 10 % kept: 1.9 → 0.6 ms at 32 frames, 23.6 → 5.2 ms at 128 fram
 the keys 9 times), so it is the default (``SLAConfig.select = "gemm"``); the streamed kernel stays as the
 zero-workspace option (``"streamed"``). With float64 score GEMMs (autocast-proof) it was re-measured:
 0.66 ms at 32 frames, 5.7 ms at 128, and 346 ms with 1.5 GB extra at 1,000 frames
-(benchmarks/results/sla/bench_sla_attention_regcap).
+(benchmarks/results/sla/bench_sla_attention_regcap); with the row top-k kernel after the GEMM
+(``sla_topk_rows``, up to 8,192 key blocks): 0.38 ms at 32 frames, 0.65 at 64, 1.9 at 128
+(benchmarks/results/sla/bench_sla_attention_topk_rows).
 """
 
 from __future__ import annotations
