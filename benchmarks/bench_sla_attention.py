@@ -316,17 +316,28 @@ def _backward_parts(frames: int, keep: float, q, k, v, repeats: int) -> dict:
     return row
 
 
-def backward_parts_rows(rows, frames_list, keeps, repeats, budget: Budget, save):
+def _sweep(rows, frames_list, keeps, budget: Budget, save, what: str, measure) -> None:
+    """One row per (frames, keep) from ``measure(frames, keep, q, k, v)``, within the time budget; the
+    q/k/v views of a frame count are made once and freed before the next count."""
     for frames in frames_list:
+        if not budget.allows(f"{what} {frames} frames"):
+            continue
         _, q, k, v = qkv_views(frames)
         for keep in keeps:
-            if not budget.allows(f"backward parts {frames} frames keep {keep}"):
+            if not budget.allows(f"{what} {frames} frames keep {keep}"):
                 continue
-            rows.append(_backward_parts(frames, keep, q, k, v, repeats))
+            rows.append(measure(frames, keep, q, k, v))
             _show(rows[-1], budget)
             save()
         del q, k, v
         torch.cuda.empty_cache()
+
+
+def backward_parts_rows(rows, frames_list, keeps, repeats, budget: Budget, save):
+    def measure(frames, keep, q, k, v):
+        return _backward_parts(frames, keep, q, k, v, repeats)
+
+    _sweep(rows, frames_list, keeps, budget, save, "backward parts", measure)
 
 
 def _peak_extra_bytes(fn):
@@ -374,18 +385,10 @@ def _selection_one(frames: int, keep: float, q, k, v, repeats: int) -> dict:
 
 
 def selection_rows(rows, frames_list, keeps, repeats, budget: Budget, save):
-    for frames in frames_list:
-        if not budget.allows(f"selection {frames} frames"):
-            continue
-        _, q, k, v = qkv_views(frames)
-        for keep in keeps:
-            if not budget.allows(f"selection {frames} frames keep {keep}"):
-                continue
-            rows.append(_selection_one(frames, keep, q, k, v, repeats))
-            _show(rows[-1], budget)
-            save()
-        del q, k, v
-        torch.cuda.empty_cache()
+    def measure(frames, keep, q, k, v):
+        return _selection_one(frames, keep, q, k, v, repeats)
+
+    _sweep(rows, frames_list, keeps, budget, save, "selection", measure)
 
 
 def autotune_choices() -> dict:
