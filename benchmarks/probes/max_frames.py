@@ -15,7 +15,6 @@ largest count for the GPU's memory, marked as predicted unless a measured run re
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,24 +22,20 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from probe_setup import add_model_arguments, build, output_dir
 from provenance import markdown_table, write_result
 
 from lite3r.eval.bench import make_inputs, model_forward
-from lite3r.eval.variants import ModelSource, build_reconstructor, parse_variant
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    ap.add_argument("--model", default="vggt-1b")
-    ap.add_argument("--variant", required=True)
+    add_model_arguments(ap, frames=None)
     ap.add_argument("--frames", type=int, nargs="+", required=True)
-    ap.add_argument("--image-size", type=int, default=518)
     ap.add_argument("--budget-s", type=float, default=400.0, help="skip frame counts predicted to overrun")
-    ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    out = Path(args.out or os.environ.get("OUT") or "benchmarks/results") / "memory"
-    variant = parse_variant(args.variant)
-    rc = build_reconstructor(ModelSource(args.model, None, random_weights=True), variant, "cuda")
+    out = output_dir(args, "memory")
+    _variant, rc = build(args)
     total = torch.cuda.get_device_properties(0).total_memory
     hw = (args.image_size, args.image_size)
     rows, t_start = [], time.perf_counter()

@@ -11,8 +11,6 @@ the wall time of each profiled run (profile_e2e_<label>_f<frames>.json + .md, vi
 from __future__ import annotations
 
 import argparse
-import functools
-import os
 import sys
 import time
 from pathlib import Path
@@ -20,28 +18,19 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from probe_setup import add_model_arguments, build, forward_fn, output_dir
 from provenance import markdown_table, write_result
-
-from lite3r.eval.bench import make_inputs, model_forward
-from lite3r.eval.variants import ModelSource, build_reconstructor, parse_variant
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    ap.add_argument("--model", default="vggt-1b")
-    ap.add_argument("--variant", required=True)
-    ap.add_argument("--frames", type=int, default=8)
-    ap.add_argument("--image-size", type=int, default=518)
+    add_model_arguments(ap)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--top", type=int, default=25)
-    ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    out = Path(args.out or os.environ.get("OUT") or "benchmarks/results") / "profile"
-    variant = parse_variant(args.variant)
-    rc = build_reconstructor(ModelSource(args.model, None, random_weights=True), variant, "cuda")
-    hw = (args.image_size, args.image_size)
-    images = make_inputs(args.frames, hw, rc.model.input_normalization, "cuda", 0)
-    fn = functools.partial(model_forward, rc, images, "cameras-depth")
+    out = output_dir(args, "profile")
+    variant, rc = build(args)
+    fn = forward_fn(rc, args.frames, args.image_size)
     with torch.inference_mode():
         for _ in range(3):  # compile, autotune, warm
             fn()

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import functools
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -25,10 +23,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from probe_setup import add_model_arguments, build, forward_fn, output_dir
 from provenance import markdown_table, write_result
-
-from lite3r.eval.bench import make_inputs, model_forward
-from lite3r.eval.variants import ModelSource, build_reconstructor, parse_variant
 
 _REPO = str(Path(__file__).resolve().parents[2])
 _SYNC_OPS = {"_local_scalar_dense", "item", "nonzero", "is_nonzero", "equal", "allclose"}
@@ -53,19 +49,12 @@ class _SyncRecorder(TorchDispatchMode):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    ap.add_argument("--model", default="vggt-1b")
-    ap.add_argument("--variant", required=True)
-    ap.add_argument("--frames", type=int, default=8)
-    ap.add_argument("--image-size", type=int, default=518)
+    add_model_arguments(ap)
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    out = Path(args.out or os.environ.get("OUT") or "benchmarks/results") / "profile"
-    variant = parse_variant(args.variant)
-    rc = build_reconstructor(ModelSource(args.model, None, random_weights=True), variant, args.device)
-    hw = (args.image_size, args.image_size)
-    images = make_inputs(args.frames, hw, rc.model.input_normalization, args.device, 0)
-    fn = functools.partial(model_forward, rc, images, "cameras-depth")
+    out = output_dir(args, "profile")
+    variant, rc = build(args, args.device)
+    fn = forward_fn(rc, args.frames, args.image_size, args.device)
     compiled = variant.compile != "none"
     rows = []
     with torch.inference_mode():
