@@ -35,14 +35,14 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _attend_block(
-    q, k_base, v_base, stride_kn, stride_vn, j, m_i, l_i, acc, N, n_special, frame_len, n_special_total,
-    qk_scale, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HAS_SPECIAL: tl.constexpr, MASK: tl.constexpr,
+def _attend_cols(
+    q, k_base, v_base, stride_kn, stride_vn, cols, m_i, l_i, acc, N, n_special, frame_len, n_special_total,
+    qk_scale, HEAD_DIM: tl.constexpr, HAS_SPECIAL: tl.constexpr, MASK: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """One online-softmax step over key block ``j`` (base 2; the scale is folded into the exponent)."""
+    """One online-softmax step over the key columns ``cols`` (virtual positions: one key block, or two
+    selected blocks side by side), base 2 with the scale folded into the exponent."""
     d = tl.arange(0, HEAD_DIM)
-    cols = j * BLOCK_N + tl.arange(0, BLOCK_N)
     phys = virtual_to_physical(cols, n_special, frame_len, n_special_total, HAS_SPECIAL).to(tl.int64)
     k_ptrs = k_base + phys[:, None] * stride_kn + d[None, :]
     v_ptrs = v_base + phys[:, None] * stride_vn + d[None, :]
@@ -62,6 +62,14 @@ def _attend_block(
     l_i = l_i * alpha + tl.sum(p, axis=1)
     acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
     return m_new, l_i, acc, k, v
+
+
+@triton.jit
+def _pair_cols(j0, j1, BLOCK_N: tl.constexpr):
+    """Virtual key columns of blocks j0 and j1 side by side: one [2·BLOCK_N] tile, so the MMAs run
+    128 keys deep at 64-token key blocks."""
+    c = tl.arange(0, 2 * BLOCK_N)
+    return tl.where(c < BLOCK_N, j0 * BLOCK_N + c, j1 * BLOCK_N + c - BLOCK_N)
 
 
 @triton.jit
@@ -97,7 +105,7 @@ def _sla_forward_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
     FEATURE: tl.constexpr, LINEAR: tl.constexpr, FUSE_PROJ: tl.constexpr,
     HAS_SPECIAL: tl.constexpr, STORE_LSE: tl.constexpr, RECOMPUTE_STATES: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, PAIR: tl.constexpr,
 ):  # fmt: skip
     i = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)  # int64 offsets: 1,000 frames of qkv views exceed 2**31 elements
@@ -122,13 +130,39 @@ def _sla_forward_kernel(
         s_sel = tl.zeros([HEAD_DIM, HEAD_DIM], dtype=tl.float32)
         z_sel = tl.zeros([HEAD_DIM], dtype=tl.float32)
     lut = LUT + (bh * n_qblocks + i) * topk
-    # LUT rows are ascending, so only the last entry can be the trailing partial key block: the loop runs
-    # unmasked and the last block is peeled off with masks.
-    for t in range(0, topk - 1):
+    # LUT rows are ascending, so only the last entry can be the trailing partial key block: the loops run
+    # unmasked and the last block is peeled off with masks. PAIR = 2 (an autotuned choice) walks the
+    # unmasked entries two blocks at a time as one [2·BLOCK_N] key tile.
+    n_single = topk - 1
+    if PAIR == 2:
+        for t in range(0, (topk - 1) // 2):
+            j0 = tl.load(lut + 2 * t).to(tl.int32)
+            j1 = tl.load(lut + 2 * t + 1).to(tl.int32)
+            m_i, l_i, acc, k, v = _attend_cols(
+                q, k_base, v_base, stride_kn, stride_vn, _pair_cols(j0, j1, BLOCK_N), m_i, l_i, acc, N,
+                n_special, frame_len, n_special_total, qk_scale, HEAD_DIM, HAS_SPECIAL, False, DOT_PRECISION,
+            )  # fmt: skip
+            if LINEAR == 2:
+                full = tl.full([2 * BLOCK_N], 1, dtype=tl.int1)
+                if RECOMPUTE_STATES:
+                    s_sel, z_sel = _add_block_state(
+                        s_sel, z_sel, SBLK, ZBLK, 0, k, v, full, FEATURE, True, HEAD_DIM, DOT_PRECISION
+                    )
+                else:
+                    s_sel, z_sel = _add_block_state(
+                        s_sel, z_sel, SBLK, ZBLK, bh * n_kblocks + j0, k, v, full, FEATURE, False, HEAD_DIM,
+                        DOT_PRECISION,
+                    )  # fmt: skip
+                    s_sel, z_sel = _add_block_state(
+                        s_sel, z_sel, SBLK, ZBLK, bh * n_kblocks + j1, k, v, full, FEATURE, False, HEAD_DIM,
+                        DOT_PRECISION,
+                    )  # fmt: skip
+        n_single = (topk - 1) % 2
+    for t in range(topk - 1 - n_single, topk - 1):
         j = tl.load(lut + t).to(tl.int32)
-        m_i, l_i, acc, k, v = _attend_block(
-            q, k_base, v_base, stride_kn, stride_vn, j, m_i, l_i, acc, N, n_special, frame_len,
-            n_special_total, qk_scale, BLOCK_N, HEAD_DIM, HAS_SPECIAL, False, DOT_PRECISION,
+        m_i, l_i, acc, k, v = _attend_cols(
+            q, k_base, v_base, stride_kn, stride_vn, j * BLOCK_N + tl.arange(0, BLOCK_N), m_i, l_i, acc, N,
+            n_special, frame_len, n_special_total, qk_scale, HEAD_DIM, HAS_SPECIAL, False, DOT_PRECISION,
         )  # fmt: skip
         if LINEAR == 2:
             full = tl.full([BLOCK_N], 1, dtype=tl.int1)
@@ -137,14 +171,14 @@ def _sla_forward_kernel(
                 HEAD_DIM, DOT_PRECISION,
             )  # fmt: skip
     j = tl.load(lut + topk - 1).to(tl.int32)
-    m_i, l_i, acc, k, v = _attend_block(
-        q, k_base, v_base, stride_kn, stride_vn, j, m_i, l_i, acc, N, n_special, frame_len,
-        n_special_total, qk_scale, BLOCK_N, HEAD_DIM, HAS_SPECIAL, True, DOT_PRECISION,
+    cols = j * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_i, l_i, acc, k, v = _attend_cols(
+        q, k_base, v_base, stride_kn, stride_vn, cols, m_i, l_i, acc, N, n_special, frame_len,
+        n_special_total, qk_scale, HEAD_DIM, HAS_SPECIAL, True, DOT_PRECISION,
     )  # fmt: skip
     if LINEAR == 2:
-        cmask = (j * BLOCK_N + tl.arange(0, BLOCK_N)) < N
         s_sel, z_sel = _add_block_state(
-            s_sel, z_sel, SBLK, ZBLK, bh * n_kblocks + j, k, v, cmask, FEATURE, RECOMPUTE_STATES,
+            s_sel, z_sel, SBLK, ZBLK, bh * n_kblocks + j, k, v, cols < N, FEATURE, RECOMPUTE_STATES,
             HEAD_DIM, DOT_PRECISION,
         )  # fmt: skip
     out = acc / l_i[:, None]
@@ -221,6 +255,7 @@ def sla_forward(
     scale: float,
     fuse_proj: bool,
     recompute_states: bool = False,
+    pair: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the forward kernel.
 
@@ -244,9 +279,13 @@ def sla_forward(
     lse_strides = lse.stride() if store_lse else (0, 0, 0)
     w = proj_weight if fuse else q.new_empty(0)
     if _common.use_autotuner(q):
-        kernel = _sla_forward_kernel_tuned[work_bucket(geom.topk)]
+        if pair is not None:
+            raise ValueError("pair is an autotuned parameter; give it only to the plain (interpreted) kernel")
+        kernel, meta = _sla_forward_kernel_tuned[work_bucket(geom.topk)], {}
     else:
-        kernel = _sla_forward_kernel
+        if pair not in (None, 1, 2):
+            raise ValueError(f"pair must be 1 or 2 (key blocks per loop step), got {pair}")
+        kernel, meta = _sla_forward_kernel, {"PAIR": pair or 1}
     kernel[(geom.n_qblocks, B * H)](
         q, k, v, o, o_l, lse,
         q.stride(0), q.stride(1), q.stride(2),
@@ -261,7 +300,7 @@ def sla_forward(
         BLOCK_M=geom.block_q, BLOCK_N=geom.block_k, HEAD_DIM=D,
         FEATURE=FEATURE_CODES[feature], LINEAR=lin, FUSE_PROJ=fuse,
         HAS_SPECIAL=geom.n_special > 0, STORE_LSE=store_lse, RECOMPUTE_STATES=bool(recompute_states),
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", **meta,
     )  # fmt: skip
     if lin == 0 and linear != "none" and not fuse_proj:
         o_l = torch.zeros_like(o)  # empty complement: the linear branch is exactly zero

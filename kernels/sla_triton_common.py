@@ -65,11 +65,15 @@ def config_key(c) -> tuple:
 # 0 spills at 168 with 2 slices and at 128 with 4 (4 warps, 4 slices: 156); d128 spills 248 bytes
 # whole, none with 2 or 4 slices.
 CONFIGS = {
+    # PAIR = 2: the loop takes two selected key blocks per step (a 128-deep key tile at 64-token blocks).
     "forward": {
-        "small": _pick([(4, 3), (8, 3)]),  # head_dim ≤ 32
-        "d64": _pick([(8, 2), (8, 3), (8, 4), (8, 3, 128), (8, 4, 128)]),
-        "d64_sparse": _pick([(4, 3), (8, 3), (8, 4)]),
-        "d128": _pick([(8, 2), (8, 3)]),
+        "small": _pick([(4, 3), (8, 3)], PAIR=1),  # head_dim ≤ 32
+        "d64": (
+            _pick([(8, 2), (8, 3), (8, 4), (8, 3, 128), (8, 4, 128)], PAIR=1)
+            + _pick([(8, 2), (8, 3), (8, 3, 128)], PAIR=2)
+        ),
+        "d64_sparse": _pick([(4, 3), (8, 3), (8, 4)], PAIR=1) + _pick([(8, 2), (8, 3)], PAIR=2),
+        "d128": _pick([(8, 2), (8, 3)], PAIR=1),
     },
     "backward_dq": {
         "small": _pick([(4, 3), (8, 3)]),

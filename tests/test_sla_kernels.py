@@ -229,6 +229,41 @@ def test_forward_matches_reference(case):
     assert lse.shape == (B, H, N) and bool(torch.isfinite(lse).all())
 
 
+# (B, H, N, D, bq, bk, special, frame_len, top_k, linear, recompute): odd and even numbers of
+# unmasked blocks, one block, a partial last block, batch > 1.
+PAIR_CASES = [
+    (2, 2, 150, 16, 32, 16, 2, 50, 4, "complement", False),
+    (1, 2, 150, 16, 32, 16, 2, 50, 5, "complement", True),
+    (1, 1, 100, 16, 32, 16, 0, None, 1, "complement", False),
+    (1, 1, 100, 16, 32, 16, 0, None, 2, "all", False),
+    (1, 2, 200, 16, 32, 16, 0, None, 7, "none", False),
+]
+
+
+@pytest.mark.parametrize("case", PAIR_CASES)
+def test_forward_two_blocks_per_step_matches_reference(case):
+    """PAIR = 2 (two selected key blocks per loop step) computes the same attention as PAIR = 1."""
+    B, H, N, D, bq, bk, s, L, top_k, lin, recompute = case
+    q, k, v = _qkv(B, H, N, D, seed=3)
+    w = torch.randn(D, D) * 0.2
+    g = _geom(N, bq, bk, special=s, frame_len=L, top_k=top_k)
+    pq, pk, km, sb, zb, st, zt = prepare.sla_prepare(q, k, v, g, "elu", lin, store_states=not recompute)
+    lut = select.sla_block_select(pq, pk, km, g)
+    kw = dict(feature="elu", linear=lin, eps=1e-6, scale=D**-0.5, recompute_states=recompute)
+    o1, ol1, lse1 = forward.sla_forward(q, k, v, lut, sb, zb, st, zt, w, g, fuse_proj=False, pair=1, **kw)
+    o2, ol2, lse2 = forward.sla_forward(q, k, v, lut, sb, zb, st, zt, w, g, fuse_proj=False, pair=2, **kw)
+    f2, _, _ = forward.sla_forward(q, k, v, lut, sb, zb, st, zt, w, g, fuse_proj=True, pair=2, **kw)
+    d64 = [t.double() for t in (q, k, v, w)]
+    kw_ref = {k_: v_ for k_, v_ in kw.items() if k_ != "recompute_states"}
+    ref, ref_s, ref_l, _ = sla_attention_reference(*d64, g, lut=lut.long(), return_parts=True, **kw_ref)
+    for got, want in ((o1, ref_s), (o2, ref_s), (f2, ref)):
+        torch.testing.assert_close(got.double(), want, rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(lse2, lse1, rtol=1e-6, atol=1e-6)
+    if lin != "none":
+        torch.testing.assert_close(ol2.double(), ref_l, rtol=2e-5, atol=2e-5)
+        torch.testing.assert_close(ol2, ol1, rtol=1e-5, atol=1e-6)
+
+
 # (B, H, N, D, bq, bk, special, frame_len, keep, feature, linear)
 BACKWARD_CASES = [
     (1, 2, 100, 16, 32, 16, 2, 50, 0.3, "elu", "complement"),
@@ -333,14 +368,18 @@ def test_autotuning_is_per_variant_and_work_bucket_not_per_length(monkeypatch):
 
     prune = common.prune_for("forward")
     cfgs = common.all_configs("forward")
-    pairs = lambda cs: sorted((c.num_warps, c.num_stages, c.maxnreg or 0) for c in cs)
-    # head_dim 64 with a linear branch also tries a 128-register cap (two programs per SM)
+    pairs = lambda cs: sorted((c.num_warps, c.num_stages, c.maxnreg or 0, c.kwargs["PAIR"]) for c in cs)
+    # head_dim 64 with a linear branch also tries a 128-register cap (two programs per SM), and both
+    # one and two key blocks per loop step
     assert pairs(prune(cfgs, {}, HEAD_DIM=64, LINEAR=2)) == [
-        (8, 2, 0), (8, 3, 0), (8, 3, 128), (8, 4, 0), (8, 4, 128)
+        (8, 2, 0, 1), (8, 2, 0, 2), (8, 3, 0, 1), (8, 3, 0, 2), (8, 3, 128, 1), (8, 3, 128, 2),
+        (8, 4, 0, 1), (8, 4, 128, 1),
     ]  # fmt: skip
-    assert pairs(prune(cfgs, {}, HEAD_DIM=64, LINEAR=0)) == [(4, 3, 0), (8, 3, 0), (8, 4, 0)]
-    assert pairs(prune(cfgs, {}, HEAD_DIM=128, LINEAR=2)) == [(8, 2, 0), (8, 3, 0)]
-    assert all(2 <= len(v) <= 5 for table in common.CONFIGS.values() for v in table.values())
+    assert pairs(prune(cfgs, {}, HEAD_DIM=64, LINEAR=0)) == [
+        (4, 3, 0, 1), (8, 2, 0, 2), (8, 3, 0, 1), (8, 3, 0, 2), (8, 4, 0, 1)
+    ]  # fmt: skip
+    assert pairs(prune(cfgs, {}, HEAD_DIM=128, LINEAR=2)) == [(8, 2, 0, 1), (8, 3, 0, 1)]
+    assert all(2 <= len(v) <= 8 for table in common.CONFIGS.values() for v in table.values())
 
 
 def test_kernels_compile_for_hopper():
