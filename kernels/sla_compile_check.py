@@ -113,7 +113,8 @@ def variants(head_dims=(64,), quick=False):
 
     fwd = sla_forward._sla_forward_kernel
     fwd_kinds = {  # name → (LINEAR, FUSE_PROJ, STORE_LSE, RECOMPUTE_STATES, FEATURE, in quick mode)
-        "forward inference complement": (2, True, False, False, 0, True),
+        "forward inference complement summed": (3, True, False, False, 0, True),
+        "forward inference complement": (2, True, False, False, 0, False),
         "forward sparse only": (0, True, False, False, 0, False),
         "forward inference all": (1, True, False, False, 0, False),
         "forward inference recomputed states": (2, True, False, True, 0, False),

@@ -4,7 +4,10 @@ One program per (query block, batch·head). It loads the query tile once and wal
 selected key blocks (virtual key order, see ``sla_reference.py``): online softmax in base 2 with float32
 accumulators, masks for a trailing partial key block. For the complement linear branch (SLA-1) it
 accumulates the selected blocks' states S_j, z_j on the way and forms the linear attention over the
-remaining blocks from the totals: o_l = φ(q)(S_tot − ΣS_j) / (φ(q)·(z_tot − Σz_j) + eps). At inference
+remaining blocks from the totals: o_l = φ(q)(S_tot − ΣS_j) / (φ(q)·(z_tot − Σz_j) + eps); or it gets
+the complement states already summed per query block (``summed_states``: one batched GEMM outside,
+``sla_linear_domain.complement_sums``), so the loop carries no state accumulators and reads no
+per-block states — the sparse loop then runs as fast as with the all-token linear branch. At inference
 the head_dim × head_dim projection is fused too and the kernel writes o = o_s + o_l·Wᵀ directly; for
 training it writes o_s, o_l and the base-2 log-sum-exp for the backward.
 
@@ -197,8 +200,13 @@ def _sla_forward_kernel(
             volatile=True,
         )
         phiq = feature_map(q_again.to(tl.float32), FEATURE)
-        s_i = tl.load(STOT + (bh * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :])
-        z_i = tl.load(ZTOT + bh * HEAD_DIM + d)
+        if LINEAR == 3:  # complement states summed per query block outside (sla_linear_domain)
+            qb = bh * n_qblocks + i
+            s_i = tl.load(STOT + (qb * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :])
+            z_i = tl.load(ZTOT + qb * HEAD_DIM + d)
+        else:
+            s_i = tl.load(STOT + (bh * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :])
+            z_i = tl.load(ZTOT + bh * HEAD_DIM + d)
         if LINEAR == 2:
             s_i = s_i - s_sel
             z_i = z_i - z_sel
@@ -255,6 +263,7 @@ def sla_forward(
     scale: float,
     fuse_proj: bool,
     recompute_states: bool = False,
+    summed_states: bool = False,
     pair: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the forward kernel.
@@ -262,11 +271,21 @@ def sla_forward(
     Returns (o, o_l, lse). With ``fuse_proj`` (inference) o = o_s + o_l·Wᵀ and o_l, lse are empty; else
     o = o_s, o_l is the unprojected linear branch (empty when linear is "none") and lse [B, H, N] is the
     float32 base-2 log-sum-exp of the sparse branch.
+
+    Complement states: ``s_blk``/``z_blk`` per key block (read per selected block), or empty with
+    ``recompute_states`` (recomputed from K/V in the loop), or, with ``summed_states``, ``s_tot``/``z_tot``
+    are the complement sums per query block [B, H, Mq, D, D] / [B, H, Mq, D] and ``s_blk``/``z_blk``
+    are unused. ``pair``: key blocks per loop step for the plain (interpreted) kernel; autotuned on CUDA.
     """
     B, H, N, D = q.shape
     lin = LINEAR_CODES[linear]
     if lin == 2 and geom.topk >= geom.n_kblocks:
         lin = 0  # every block is selected: the complement is empty and o_l is exactly 0
+    if summed_states and recompute_states:
+        raise ValueError("give the complement states summed per query block or recompute them, not both")
+    # Kernel code 3: the complement branch with its states already summed per query block (s_tot, z_tot
+    # are then [B, H, Mq, D, D] / [B, H, Mq, D]); the loop carries no state accumulators.
+    kernel_lin = 3 if (lin == 2 and summed_states) else lin
     fuse = bool(fuse_proj and lin)
     o = empty_bnhd(B, H, N, D, q)
     o_l = empty_bnhd(B, H, N, D, q) if (lin and not fuse) else q.new_empty(0)
@@ -298,7 +317,7 @@ def sla_forward(
         max(geom.n_special, 1), geom.frame_len, geom.n_special_total,
         scale * LOG2E, eps,
         BLOCK_M=geom.block_q, BLOCK_N=geom.block_k, HEAD_DIM=D,
-        FEATURE=FEATURE_CODES[feature], LINEAR=lin, FUSE_PROJ=fuse,
+        FEATURE=FEATURE_CODES[feature], LINEAR=kernel_lin, FUSE_PROJ=fuse,
         HAS_SPECIAL=geom.n_special > 0, STORE_LSE=store_lse, RECOMPUTE_STATES=bool(recompute_states),
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", **meta,
     )  # fmt: skip

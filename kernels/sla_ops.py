@@ -135,18 +135,19 @@ def sla_forward_op(
     scale: float,
     fuse_proj: bool,
     recompute_states: bool = False,
+    summed_states: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     return _forward_mod.sla_forward(
         q, k, v, lut, s_blk, z_blk, s_tot, z_tot, proj_weight, geom_from_list(geom),
         feature=feature, linear=linear, eps=eps, scale=scale, fuse_proj=fuse_proj,
-        recompute_states=recompute_states,
+        recompute_states=recompute_states, summed_states=summed_states,
     )  # fmt: skip
 
 
 @sla_forward_op.register_fake
 def _(
     q, k, v, lut, s_blk, z_blk, s_tot, z_tot, proj_weight, geom, feature, linear, eps, scale, fuse_proj,
-    recompute_states=False,
+    recompute_states=False, summed_states=False,
 ):  # fmt: skip
     B, H, N, D = q.shape
     code = effective_linear_code(linear, geom_from_list(geom))
@@ -265,46 +266,41 @@ def sla_attention(
     linear: str,
     eps: float,
     scale: float,
-    recompute_states: bool = False,
+    complement_states: str = "summed",
     select: str = "gemm",
 ) -> Tensor:
     """Block sparse-linear attention with the Triton kernels: [B, H, N, D] → [B, H, N, D].
 
-    Inference (no grad needed) runs three kernels: prepare, select, and the fused forward that writes
-    o = o_s + o_l·Wᵀ (``recompute_states``: the complement branch recomputes the selected blocks' states
-    from K/V in the forward instead of storing and reading them). With gradients it runs the autograd
-    function (stored states) and projects o_l in PyTorch, so the projection weight gets its gradient
-    from autograd.
+    Inference (no grad needed) runs prepare, select, and the fused forward that writes o = o_s + o_l·Wᵀ.
+    ``complement_states`` (complement branch, inference): "summed" sums the states of each query block's
+    non-selected key blocks with one batched GEMM before the kernel (sla_linear_domain), "stored" reads
+    the selected blocks' states inside the loop and subtracts them from the totals, "recomputed"
+    recomputes them from K/V in the loop (no per-block state memory). With gradients it runs the
+    autograd function (stored states) and projects o_l in PyTorch, so the projection weight gets its
+    gradient from autograd.
     """
+    if complement_states not in ("stored", "recomputed", "summed"):
+        raise ValueError(f"complement_states {complement_states!r} is not stored, recomputed or summed")
     q, k, v = _unit_last_stride(q), _unit_last_stride(k), _unit_last_stride(v)
     g = geom_to_list(geom)
     grad = torch.is_grad_enabled()
     qkv_grad = grad and (q.requires_grad or k.requires_grad or v.requires_grad)
     w_grad = grad and proj_weight is not None and proj_weight.requires_grad and linear != "none"
-    recompute = bool(recompute_states) and not (qkv_grad or w_grad)
+    inference = not (qkv_grad or w_grad)
+    recompute = complement_states == "recomputed" and inference
     pq, pk, kmean, s_blk, z_blk, s_tot, z_tot = sla_prepare_op(
         q.detach(), k.detach(), v.detach(), g, feature, linear, not recompute
     )
     lut = sla_block_select_op(pq, pk, kmean, g, select)
-    if not (qkv_grad or w_grad):
+    if inference:
+        summed = complement_states == "summed" and effective_linear_code(linear, geom) == 2
+        if summed:
+            s_tot, z_tot = _domain_mod.complement_sums(lut, s_blk, z_blk, geom.n_kblocks, transpose=False)
+            s_blk = z_blk = s_tot.new_empty(0)
         return sla_forward_op(
-            q,
-            k,
-            v,
-            lut,
-            s_blk,
-            z_blk,
-            s_tot,
-            z_tot,
-            proj_weight,
-            g,
-            feature,
-            linear,
-            eps,
-            scale,
-            True,
-            recompute,
-        )[0]
+            q, k, v, lut, s_blk, z_blk, s_tot, z_tot, proj_weight, g, feature, linear, eps, scale, True,
+            recompute, summed,
+        )[0]  # fmt: skip
     if qkv_grad:
         o_s, o_l = SparseLinearAttentionFunction.apply(
             q, k, v, lut, s_blk, z_blk, s_tot, z_tot, g, feature, linear, eps, scale

@@ -7,10 +7,11 @@ rows × key blocks: ~1 ms at 32 VGGT frames, a quarter of the whole SLA layer. H
 ``ROWS`` rows, keeps them in registers and
 
 1. rounds the float64 scores to float32 once (the reference's rounding) and maps them to
-   order-preserving int32 keys (-0.0 ties with +0.0, as in ``torch.topk``; forced columns, the special
+   order-preserving uint32 keys (-0.0 ties with +0.0, as in ``torch.topk``; forced columns, the special
    tokens' key blocks, score +inf);
-2. finds the k-th largest key of every row by bisection on the key range (32 steps of a row-wise
-   count: exact, no sorting);
+2. builds, bit by bit from the top of the unsigned key, a threshold with exactly k keys at or above it
+   (a row-wise count per bit: exact, no sorting; it stops as soon as every row of the program has one,
+   typically after ~20 bits, and falls back to the k-th largest key itself when ties straddle it);
 3. selects every entry above it plus the first ties in column order (so ties go to the lower block,
    as in the reference) and writes their column indices at their prefix-sum positions.
 
@@ -30,10 +31,13 @@ MAX_COLS = 8192
 
 @triton.jit
 def _order_keys(s):
-    """float32 → int32 keys with the same order (signed compare); -0.0 and +0.0 get the same key."""
+    """float32 → uint32 keys with the same order (unsigned compare); -0.0 and +0.0 get the same key."""
     bits = s.to(tl.int32, bitcast=True)
     bits = tl.where(s == 0.0, 0, bits)
-    return tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+    flipped = tl.where(
+        bits >= 0, bits | -2147483648, ~bits
+    )  # sign bit set for x ≥ 0, order reversed for x < 0
+    return flipped.to(tl.uint32, bitcast=True)
 
 
 @triton.jit(do_not_specialize=("n_rows", "n_cols", "topk", "n_forced"))
@@ -50,19 +54,25 @@ def _topk_rows_kernel(
     s = tl.load(S + r.to(tl.int64)[:, None] * stride_sr + c[None, :], mask=mask, other=0.0).to(tl.float32)
     s = tl.where((c < n_forced)[None, :], float("inf"), s)
     key = _order_keys(s)
-    # Invalid columns get the smallest key and are never counted (count uses cmask).
-    lo = tl.full([ROWS], -2147483648, dtype=tl.int64)  # count(key >= lo) >= topk always
-    hi = tl.full([ROWS], 2147483648, dtype=tl.int64)  # count(key >= hi) = 0 < topk
-    key64 = key.to(tl.int64)
-    for _ in range(33):  # invariant: count(≥ lo) ≥ k > count(≥ hi); the range halves each step
-        mid = (lo + hi) // 2
-        cnt = tl.sum(((key64 >= mid[:, None]) & cmask[None, :]).to(tl.int32), axis=1)
+    # Threshold t built bit by bit from the top: keep bit b when count(key ≥ t | b) ≥ k. Invariant:
+    # count(key ≥ t) ≥ k. A row is finished once count(key ≥ t) = k exactly (t then separates its top k
+    # from the rest; typically after ~20 of the 32 bits), so the loop stops when every row is; with ties
+    # at the boundary it runs all 32 bits and t is the k-th largest key. Padding columns never count.
+    t = tl.zeros([ROWS], dtype=tl.uint32)
+    cnt_t = tl.where(rmask, tl.minimum(n_cols, BLOCK_C), topk)  # count(key ≥ 0): every valid column
+    bit = tl.full([], 31, dtype=tl.int32)
+    n_open = tl.sum((cnt_t != topk).to(tl.int32), axis=0)
+    while (bit >= 0) & (n_open > 0):
+        cand = t | (tl.full([ROWS], 1, dtype=tl.uint32) << bit.to(tl.uint32))
+        cnt = tl.sum(((key >= cand[:, None]) & cmask[None, :]).to(tl.int32), axis=1)
         ok = cnt >= topk
-        lo = tl.where(ok, mid, lo)
-        hi = tl.where(ok, hi, mid)
-    t = lo[:, None]  # the k-th largest key of each row
-    above = (key64 > t) & cmask[None, :]
-    tied = (key64 == t) & cmask[None, :]
+        t = tl.where(ok, cand, t)
+        cnt_t = tl.where(ok, cnt, cnt_t)
+        n_open = tl.sum((rmask & (cnt_t != topk)).to(tl.int32), axis=0)
+        bit -= 1
+    # Every key above t, plus the first ties in column order (all of them when count(key ≥ t) = k).
+    above = (key > t[:, None]) & cmask[None, :]
+    tied = (key == t[:, None]) & cmask[None, :]
     room = topk - tl.sum(above.to(tl.int32), axis=1)
     sel = above | (tied & (tl.cumsum(tied.to(tl.int32), axis=1) <= room[:, None]))
     pos = tl.cumsum(sel.to(tl.int32), axis=1) - 1

@@ -45,7 +45,7 @@ class Lite3RConfig:
     proj_init_std: float = 1e-3
     keep_special_tokens: bool = True
     eps: float = 1e-6
-    complement_states: str = "stored"  # or "recomputed" (see SLAConfig)
+    complement_states: str = "summed"  # or "stored" / "recomputed" (see SLAConfig)
     # "triton" | "torch"; None → chosen once at conversion from the model's device (CUDA → triton)
     # and recorded in every module's SLAConfig and in the conversion report.
     backend: str | None = None

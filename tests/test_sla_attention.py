@@ -227,7 +227,7 @@ def test_token_topk_compat_matches_the_published_formulation():
         torch.testing.assert_close(sla(x2).double(), sla(x2).double())
 
 
-@pytest.mark.parametrize("feature, states", [("elu", "stored"), ("softmax", "recomputed")])
+@pytest.mark.parametrize("feature, states", [("elu", "stored"), ("softmax", "recomputed"), ("elu", "summed")])
 def test_triton_module_matches_torch_module(feature, states):
     """The same module on both backends: qk-norm, RoPE, special tokens, partial blocks, batch 2."""
     attn = _dense(dim=32, heads=2)

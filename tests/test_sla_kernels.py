@@ -10,6 +10,7 @@ import sla_triton_env
 
 sla_triton_env.set_interpret_env()  # before anything imports triton (collection time)
 
+import importlib  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
 import subprocess  # noqa: E402
@@ -29,6 +30,7 @@ from lite3r.kernels.sla_reference import (  # noqa: E402
 K = sla_triton_env.load_sla_kernels()
 prepare, select, forward, ops = K["sla_prepare"], K["sla_block_select"], K["sla_forward"], K["sla_ops"]
 dkdv = K["sla_backward_dkdv"]
+domain = importlib.import_module("lite3r.kernels.sla_linear_domain")  # plain PyTorch
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -217,6 +219,15 @@ def test_forward_matches_reference(case):
             q, k, v, lut, no_sb, no_zb, st, zt, w, g, fuse_proj=True, recompute_states=True, **kw
         )
         torch.testing.assert_close(o_re, o, rtol=1e-3 if dt == torch.float16 else 1e-5, atol=1e-4)
+        # ... or summed per query block before the kernel (one batched GEMM, no state reads in the loop)
+        s_q, z_q = domain.complement_sums(lut, sb, zb, g.n_kblocks, transpose=False)
+        empty = s_q.new_empty(0)
+        for pair in (1, 2):
+            o_sum, _, _ = forward.sla_forward(
+                q, k, v, lut, empty, empty, s_q, z_q, w, g, fuse_proj=True, summed_states=True, pair=pair,
+                **kw,
+            )  # fmt: skip
+            torch.testing.assert_close(o_sum, o, rtol=1e-3 if dt == torch.float16 else 1e-5, atol=1e-4)
     d64 = [t.double() for t in (q, k, v, w)]
     ref, ref_s, ref_l, _ = sla_attention_reference(*d64, g, lut=lut.long(), return_parts=True, **kw)
     tol = 2e-5 if dt == torch.float32 else 2e-3

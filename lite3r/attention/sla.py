@@ -45,7 +45,7 @@ from lite3r.kernels.sla_reference import (
 MODES = ("block", "token_topk")
 BACKENDS = ("triton", "torch")
 PROJ_INITS = ("normal", "zero")
-COMPLEMENT_STATES = ("stored", "recomputed")
+COMPLEMENT_STATES = ("summed", "stored", "recomputed")
 # head_dim the Triton kernels compile for (power of two, tl.dot needs ≥ 16).
 TRITON_HEAD_DIMS = (16, 32, 64, 128)
 _BLOCK_SIZES = (16, 32, 64, 128)
@@ -69,11 +69,13 @@ class SLAConfig:
     keep_special_tokens: bool = True  # every query attends every frame's camera/register/cls tokens
     eps: float = 1e-6  # linear-branch denominator
     backend: str = "triton"  # "triton" (CUDA kernels) or "torch" (reference, any device)
-    # Complement branch, Triton inference: the selected blocks' states φ(K_j)ᵀV_j are "stored" by the
-    # prepare pass and read back per selected block (one D×D read per block), or "recomputed" from the
-    # K/V tiles the sparse loop already holds (one more small MMA per block, no state memory).
-    # Same maths; training always uses stored states.
-    complement_states: str = "stored"
+    # Complement branch, Triton inference: the per-key-block states φ(K_j)ᵀV_j of the prepare pass are
+    # "summed" over each query block's non-selected blocks by one batched GEMM before the sparse kernel
+    # (its loop then reads no states; extra memory Mq·D² per head), or "stored" and read back per
+    # selected block inside the loop (one D×D read per block, subtracted from the totals), or
+    # "recomputed" from the K/V tiles the loop already holds (one more small MMA per block, no state
+    # memory). Same maths; training always uses stored states.
+    complement_states: str = "summed"
     # Triton inference/training: block selection by cuBLAS + torch.topk on bounded score tiles ("gemm",
     # faster on the H100) or by the streamed radix-select kernel ("streamed", no workspace). Same table.
     select: str = "gemm"
@@ -257,7 +259,7 @@ class SparseLinearAttention(MultiHeadAttention):
             v,
             weight,
             geom,
-            recompute_states=cfg.complement_states == "recomputed",
+            complement_states=cfg.complement_states,
             select=cfg.select,
             **kwargs,
         )
