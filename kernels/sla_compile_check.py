@@ -141,7 +141,7 @@ def variants(head_dims=(64,), quick=False):
                 (f"backward dK/dV {kind} D{D}", dkdv, dkdv_ptrs, consts, cfgs("backward_dkdv", D, lin))
             )
         prep = dict(BLOCK_Q=128, BLOCK_K=64, HEAD_DIM=D, FEATURE=0, LINEAR=2, STORE_STATES=True)
-        prep.update(HAS_SPECIAL=True, DOT_PRECISION="tf32")
+        prep.update(HAS_SPECIAL=True, DOT_PRECISION="tf32", TOTALS=False)
         prep_cfg = [(4 if D <= 64 else 8, 3, None, {})]
         out.append((f"prepare complement D{D}", sla_prepare._sla_prepare_kernel, prep_ptrs, prep, prep_cfg))
         sel = dict(ROWS=sla_block_select.ROWS, CHUNK=32, HEAD_DIM=D, RADIX_BITS=4, PASSES=8, NB=16)

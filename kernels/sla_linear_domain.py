@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 
+from . import sla_complement_map as _map
+
 # Bytes of complement-map tiles (a dtype copy and a float32 copy) held at once.
 WORKSPACE_BYTES = 256 << 20
 
@@ -72,13 +74,27 @@ def complement_sums(
     z_in = vectors.reshape(BH, n_in, D).float()
     s_out = states.new_empty(BH, n_out, D * D)
     z_out = torch.empty(BH, n_out, D, device=states.device, dtype=torch.float32)
-    entry_bytes = 4 + (states.element_size() if states.dtype != torch.float32 else 0)
+    # Per query block (not transposed) on the GPU: the map kernel writes the contiguous map in the
+    # states' dtype and the vector sums in float32 (sla_complement_map); elsewhere PyTorch builds it.
+    use_kernel = not transpose and _map.runs_here(lut)
+    if use_kernel:
+        entry_bytes = states.element_size()
+        z_tot = z_in.sum(1)
+    else:
+        entry_bytes = 4 + (states.element_size() if states.dtype != torch.float32 else 0)
     # Tiles over the output blocks: whole map rows (query blocks) or, transposed, key-block columns.
     g_step, o_step = _row_chunk(n_out, n_in, BH, entry_bytes, workspace_bytes)
     for g0 in range(0, BH, g_step):
         g1 = min(BH, g0 + g_step)
         for o0 in range(0, n_out, o_step):
             o1 = min(n_out, o0 + o_step)
+            if use_kernel:
+                c, z_part = _map.complement_map(
+                    lut3[g0:g1], n_kblocks, states.dtype, z_in[g0:g1], z_tot[g0:g1], rows=(o0, o1)
+                )
+                torch.bmm(c, s_in[g0:g1], out=s_out[g0:g1, o0:o1])
+                z_out[g0:g1, o0:o1] = z_part
+                continue
             if transpose:  # C[:, :, o0:o1]ᵀ: [G, Nk-tile, Mq]
                 c32 = _complement_tile(lut3[g0:g1], o0, o1, torch.float32).transpose(1, 2)
             else:  # C[:, o0:o1, :]: [G, Mq-tile, Nk]

@@ -67,13 +67,20 @@ def _unit_last_stride(x: Tensor) -> Tensor:
 
 @torch.library.custom_op("lite3r::sla_prepare", mutates_args=())
 def sla_prepare_op(
-    q: Tensor, k: Tensor, v: Tensor, geom: list[int], feature: str, linear: str, store_states: bool = True
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    geom: list[int],
+    feature: str,
+    linear: str,
+    store_states: bool = True,
+    totals: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return _prepare_mod.sla_prepare(q, k, v, geom_from_list(geom), feature, linear, store_states)
+    return _prepare_mod.sla_prepare(q, k, v, geom_from_list(geom), feature, linear, store_states, totals)
 
 
 @sla_prepare_op.register_fake
-def _(q, k, v, geom, feature, linear, store_states=True):
+def _(q, k, v, geom, feature, linear, store_states=True, totals=True):
     g = geom_from_list(geom)
     B, H, _, D = q.shape
     f32 = torch.float32
@@ -87,7 +94,7 @@ def _(q, k, v, geom, feature, linear, store_states=True):
         z_blk = q.new_empty(B, H, g.n_kblocks, D, dtype=f32)
     else:
         s_blk, z_blk = empty, q.new_empty(0, dtype=f32)
-    if code:
+    if code and totals:
         s_tot, z_tot = q.new_empty(B, H, D, D, dtype=f32), q.new_empty(B, H, D, dtype=f32)
     else:
         s_tot, z_tot = q.new_empty(0, dtype=f32), q.new_empty(0, dtype=f32)
@@ -115,6 +122,22 @@ def _(pq, pk, kmean, geom, method="gemm"):
     g = geom_from_list(geom)
     B, H, M, _ = pq.shape
     return pq.new_empty(B, H, M, g.topk, dtype=_select_mod.lut_dtype_for(g.n_kblocks))
+
+
+@torch.library.custom_op("lite3r::sla_complement_sums", mutates_args=())
+def sla_complement_sums_op(
+    lut: Tensor, s_blk: Tensor, z_blk: Tensor, n_kblocks: int
+) -> tuple[Tensor, Tensor]:
+    """Per query block, the linear states summed over the key blocks it did not select (one batched GEMM
+    against the complement map; sla_linear_domain)."""
+    return _domain_mod.complement_sums(lut, s_blk, z_blk, n_kblocks, transpose=False)
+
+
+@sla_complement_sums_op.register_fake
+def _(lut, s_blk, z_blk, n_kblocks):
+    B, H, M, _ = lut.shape
+    D = s_blk.shape[-1]
+    return s_blk.new_empty(B, H, M, D, D), z_blk.new_empty(B, H, M, D, dtype=torch.float32)
 
 
 @torch.library.custom_op("lite3r::sla_forward", mutates_args=())
@@ -288,14 +311,14 @@ def sla_attention(
     w_grad = grad and proj_weight is not None and proj_weight.requires_grad and linear != "none"
     inference = not (qkv_grad or w_grad)
     recompute = complement_states == "recomputed" and inference
+    summed = inference and complement_states == "summed" and effective_linear_code(linear, geom) == 2
     pq, pk, kmean, s_blk, z_blk, s_tot, z_tot = sla_prepare_op(
-        q.detach(), k.detach(), v.detach(), g, feature, linear, not recompute
+        q.detach(), k.detach(), v.detach(), g, feature, linear, not recompute, not summed
     )
     lut = sla_block_select_op(pq, pk, kmean, g, select)
     if inference:
-        summed = complement_states == "summed" and effective_linear_code(linear, geom) == 2
         if summed:
-            s_tot, z_tot = _domain_mod.complement_sums(lut, s_blk, z_blk, geom.n_kblocks, transpose=False)
+            s_tot, z_tot = sla_complement_sums_op(lut, s_blk, z_blk, geom.n_kblocks)
             s_blk = z_blk = s_tot.new_empty(0)
         return sla_forward_op(
             q, k, v, lut, s_blk, z_blk, s_tot, z_tot, proj_weight, g, feature, linear, eps, scale, True,

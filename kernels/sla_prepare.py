@@ -38,7 +38,7 @@ def _sla_prepare_kernel(
     n_special, frame_len, n_special_total,
     BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, HEAD_DIM: tl.constexpr,
     FEATURE: tl.constexpr, LINEAR: tl.constexpr, STORE_STATES: tl.constexpr, HAS_SPECIAL: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, TOTALS: tl.constexpr,
 ):  # fmt: skip
     c = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)  # int64 offsets: 1,000 frames of qkv views exceed 2**31 elements
@@ -93,12 +93,13 @@ def _sla_prepare_kernel(
                     s_j.to(SBLK.dtype.element_ty),
                 )
                 tl.store(ZBLK + blk * HEAD_DIM + d, z_j)
-            s_acc += s_j
-            z_acc += z_j
+            if TOTALS:
+                s_acc += s_j
+                z_acc += z_j
 
     part = bh * n_chunks + c
     tl.store(KPART + part * HEAD_DIM + d, k_acc)
-    if LINEAR != 0:
+    if LINEAR != 0 and TOTALS:
         tl.store(SPART + (part * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :], s_acc)
         tl.store(ZPART + part * HEAD_DIM + d, z_acc)
 
@@ -130,13 +131,15 @@ def sla_prepare(
     feature: str,
     linear: str,
     store_states: bool = True,
+    totals: bool = True,
 ) -> tuple[torch.Tensor, ...]:
     """Launch the preparation kernel.
 
     Returns (pq [B,H,Mq,D] f32, pk [B,H,Nk,D] f32, kmean [B,H,D] f32, s_blk [B,H,Nk,D,D] (state
     dtype), z_blk [B,H,Nk,D] f32 — both empty unless linear is "complement" and ``store_states`` (the
     forward can recompute the selected blocks' states from K/V instead) —, s_tot [B,H,D,D] f32,
-    z_tot [B,H,D] f32 (both empty when linear is "none")).
+    z_tot [B,H,D] f32 (both empty when linear is "none", or without ``totals``: the complement sums
+    per query block need only the per-block states, and dropping the running D×D sum frees registers)).
     """
     B, H, N, D = q.shape
     dev = q.device
@@ -153,7 +156,8 @@ def sla_prepare(
     else:
         s_blk = torch.empty(0, device=dev, dtype=f32)
         z_blk = torch.empty(0, device=dev, dtype=f32)
-    if lin:
+    totals = bool(totals and lin)
+    if totals:
         spart = torch.empty(B, H, n_chunks, D, D, device=dev, dtype=f32)
         zpart = torch.empty(B, H, n_chunks, D, device=dev, dtype=f32)
     else:
@@ -168,11 +172,11 @@ def sla_prepare(
         max(geom.n_special, 1), geom.frame_len, geom.n_special_total,
         BLOCK_Q=geom.block_q, BLOCK_K=geom.block_k, HEAD_DIM=D,
         FEATURE=FEATURE_CODES[feature], LINEAR=lin, STORE_STATES=store, HAS_SPECIAL=geom.n_special > 0,
-        DOT_PRECISION=dot_precision_for(q.dtype),
+        DOT_PRECISION=dot_precision_for(q.dtype), TOTALS=totals,
         **({"num_warps": 4 if D <= 64 else 8} if q.is_cuda else {}),
     )  # fmt: skip
     kmean = kpart.sum(2) / N
-    if lin:
+    if totals:
         s_tot, z_tot = spart.sum(2), zpart.sum(2)
     else:
         s_tot, z_tot = (torch.empty(0, device=dev, dtype=f32) for _ in range(2))

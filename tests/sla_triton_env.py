@@ -23,6 +23,7 @@ SLA_KERNEL_MODULES = (
     "lite3r.kernels.sla_triton_common",
     "lite3r.kernels.sla_prepare",
     "lite3r.kernels.sla_topk_rows",
+    "lite3r.kernels.sla_complement_map",
     "lite3r.kernels.sla_block_select",
     "lite3r.kernels.sla_forward",
     "lite3r.kernels.sla_backward_dq",

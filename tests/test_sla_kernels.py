@@ -91,6 +91,11 @@ def test_prepare_matches_reference(case):
             assert lin != "complement" and name in ("s_blk", "z_blk")
             continue
         torch.testing.assert_close(a.float(), r, rtol=tol, atol=tol, msg=name)
+    # Without totals (the "summed" complement states): the same blocks and states, no s_tot / z_tot.
+    lean = prepare.sla_prepare(q, k, v, g, feat, lin, totals=False)
+    assert lean[5].numel() == 0 and lean[6].numel() == 0
+    for name, a, b in zip(names[:5], got, lean):
+        assert torch.equal(a, b), name
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,107 @@
+"""The 0/1 complement map of a block selection, and the complement sums of the key-block denominators.
+
+``sla_linear_domain.complement_sums`` turns the per-key-block linear states into per-query-block sums
+over the blocks each query block did *not* select, with one batched GEMM against the map
+C[i, j] = 1 when key block j is not in query block i's look-up table. Building C in PyTorch (fill,
+scatter into a spare column, slice, dtype copy) took ~5 kernels and left a row stride the tensor cores'
+GEMMs could not use (the spare column makes rows N_k + 1 long): at 32 VGGT frames the sums cost
+0.67 ms, more than the selection (measured on the H100). This kernel writes C row by row, contiguous
+and directly in the GEMM's dtype, and, in the same pass, the denominator sums
+z_i = Σ_j z_j − Σ_{j ∈ sel(i)} z_j (float32; the selected blocks' vectors are gathered, 256 bytes each).
+
+One program per (query block row, batch·head) of a tile: it writes ones over the row, synchronises its
+threads, then zeros at the row's selected columns.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+_BLOCK_C = 1024  # columns written per step
+_BLOCK_T = 64  # look-up table entries per step
+
+
+@triton.jit(do_not_specialize=("n_kblocks", "topk", "row0", "rows_out"))
+def _complement_map_kernel(
+    LUT, ZBLK, ZTOT, C, ZQ,
+    n_kblocks, topk, row0, rows_out,
+    stride_lg, stride_lr,
+    BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr, HEAD_DIM: tl.constexpr, WITH_Z: tl.constexpr,
+):  # fmt: skip
+    r = tl.program_id(0)  # row of the tile (query block row0 + r)
+    g = tl.program_id(1).to(tl.int64)  # batch·head
+    c_row = C + (g * rows_out + r) * n_kblocks
+    for c0 in range(0, n_kblocks, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        ones = tl.full([BLOCK_C], 1.0, dtype=tl.float32).to(C.dtype.element_ty)  # (no bf16 constants in
+        tl.store(c_row + cols, ones, mask=cols < n_kblocks)  # the Triton interpreter)
+    tl.debug_barrier()  # every thread's ones are written before any zero goes over them
+    lut_row = LUT + g * stride_lg + (row0 + r) * stride_lr
+    d = tl.arange(0, HEAD_DIM)
+    z_sel = tl.zeros([HEAD_DIM], dtype=tl.float32)
+    for t0 in range(0, topk, BLOCK_T):
+        t = t0 + tl.arange(0, BLOCK_T)
+        tmask = t < topk
+        j = tl.load(lut_row + t, mask=tmask, other=0).to(tl.int64)
+        tl.store(c_row + j, tl.zeros([BLOCK_T], dtype=tl.float32).to(C.dtype.element_ty), mask=tmask)
+        if WITH_Z:
+            zj = tl.load(
+                ZBLK + (g * n_kblocks + j)[:, None] * HEAD_DIM + d[None, :], mask=tmask[:, None], other=0.0
+            )
+            z_sel += tl.sum(zj, axis=0)
+    if WITH_Z:
+        z_tot = tl.load(ZTOT + g * HEAD_DIM + d)
+        tl.store(ZQ + (g * rows_out + r) * HEAD_DIM + d, z_tot - z_sel)
+
+
+def runs_here(x: torch.Tensor) -> bool:
+    """CUDA, or CPU under the Triton interpreter."""
+    return x.is_cuda or type(_complement_map_kernel).__name__ == "InterpretedFunction"
+
+
+def complement_map(
+    lut: torch.Tensor,
+    n_kblocks: int,
+    dtype: torch.dtype,
+    z_blk: torch.Tensor | None = None,
+    z_tot: torch.Tensor | None = None,
+    rows: tuple[int, int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """C [G, R, N_k] (``dtype``, contiguous) for look-up-table rows ``lut`` [G, M, T] (rows ``rows`` =
+    (start, stop) of M, default all), and with ``z_blk`` [G, N_k, D] / ``z_tot`` [G, D] (float32) the
+    complement sums of the vectors, [G, R, D] float32 (else None)."""
+    G, M, T = lut.shape
+    r0, r1 = rows or (0, M)
+    R = r1 - r0
+    c = torch.empty(G, R, n_kblocks, device=lut.device, dtype=dtype)
+    with_z = z_blk is not None
+    if with_z:
+        D = z_blk.shape[-1]
+        z_blk, z_tot = z_blk.float().contiguous(), z_tot.float().contiguous()
+        zq = torch.empty(G, R, D, device=lut.device, dtype=torch.float32)
+    else:
+        D = 16
+        z_blk = z_tot = zq = torch.empty(0, device=lut.device, dtype=torch.float32)
+    if R == 0 or G == 0:
+        return c, (zq if with_z else None)
+    if lut.stride(-1) != 1:
+        lut = lut.contiguous()
+    _complement_map_kernel[(R, G)](
+        lut, z_blk, z_tot, c, zq,
+        n_kblocks, T, r0, R,
+        lut.stride(0), lut.stride(1),
+        BLOCK_C=_BLOCK_C, BLOCK_T=_BLOCK_T, HEAD_DIM=D, WITH_Z=with_z,
+        **({"num_warps": 4} if lut.is_cuda else {}),
+    )  # fmt: skip
+    return c, (zq if with_z else None)
+
+
+def complement_map_reference(lut, n_kblocks: int, dtype, z_blk=None):
+    """The same in PyTorch (tests): the map by a scatter, the sums with a float64 map."""
+    G, M, _ = lut.shape
+    c = torch.ones(G, M, n_kblocks, dtype=torch.float64, device=lut.device)
+    c.scatter_(2, lut.long(), 0.0)
+    zq = None if z_blk is None else torch.bmm(c, z_blk.double()).float()
+    return c.to(dtype), zq
