@@ -5,8 +5,8 @@ over the blocks each query block did *not* select, with one batched GEMM against
 C[i, j] = 1 when key block j is not in query block i's look-up table. Building C in PyTorch (fill,
 scatter into a spare column, slice, dtype copy) took ~5 kernels and left a row stride the tensor cores'
 GEMMs could not use (the spare column makes rows N_k + 1 long): at 32 VGGT frames the sums cost
-0.67 ms, more than the selection (measured on the H100). This kernel writes C row by row, contiguous
-and directly in the GEMM's dtype, and, in the same pass, the denominator sums
+0.67 ms, more than the selection (measured on the H100). This kernel writes C row by row, with rows
+16-byte aligned, directly in the GEMM's dtype, and, in the same pass, the denominator sums
 z_i = Σ_j z_j − Σ_{j ∈ sel(i)} z_j (float32; the selected blocks' vectors are gathered, 256 bytes each).
 
 One program per (query block row, batch·head) of a tile: it writes ones over the row, synchronises its
@@ -23,16 +23,16 @@ _BLOCK_C = 1024  # columns written per step
 _BLOCK_T = 64  # look-up table entries per step
 
 
-@triton.jit(do_not_specialize=("n_kblocks", "topk", "row0", "rows_out"))
+@triton.jit(do_not_specialize=("n_kblocks", "topk", "row0", "rows_out", "row_stride"))
 def _complement_map_kernel(
     LUT, ZBLK, ZTOT, C, ZQ,
-    n_kblocks, topk, row0, rows_out,
+    n_kblocks, topk, row0, rows_out, row_stride,
     stride_lg, stride_lr,
     BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr, HEAD_DIM: tl.constexpr, WITH_Z: tl.constexpr,
 ):  # fmt: skip
     r = tl.program_id(0)  # row of the tile (query block row0 + r)
     g = tl.program_id(1).to(tl.int64)  # batch·head
-    c_row = C + (g * rows_out + r) * n_kblocks
+    c_row = C + (g * rows_out + r) * row_stride
     for c0 in range(0, n_kblocks, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
         ones = tl.full([BLOCK_C], 1.0, dtype=tl.float32).to(C.dtype.element_ty)  # (no bf16 constants in
@@ -69,13 +69,17 @@ def complement_map(
     z_tot: torch.Tensor | None = None,
     rows: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """C [G, R, N_k] (``dtype``, contiguous) for look-up-table rows ``lut`` [G, M, T] (rows ``rows`` =
+    """C [G, R, N_k] (``dtype``; rows 16-byte aligned, padded past N_k) for look-up-table rows ``lut`` [G, M, T] (rows ``rows`` =
     (start, stop) of M, default all), and with ``z_blk`` [G, N_k, D] / ``z_tot`` [G, D] (float32) the
     complement sums of the vectors, [G, R, D] float32 (else None)."""
     G, M, T = lut.shape
     r0, r1 = rows or (0, M)
     R = r1 - r0
-    c = torch.empty(G, R, n_kblocks, device=lut.device, dtype=dtype)
+    # Rows padded to a multiple of 8 elements (16 bytes): the GEMM reads the map through a view whose
+    # row stride the Hopper tensor-core kernels can use (an odd N_k stride made cuBLAS fall back to an
+    # sm75 kernel at ~110 TFLOP/s: 0.28 ms at 32 VGGT frames).
+    row_stride = -(-n_kblocks // 8) * 8
+    c = torch.empty(G, R, row_stride, device=lut.device, dtype=dtype)[:, :, :n_kblocks]
     with_z = z_blk is not None
     if with_z:
         D = z_blk.shape[-1]
@@ -90,7 +94,7 @@ def complement_map(
         lut = lut.contiguous()
     _complement_map_kernel[(R, G)](
         lut, z_blk, z_tot, c, zq,
-        n_kblocks, T, r0, R,
+        n_kblocks, T, r0, R, row_stride,
         lut.stride(0), lut.stride(1),
         BLOCK_C=_BLOCK_C, BLOCK_T=_BLOCK_T, HEAD_DIM=D, WITH_Z=with_z,
         **({"num_warps": 4} if lut.is_cuda else {}),
