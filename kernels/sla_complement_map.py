@@ -2,11 +2,13 @@
 
 ``sla_linear_domain.complement_sums`` turns the per-key-block linear states into per-query-block sums
 over the blocks each query block did *not* select, with one batched GEMM against the map
-C[i, j] = 1 when key block j is not in query block i's look-up table. Building C in PyTorch (fill,
-scatter into a spare column, slice, dtype copy) took ~5 kernels and left a row stride the tensor cores'
-GEMMs could not use (the spare column makes rows N_k + 1 long): at 32 VGGT frames the sums cost
-0.67 ms, more than the selection (measured on the H100). This kernel writes C row by row, with rows
-16-byte aligned, directly in the GEMM's dtype, and, in the same pass, the denominator sums
+C[i, j] = 1 when key block j is not in query block i's look-up table. Built in PyTorch (fill, scatter
+into a spare column, slice, dtype copy: ~5 kernels), with N_k (odd at VGGT shapes) as the GEMM's
+reduction length, the sums cost 0.67 ms at 32 VGGT frames, more than the selection: cuBLAS runs 16-bit
+GEMMs whose reduction length is not a multiple of 8 on sm75/sm80 kernels, 3-5× slower on the H100
+(benchmarks/probes/bmm_k_alignment.py). This kernel writes C row by row, contiguous, directly in the
+GEMM's dtype, with zero columns up to a multiple of 8 (the per-block states come with as many rows,
+zero past N_k: ``sla_prepare.padded_kblocks``), and, in the same pass, the denominator sums
 z_i = Σ_j z_j − Σ_{j ∈ sel(i)} z_j (float32; the selected blocks' vectors are gathered, 256 bytes each).
 
 One program per (query block row, batch·head) of a tile: it writes ones over the row, synchronises its
@@ -23,20 +25,22 @@ _BLOCK_C = 1024  # columns written per step
 _BLOCK_T = 64  # look-up table entries per step
 
 
-@triton.jit(do_not_specialize=("n_kblocks", "topk", "row0", "rows_out", "row_stride"))
+@triton.jit(do_not_specialize=("n_kblocks", "topk", "row0", "rows_out", "row_stride", "z_rows"))
 def _complement_map_kernel(
     LUT, ZBLK, ZTOT, C, ZQ,
-    n_kblocks, topk, row0, rows_out, row_stride,
+    n_kblocks, topk, row0, rows_out, row_stride, z_rows,
     stride_lg, stride_lr,
     BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr, HEAD_DIM: tl.constexpr, WITH_Z: tl.constexpr,
 ):  # fmt: skip
     r = tl.program_id(0)  # row of the tile (query block row0 + r)
     g = tl.program_id(1).to(tl.int64)  # batch·head
     c_row = C + (g * rows_out + r) * row_stride
-    for c0 in range(0, n_kblocks, BLOCK_C):
+    for c0 in range(0, row_stride, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
-        ones = tl.full([BLOCK_C], 1.0, dtype=tl.float32).to(C.dtype.element_ty)  # (no bf16 constants in
-        tl.store(c_row + cols, ones, mask=cols < n_kblocks)  # the Triton interpreter)
+        # ones over the key blocks, zeros over the padding columns (float32 first: the Triton
+        # interpreter has no bf16 constants)
+        val = tl.where(cols < n_kblocks, 1.0, 0.0).to(C.dtype.element_ty)
+        tl.store(c_row + cols, val, mask=cols < row_stride)
     tl.debug_barrier()  # every thread's ones are written before any zero goes over them
     lut_row = LUT + g * stride_lg + (row0 + r) * stride_lr
     d = tl.arange(0, HEAD_DIM)
@@ -48,7 +52,7 @@ def _complement_map_kernel(
         tl.store(c_row + j, tl.zeros([BLOCK_T], dtype=tl.float32).to(C.dtype.element_ty), mask=tmask)
         if WITH_Z:
             zj = tl.load(
-                ZBLK + (g * n_kblocks + j)[:, None] * HEAD_DIM + d[None, :], mask=tmask[:, None], other=0.0
+                ZBLK + (g * z_rows + j)[:, None] * HEAD_DIM + d[None, :], mask=tmask[:, None], other=0.0
             )
             z_sel += tl.sum(zj, axis=0)
     if WITH_Z:
@@ -68,9 +72,11 @@ def complement_map(
     z_blk: torch.Tensor | None = None,
     z_tot: torch.Tensor | None = None,
     rows: tuple[int, int] | None = None,
+    n_cols: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """C [G, R, N_k] (``dtype``; rows 16-byte aligned, padded past N_k) for look-up-table rows ``lut`` [G, M, T] (rows ``rows`` =
-    (start, stop) of M, default all), and with ``z_blk`` [G, N_k, D] / ``z_tot`` [G, D] (float32) the
+    """C [G, R, n_cols] (``dtype``, contiguous; zero in the ``n_cols`` − N_k padding columns, default
+    N_k rounded up to a multiple of 8) for look-up-table rows ``lut`` [G, M, T] (rows ``rows`` =
+    (start, stop) of M, default all), and with ``z_blk`` [G, ≥N_k, D] / ``z_tot`` [G, D] (float32) the
     complement sums of the vectors, [G, R, D] float32 (else None)."""
     G, M, T = lut.shape
     r0, r1 = rows or (0, M)
@@ -78,8 +84,10 @@ def complement_map(
     # Rows padded to a multiple of 8 elements (16 bytes): the GEMM reads the map through a view whose
     # row stride the Hopper tensor-core kernels can use (an odd N_k stride made cuBLAS fall back to an
     # sm75 kernel at ~110 TFLOP/s: 0.28 ms at 32 VGGT frames).
-    row_stride = -(-n_kblocks // 8) * 8
-    c = torch.empty(G, R, row_stride, device=lut.device, dtype=dtype)[:, :, :n_kblocks]
+    row_stride = n_cols if n_cols is not None else -(-n_kblocks // 8) * 8
+    if row_stride < n_kblocks:
+        raise ValueError(f"n_cols {row_stride} < {n_kblocks} key blocks")
+    c = torch.empty(G, R, row_stride, device=lut.device, dtype=dtype)
     with_z = z_blk is not None
     if with_z:
         D = z_blk.shape[-1]
@@ -94,7 +102,7 @@ def complement_map(
         lut = lut.contiguous()
     _complement_map_kernel[(R, G)](
         lut, z_blk, z_tot, c, zq,
-        n_kblocks, T, r0, R, row_stride,
+        n_kblocks, T, r0, R, row_stride, z_blk.shape[1] if with_z else 0,
         lut.stride(0), lut.stride(1),
         BLOCK_C=_BLOCK_C, BLOCK_T=_BLOCK_T, HEAD_DIM=D, WITH_Z=with_z,
         **({"num_warps": 4} if lut.is_cuda else {}),
@@ -102,10 +110,12 @@ def complement_map(
     return c, (zq if with_z else None)
 
 
-def complement_map_reference(lut, n_kblocks: int, dtype, z_blk=None):
+def complement_map_reference(lut, n_kblocks: int, dtype, z_blk=None, n_cols: int | None = None):
     """The same in PyTorch (tests): the map by a scatter, the sums with a float64 map."""
     G, M, _ = lut.shape
-    c = torch.ones(G, M, n_kblocks, dtype=torch.float64, device=lut.device)
+    n_cols = n_cols if n_cols is not None else -(-n_kblocks // 8) * 8
+    c = torch.zeros(G, M, n_cols, dtype=torch.float64, device=lut.device)
+    c[:, :, :n_kblocks] = 1.0
     c.scatter_(2, lut.long(), 0.0)
-    zq = None if z_blk is None else torch.bmm(c, z_blk.double()).float()
+    zq = None if z_blk is None else torch.bmm(c[:, :, :n_kblocks], z_blk[:, :n_kblocks].double()).float()
     return c.to(dtype), zq

@@ -102,7 +102,7 @@ def _sla_forward_kernel(
     stride_ob, stride_oh, stride_on,
     stride_lb, stride_lh, stride_ln,
     LUT, SBLK, ZBLK, STOT, ZTOT, W,
-    H, N, n_qblocks, n_kblocks, topk,
+    H, N, n_qblocks, n_kblocks, n_srows, topk,
     n_special, frame_len, n_special_total,
     qk_scale, eps,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
@@ -153,11 +153,11 @@ def _sla_forward_kernel(
                     )
                 else:
                     s_sel, z_sel = _add_block_state(
-                        s_sel, z_sel, SBLK, ZBLK, bh * n_kblocks + j0, k, v, full, FEATURE, False, HEAD_DIM,
+                        s_sel, z_sel, SBLK, ZBLK, bh * n_srows + j0, k, v, full, FEATURE, False, HEAD_DIM,
                         DOT_PRECISION,
                     )  # fmt: skip
                     s_sel, z_sel = _add_block_state(
-                        s_sel, z_sel, SBLK, ZBLK, bh * n_kblocks + j1, k, v, full, FEATURE, False, HEAD_DIM,
+                        s_sel, z_sel, SBLK, ZBLK, bh * n_srows + j1, k, v, full, FEATURE, False, HEAD_DIM,
                         DOT_PRECISION,
                     )  # fmt: skip
         n_single = (topk - 1) % 2
@@ -170,7 +170,7 @@ def _sla_forward_kernel(
         if LINEAR == 2:
             full = tl.full([BLOCK_N], 1, dtype=tl.int1)
             s_sel, z_sel = _add_block_state(
-                s_sel, z_sel, SBLK, ZBLK, bh * n_kblocks + j, k, v, full, FEATURE, RECOMPUTE_STATES,
+                s_sel, z_sel, SBLK, ZBLK, bh * n_srows + j, k, v, full, FEATURE, RECOMPUTE_STATES,
                 HEAD_DIM, DOT_PRECISION,
             )  # fmt: skip
     j = tl.load(lut + topk - 1).to(tl.int32)
@@ -181,7 +181,7 @@ def _sla_forward_kernel(
     )  # fmt: skip
     if LINEAR == 2:
         s_sel, z_sel = _add_block_state(
-            s_sel, z_sel, SBLK, ZBLK, bh * n_kblocks + j, k, v, cols < N, FEATURE, RECOMPUTE_STATES,
+            s_sel, z_sel, SBLK, ZBLK, bh * n_srows + j, k, v, cols < N, FEATURE, RECOMPUTE_STATES,
             HEAD_DIM, DOT_PRECISION,
         )  # fmt: skip
     out = acc / l_i[:, None]
@@ -313,7 +313,7 @@ def sla_forward(
         o.stride(0), o.stride(1), o.stride(2),
         *lse_strides,
         lut, s_blk, z_blk, s_tot, z_tot, w,
-        H, N, geom.n_qblocks, geom.n_kblocks, geom.topk,
+        H, N, geom.n_qblocks, geom.n_kblocks, max(s_blk.shape[2] if s_blk.dim() == 5 else 0, 1), geom.topk,
         max(geom.n_special, 1), geom.frame_len, geom.n_special_total,
         scale * LOG2E, eps,
         BLOCK_M=geom.block_q, BLOCK_N=geom.block_k, HEAD_DIM=D,

@@ -80,7 +80,8 @@ def complement_sums(
     """
     B, H, Mq, T = lut.shape
     D = states.shape[-1]
-    n_in = Mq if transpose else n_kblocks
+    # Per key block in, the states may carry zero padding rows past n_kblocks (sla_prepare.padded_kblocks).
+    n_in = Mq if transpose else states.shape[2]
     n_out = n_kblocks if transpose else Mq
     BH = B * H
     lut3 = lut.reshape(BH, Mq, T)
@@ -104,7 +105,13 @@ def complement_sums(
             o1 = min(n_out, o0 + o_step)
             if use_kernel:
                 c, z_part = _map.complement_map(
-                    lut3[g0:g1], n_kblocks, states.dtype, z_in[g0:g1], z_tot[g0:g1], rows=(o0, o1)
+                    lut3[g0:g1],
+                    n_kblocks,
+                    states.dtype,
+                    z_in[g0:g1],
+                    z_tot[g0:g1],
+                    rows=(o0, o1),
+                    n_cols=n_in,
                 )
                 _bmm_aligned_k(c, s_in[g0:g1], s_out[g0:g1, o0:o1])
                 z_out[g0:g1, o0:o1] = z_part
@@ -114,8 +121,9 @@ def complement_sums(
             else:  # C[:, o0:o1, :]: [G, Mq-tile, Nk]
                 c32 = _complement_tile(lut3[g0:g1, o0:o1], 0, n_kblocks, torch.float32)
             c = c32 if states.dtype == torch.float32 else c32.to(states.dtype)
-            torch.bmm(c, s_in[g0:g1], out=s_out[g0:g1, o0:o1])
-            torch.bmm(c32, z_in[g0:g1], out=z_out[g0:g1, o0:o1])
+            n_red = c.shape[-1]  # the padding rows of per-key-block states (zero) are left out
+            torch.bmm(c, s_in[g0:g1, :n_red], out=s_out[g0:g1, o0:o1])
+            torch.bmm(c32, z_in[g0:g1, :n_red], out=z_out[g0:g1, o0:o1])
     return s_out.view(B, H, n_out, D, D), z_out.view(B, H, n_out, D)
 
 

@@ -90,8 +90,9 @@ def _(q, k, v, geom, feature, linear, store_states=True, totals=True):
     kmean = q.new_empty(B, H, D, dtype=f32)
     code = LINEAR_CODES[linear]
     if code == 2 and store_states:
-        s_blk = q.new_empty(B, H, g.n_kblocks, D, D, dtype=_prepare_mod.state_dtype_for(q.dtype))
-        z_blk = q.new_empty(B, H, g.n_kblocks, D, dtype=f32)
+        rows = _prepare_mod.padded_kblocks(g.n_kblocks)
+        s_blk = q.new_empty(B, H, rows, D, D, dtype=_prepare_mod.state_dtype_for(q.dtype))
+        z_blk = q.new_empty(B, H, rows, D, dtype=f32)
     else:
         s_blk, z_blk = empty, q.new_empty(0, dtype=f32)
     if code and totals:

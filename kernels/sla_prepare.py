@@ -34,7 +34,7 @@ def _sla_prepare_kernel(
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     PQ, PK, SBLK, ZBLK, SPART, ZPART, KPART,
-    H, N, n_qblocks, n_kblocks, n_chunks, qb_per_prog, kb_per_prog,
+    H, N, n_qblocks, n_kblocks, n_srows, n_chunks, qb_per_prog, kb_per_prog,
     n_special, frame_len, n_special_total,
     BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, HEAD_DIM: tl.constexpr,
     FEATURE: tl.constexpr, LINEAR: tl.constexpr, STORE_STATES: tl.constexpr, HAS_SPECIAL: tl.constexpr,
@@ -87,7 +87,7 @@ def _sla_prepare_kernel(
             s_j = tl.dot(tl.trans(phi.to(vx.dtype)), vx, input_precision=DOT_PRECISION)
             z_j = tl.sum(phi, axis=0)
             if STORE_STATES:
-                blk = bh * n_kblocks + j
+                blk = bh * n_srows + j
                 tl.store(
                     SBLK + (blk * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :],
                     s_j.to(SBLK.dtype.element_ty),
@@ -96,6 +96,13 @@ def _sla_prepare_kernel(
             if TOTALS:
                 s_acc += s_j
                 z_acc += z_j
+
+    if (LINEAR != 0 and STORE_STATES) and c == n_chunks - 1:  # zero the padding rows past the last block
+        for j in range(n_kblocks, n_srows):
+            blk = bh * n_srows + j
+            tl.store(SBLK + (blk * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :],
+                     tl.zeros([HEAD_DIM, HEAD_DIM], dtype=tl.float32).to(SBLK.dtype.element_ty))  # fmt: skip
+            tl.store(ZBLK + blk * HEAD_DIM + d, tl.zeros([HEAD_DIM], dtype=tl.float32))
 
     part = bh * n_chunks + c
     tl.store(KPART + part * HEAD_DIM + d, k_acc)
@@ -108,6 +115,13 @@ def state_dtype_for(dtype: torch.dtype) -> torch.dtype:
     """Storage dtype of the per-block states S_j: BF16 for BF16 inputs (they are only subtracted from
     FP32 totals, so the rounding stays relative to one block), FP32 otherwise (FP16 could overflow)."""
     return torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
+
+
+def padded_kblocks(n_kblocks: int) -> int:
+    """Rows of the per-block state tensors: the key-block count rounded up to a multiple of 8. cuBLAS
+    runs a 16-bit GEMM whose reduction length is not a multiple of 8 on sm75/sm80 kernels, 3-5× slower
+    on the H100 (benchmarks/probes/bmm_k_alignment.py: 0.29 vs 0.06 ms at 32 VGGT frames)."""
+    return -(-n_kblocks // 8) * 8
 
 
 def dot_precision_for(dtype: torch.dtype) -> str:
@@ -135,8 +149,9 @@ def sla_prepare(
 ) -> tuple[torch.Tensor, ...]:
     """Launch the preparation kernel.
 
-    Returns (pq [B,H,Mq,D] f32, pk [B,H,Nk,D] f32, kmean [B,H,D] f32, s_blk [B,H,Nk,D,D] (state
-    dtype), z_blk [B,H,Nk,D] f32 — both empty unless linear is "complement" and ``store_states`` (the
+    Returns (pq [B,H,Mq,D] f32, pk [B,H,Nk,D] f32, kmean [B,H,D] f32, s_blk [B,H,Nk',D,D] (state
+    dtype), z_blk [B,H,Nk',D] f32 — Nk' = Nk rounded up to a multiple of 8, the rows past Nk zero, so
+    the complement-sums GEMM reduces over a 16-byte aligned length (``padded_kblocks``); both empty unless linear is "complement" and ``store_states`` (the
     forward can recompute the selected blocks' states from K/V instead) —, s_tot [B,H,D,D] f32,
     z_tot [B,H,D] f32 (both empty when linear is "none", or without ``totals``: the complement sums
     per query block need only the per-block states, and dropping the running D×D sum frees registers)).
@@ -150,9 +165,10 @@ def sla_prepare(
     pk = torch.empty(B, H, geom.n_kblocks, D, device=dev, dtype=f32)
     kpart = torch.empty(B, H, n_chunks, D, device=dev, dtype=f32)
     store = lin == 2 and store_states
+    n_srows = padded_kblocks(geom.n_kblocks)
     if store:
-        s_blk = torch.empty(B, H, geom.n_kblocks, D, D, device=dev, dtype=state_dtype_for(q.dtype))
-        z_blk = torch.empty(B, H, geom.n_kblocks, D, device=dev, dtype=f32)
+        s_blk = torch.empty(B, H, n_srows, D, D, device=dev, dtype=state_dtype_for(q.dtype))
+        z_blk = torch.empty(B, H, n_srows, D, device=dev, dtype=f32)
     else:
         s_blk = torch.empty(0, device=dev, dtype=f32)
         z_blk = torch.empty(0, device=dev, dtype=f32)
@@ -168,7 +184,7 @@ def sla_prepare(
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         pq, pk, s_blk, z_blk, spart, zpart, kpart,
-        H, N, geom.n_qblocks, geom.n_kblocks, n_chunks, qb, kb,
+        H, N, geom.n_qblocks, geom.n_kblocks, n_srows, n_chunks, qb, kb,
         max(geom.n_special, 1), geom.frame_len, geom.n_special_total,
         BLOCK_Q=geom.block_q, BLOCK_K=geom.block_k, HEAD_DIM=D,
         FEATURE=FEATURE_CODES[feature], LINEAR=lin, STORE_STATES=store, HAS_SPECIAL=geom.n_special > 0,

@@ -18,7 +18,7 @@ LINEAR_CODES = {"none": 0, "all": 1, "complement": 2}
 # launch on each of them (value 1, divisibility by 16) and compile every autotune config again for each
 # new combination, i.e. for many sequence lengths; none of them feeds a vectorised address.
 SIZE_ARGS = (
-    "H", "N", "n_qblocks", "n_kblocks", "topk", "n_forced", "n_chunks", "qb_per_prog", "kb_per_prog",
+    "H", "N", "n_qblocks", "n_kblocks", "n_srows", "topk", "n_forced", "n_chunks", "qb_per_prog", "kb_per_prog",
     "n_special", "frame_len", "n_special_total",
 )  # fmt: skip
 
