@@ -6,22 +6,14 @@
 
 from __future__ import annotations
 
+import sys
 from functools import partial
+from pathlib import Path
 
 import torch
 
-
-def ms(fn, n=20):
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    s.record()
-    for _ in range(n):
-        fn()
-    e.record()
-    e.synchronize()
-    return s.elapsed_time(e) / n
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_sla_attention import pipelined_ms as ms  # mean of back-to-back calls
 
 
 def main() -> None:
