@@ -8,8 +8,10 @@ and an accumulator that lives across the loop; here both sums are one batched GE
 complement map C [Mq, Nk] (C[i, j] = 1 when j is not in query block i's look-up table):
 S_q = C·S_blk and dS_k = Cᵀ·G. At VGGT's 64-frame global attention (16 heads, 687 × 1,374 blocks,
 head_dim 64) each is 2·16·687·1,374·4,096 ≈ 0.12 TFLOP on the tensor cores, against ≈ 12 and 25 GB of
-per-pair gathers in the kernels. Summing the complement directly (rather than totals minus the
-selected blocks) also avoids cancellation.
+per-pair gathers in the kernels. The states are summed over the complement directly (no totals minus
+the selected blocks, so no cancellation); on the GPU, per query block, the float32 denominators are
+the total minus the gathered selected blocks (``sla_complement_map``), as the stored-state forward did.
+Inference uses the per-query-block sums too (``SLAConfig.complement_states="summed"``).
 
 The map is built in bounded tiles (rows of it for a few heads at a time), so the extra memory is
 ``workspace_bytes`` plus the outputs, whatever the sequence length; the GEMMs themselves grow as
