@@ -146,7 +146,7 @@ def inverse_lut(lut: torch.Tensor, n_kblocks: int) -> tuple[torch.Tensor, torch.
 def sla_backward_dkdv(
     q, k, v, do, lse, delta, lut, ds_k, dz_k, geom: SLAGeometry, *,
     feature: str, linear_code: int, scale: float, dk: torch.Tensor, dv: torch.Tensor,
-    m_split: int | None = None,
+    m_split: int | None = None, inverse: tuple[torch.Tensor, torch.Tensor] | None = None,
 ):  # fmt: skip
     """Launch the dK/dV kernel; fills ``dk`` and ``dv``.
 
@@ -155,9 +155,12 @@ def sla_backward_dkdv(
 
     ``ds_k``/``dz_k``: the gradient of the linear state each key block feeds, [B,H,D,D]/[B,H,D] (the
     totals ΣG_i, Σdz_i) for the "all" branch, [B,H,Nk,D,D]/[B,H,Nk,D] (sums over the query blocks
-    that did not select the key block) for the complement; unused without a linear branch."""
+    that did not select the key block) for the complement; unused without a linear branch.
+
+    ``inverse``: :func:`inverse_lut` (``lut``) if the caller built it already (the complement sums use
+    it too); else built here."""
     B, H, N, D = q.shape
-    qlist, offsets = inverse_lut(lut, geom.n_kblocks)
+    qlist, offsets = inverse if inverse is not None else inverse_lut(lut, geom.n_kblocks)
     if not linear_code:
         ds_k = dz_k = torch.empty(0, device=q.device, dtype=torch.float32)
     if _common.use_autotuner(q):

@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import sla_complement_map as _map
 from . import sla_triton_common as _common
 from .sla_reference import SLAGeometry
 from .sla_triton_common import (
@@ -39,7 +40,7 @@ from .sla_triton_common import (
 LOG2E = 1.4426950408889634
 
 
-@triton.jit(do_not_specialize=SIZE_ARGS)
+@triton.jit(do_not_specialize=(*SIZE_ARGS, "g_rows"))
 def _sla_backward_dq_kernel(
     Q, K, V, O, OL, DO, DOL, DQ, LSE, DELTA,
     stride_qb, stride_qh, stride_qn,
@@ -51,7 +52,7 @@ def _sla_backward_dq_kernel(
     stride_gb, stride_gh, stride_gn,
     stride_xb, stride_xh, stride_xn,
     LUT, SQ, ZQ, GBLK, DZBLK,
-    H, N, n_qblocks, n_kblocks, topk,
+    H, N, n_qblocks, n_kblocks, topk, g_rows,
     n_special, frame_len, n_special_total,
     sm_scale, eps,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
@@ -93,14 +94,21 @@ def _sla_backward_dq_kernel(
         phiq = tl.where(rmask[:, None], feature_map(q.to(tl.float32), FEATURE), 0.0)
         blk_q = bh * n_qblocks + i
         s_i, z_i = load_linear_state(SQ, ZQ, blk_q if LINEAR == 2 else bh, q.dtype, HEAD_DIM)
+        g_row = bh * g_rows + i  # G and dz rows: g_rows ≥ n_qblocks per batch·head
         den = tl.sum(phiq * z_i[None, :], axis=1) + eps
         dnum = (g.to(tl.float32) / den[:, None]).to(q.dtype)
         dden = -g_ol / den  # = −rowsum(dnum ⊙ φ(q)S_i) / den, since o_l = φ(q)S_i / den
         g_i = tl.dot(tl.trans(phiq.to(q.dtype)), dnum, input_precision=DOT_PRECISION)
-        tl.store(
-            GBLK + (blk_q * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :], g_i.to(GBLK.dtype.element_ty)
-        )
-        tl.store(DZBLK + blk_q * HEAD_DIM + d, tl.sum(phiq * dden[:, None], axis=0))
+        dd = d[:, None] * HEAD_DIM + d[None, :]
+        tl.store(GBLK + g_row * HEAD_DIM * HEAD_DIM + dd, g_i.to(GBLK.dtype.element_ty))
+        tl.store(DZBLK + g_row * HEAD_DIM + d, tl.sum(phiq * dden[:, None], axis=0))
+        # The padding rows past n_qblocks (the complement GEMM's reduction length rounded up to a
+        # multiple of 8) must be zeros, not uninitialised memory: the first programs write them.
+        if LINEAR == 2:
+            for pad_row in range(n_qblocks + i, g_rows, n_qblocks):
+                pad = bh * g_rows + pad_row
+                tl.store(GBLK + pad * HEAD_DIM * HEAD_DIM + dd, tl.zeros_like(g_i).to(GBLK.dtype.element_ty))
+                tl.store(DZBLK + pad * HEAD_DIM + d, tl.zeros([HEAD_DIM], dtype=tl.float32))
         dq_lin = linear_input_grad(phiq, dnum, s_i, dden[:, None] * z_i[None, :], FEATURE, DOT_PRECISION)
         dq = dq_lin * (1.0 / sm_scale)
 
@@ -159,8 +167,10 @@ def sla_backward_dq(
     feature: str, linear_code: int, eps: float, scale: float, dq: torch.Tensor,
     g_dtype: torch.dtype = torch.float32,
 ):  # fmt: skip
-    """Launch the dQ kernel; fills ``dq`` and returns (delta [B,H,N] f32, G [B,H,Mq,D,D] ``g_dtype``,
-    dz [B,H,Mq,D] f32) — the last two empty when there is no linear branch.
+    """Launch the dQ kernel; fills ``dq`` and returns (delta [B,H,N] f32, G [B,H,R,D,D] ``g_dtype``,
+    dz [B,H,R,D] f32) — the last two empty when there is no linear branch. R = Mq for the "all"
+    branch; for the complement, Mq rounded up to a multiple of 8 with zero rows past Mq, so the
+    per-key-block sums (``sla_linear_domain.complement_sums``, transposed) reduce over an aligned length.
 
     ``s_q``/``z_q``: the linear state each query block attends to, [B,H,D,D]/[B,H,D] (the totals) for
     the "all" branch (linear_code 1), [B,H,Mq,D,D]/[B,H,Mq,D] for the complement (linear_code 2); any
@@ -168,9 +178,10 @@ def sla_backward_dq(
     B, H, N, D = q.shape
     dev = q.device
     delta = torch.empty(B, H, N, device=dev, dtype=torch.float32)
+    g_rows = _map.padded_columns(geom.n_qblocks) if linear_code == 2 else geom.n_qblocks
     if linear_code:
-        g_blk = torch.empty(B, H, geom.n_qblocks, D, D, device=dev, dtype=g_dtype)
-        dz_blk = torch.empty(B, H, geom.n_qblocks, D, device=dev, dtype=torch.float32)
+        g_blk = torch.empty(B, H, g_rows, D, D, device=dev, dtype=g_dtype)
+        dz_blk = torch.empty(B, H, g_rows, D, device=dev, dtype=torch.float32)
         dol, ol = do_l, o_l
     else:
         g_blk = dz_blk = torch.empty(0, device=dev, dtype=torch.float32)
@@ -190,7 +201,7 @@ def sla_backward_dq(
         dol.stride(0), dol.stride(1), dol.stride(2),
         dq.stride(0), dq.stride(1), dq.stride(2),
         lut, s_q, z_q, g_blk, dz_blk,
-        H, N, geom.n_qblocks, geom.n_kblocks, geom.topk,
+        H, N, geom.n_qblocks, geom.n_kblocks, geom.topk, g_rows,
         max(geom.n_special, 1), geom.frame_len, geom.n_special_total,
         scale, eps,
         BLOCK_M=geom.block_q, BLOCK_N=geom.block_k, HEAD_DIM=D,

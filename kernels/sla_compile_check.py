@@ -155,6 +155,14 @@ def variants(head_dims=(64,), quick=False):
                 [(8, 1, None, {})],
             )
         )
+    # The complement map (inference: rows from the LUT; backward: transposed, rows from the inverse LUT).
+    from . import sla_complement_map
+
+    for name, csr, list_ptr in (("complement map", False, lut), ("complement map transposed", True, "*i32")):
+        ptrs = dict(LUT=list_ptr, LOFF="*i64", ZBLK=f32, ZTOT=f32, C=bf, ZQ=f32)
+        consts = dict(BLOCK_C=sla_complement_map._BLOCK_C, BLOCK_T=sla_complement_map._BLOCK_T)
+        consts.update(HEAD_DIM=64, WITH_Z=True, CSR=csr)
+        out.append((name, sla_complement_map._complement_map_kernel, ptrs, consts, [(4, 1, None, {})]))
     # The row top-k of the block selection: float64 scores in, int16 LUT out; one config per row width
     # the VGGT shapes use (32 / 128 frames at 64-token key blocks: 687 / 2,748 columns) and the maximum.
     from . import sla_topk_rows

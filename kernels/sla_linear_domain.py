@@ -10,7 +10,15 @@ S_q = C·S_blk and dS_k = Cᵀ·G. At VGGT's 64-frame global attention (16 heads
 head_dim 64) each is 2·16·687·1,374·4,096 ≈ 0.12 TFLOP on the tensor cores, against ≈ 12 and 25 GB of
 per-pair gathers in the kernels. The states are summed over the complement directly (no totals minus
 the selected blocks, so no cancellation); on the GPU, per query block, the float32 denominators are
-the total minus the gathered selected blocks (``sla_complement_map``), as the stored-state forward did.
+the total minus the gathered selected blocks (``sla_complement_map``), as the stored-state forward did,
+and per key block the total minus the query blocks of the inverse look-up table. Both maps come from
+the map kernel, contiguous and in the GEMM's dtype, with rows padded to a multiple of 8 columns, and
+the inputs come with as many rows (zero past the real blocks: ``sla_prepare.padded_kblocks`` for the
+per-key-block states, the dQ kernel for the per-query-block G): cuBLAS runs a 16-bit GEMM whose
+reduction length is not a multiple of 8 on sm75/sm80 kernels, ~4× slower on the H100 (0.29 vs 0.06 ms
+at 32 VGGT frames; Mq = 687 at 64 frames). Padding at the producers costs a few zero rows written by
+kernels that run anyway; ``_bmm_aligned_k`` (kept for unpadded inputs) costs a second GEMM launch and
+one more rounding of the result.
 Inference uses the per-query-block sums too (``SLAConfig.complement_states="summed"``).
 
 The map is built in bounded tiles (rows of it for a few heads at a time), so the extra memory is
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import torch
 
+from . import sla_backward_dkdv as _dkdv
 from . import sla_complement_map as _map
 
 # Bytes of complement-map tiles (a dtype copy and a float32 copy) held at once.
@@ -67,14 +76,19 @@ def complement_sums(
     n_kblocks: int,
     *,
     transpose: bool,
+    inverse: tuple[torch.Tensor, torch.Tensor] | None = None,
     workspace_bytes: int = WORKSPACE_BYTES,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sums of block states over the complement domain.
 
     ``lut`` [B, H, Mq, T]: selected key blocks per query block. ``transpose=False``: ``states``
-    [B, H, Nk, D, D] and ``vectors`` [B, H, Nk, D] are per key block, and the result is per query
+    [B, H, ≥Nk, D, D] and ``vectors`` [B, H, ≥Nk, D] are per key block, and the result is per query
     block, Σ over the key blocks it did not select ([B, H, Mq, D, D], [B, H, Mq, D]). ``transpose=True``:
-    per query block in, per key block out (Σ over the query blocks that did not select it).
+    per query block in ([B, H, ≥Mq, …]), per key block out (Σ over the query blocks that did not select
+    it). Rows past Nk (Mq) must be zero: producers pad them to a multiple of 8 (``sla_prepare``'s
+    per-key-block states, the dQ kernel's per-query-block G), the GEMM's reduction length.
+    ``inverse``: ``sla_backward_dkdv.inverse_lut(lut, n_kblocks)`` if the caller has it (transposed,
+    on the GPU; else built here).
 
     The states are summed by a GEMM in their own dtype (float32 accumulation, one rounding of the
     result: bf16 states give a bf16 sum, the precision the attention kernels use them at); the vectors
@@ -82,40 +96,52 @@ def complement_sums(
     """
     B, H, Mq, T = lut.shape
     D = states.shape[-1]
-    # Per key block in, the states may carry zero padding rows past n_kblocks (sla_prepare.padded_kblocks).
-    n_in = Mq if transpose else states.shape[2]
+    n_in = states.shape[2]  # the input blocks, with any zero padding rows
+    n_valid = Mq if transpose else n_kblocks  # the map's real columns
     n_out = n_kblocks if transpose else Mq
+    if n_in < n_valid or vectors.shape[2] != n_in:
+        raise ValueError(f"{n_in} state / {vectors.shape[2]} vector rows for {n_valid} blocks")
     BH = B * H
     lut3 = lut.reshape(BH, Mq, T)
     s_in = states.reshape(BH, n_in, D * D)
     z_in = vectors.reshape(BH, n_in, D).float()
     s_out = states.new_empty(BH, n_out, D * D)
     z_out = torch.empty(BH, n_out, D, device=states.device, dtype=torch.float32)
-    # Per query block (not transposed) on the GPU: the map kernel writes the contiguous map in the
-    # states' dtype and the vector sums in float32 (sla_complement_map); elsewhere PyTorch builds it.
-    use_kernel = not transpose and _map.runs_here(lut)
+    # On the GPU the map kernel writes the contiguous map (or its transpose, from the inverse look-up
+    # table) in the states' dtype and the vector sums in float32 (sla_complement_map); elsewhere
+    # PyTorch builds it.
+    use_kernel = _map.runs_here(lut)
     if use_kernel:
+        # The map's rows as long as the padded inputs (a multiple of 8: one aligned GEMM), or, for
+        # unpadded inputs, padded themselves and read through a view (two GEMMs: _bmm_aligned_k).
+        n_cols = n_in if n_in % 8 == 0 else _map.padded_columns(n_valid)
+        n_red = min(n_in, n_cols)
         entry_bytes = states.element_size()
-        z_tot = z_in.sum(1)
+        z_tot = z_in[:, :n_valid].sum(1)
+        if transpose and inverse is None:
+            inverse = _dkdv.inverse_lut(lut, n_kblocks)
     else:
+        n_cols = n_red = n_valid  # the padding rows of the inputs (zero) are left out
         entry_bytes = 4 + (states.element_size() if states.dtype != torch.float32 else 0)
     # Tiles over the output blocks: whole map rows (query blocks) or, transposed, key-block columns.
-    g_step, o_step = _row_chunk(n_out, n_in, BH, entry_bytes, workspace_bytes)
+    g_step, o_step = _row_chunk(n_out, n_cols, BH, entry_bytes, workspace_bytes)
     for g0 in range(0, BH, g_step):
         g1 = min(BH, g0 + g_step)
         for o0 in range(0, n_out, o_step):
             o1 = min(n_out, o0 + o_step)
             if use_kernel:
-                c, z_part = _map.complement_map(
-                    lut3[g0:g1],
-                    n_kblocks,
-                    states.dtype,
-                    z_in[g0:g1],
-                    z_tot[g0:g1],
-                    rows=(o0, o1),
-                    n_cols=n_in,
-                )
-                _bmm_aligned_k(c, s_in[g0:g1], s_out[g0:g1, o0:o1])
+                z_args = (z_in[g0:g1], z_tot[g0:g1])
+                if transpose:
+                    qlist, offsets = inverse
+                    c, z_part = _map.complement_map_transposed(
+                        qlist, offsets[g0 * n_kblocks : g1 * n_kblocks + 1], Mq, n_kblocks, states.dtype,
+                        *z_args, rows=(o0, o1), n_cols=n_cols,
+                    )  # fmt: skip
+                else:
+                    c, z_part = _map.complement_map(
+                        lut3[g0:g1], n_kblocks, states.dtype, *z_args, rows=(o0, o1), n_cols=n_cols
+                    )
+                _bmm_aligned_k(c[..., :n_red], s_in[g0:g1, :n_red], s_out[g0:g1, o0:o1])
                 z_out[g0:g1, o0:o1] = z_part
                 continue
             if transpose:  # C[:, :, o0:o1]ᵀ: [G, Nk-tile, Mq]
@@ -123,15 +149,17 @@ def complement_sums(
             else:  # C[:, o0:o1, :]: [G, Mq-tile, Nk]
                 c32 = _complement_tile(lut3[g0:g1, o0:o1], 0, n_kblocks, torch.float32)
             c = c32 if states.dtype == torch.float32 else c32.to(states.dtype)
-            n_red = c.shape[-1]  # the padding rows of per-key-block states (zero) are left out
             torch.bmm(c, s_in[g0:g1, :n_red], out=s_out[g0:g1, o0:o1])
             torch.bmm(c32, z_in[g0:g1, :n_red], out=z_out[g0:g1, o0:o1])
     return s_out.view(B, H, n_out, D, D), z_out.view(B, H, n_out, D)
 
 
 def complement_sums_reference(lut, states, vectors, n_kblocks: int, *, transpose: bool):
-    """:func:`complement_sums` with a dense float64 map (tests)."""
+    """:func:`complement_sums` with a dense float64 map (tests); inputs without padding rows, or with
+    them (left out)."""
     B, H, Mq, _ = lut.shape
+    n_valid = Mq if transpose else n_kblocks
+    states, vectors = states[:, :, :n_valid], vectors[:, :, :n_valid]
     sel = torch.zeros(B, H, Mq, n_kblocks, dtype=torch.float64, device=lut.device)
     sel.scatter_(3, lut.long(), 1.0)
     c = 1.0 - sel

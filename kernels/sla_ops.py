@@ -223,8 +223,15 @@ def sla_backward_op(
         feature=feature, linear_code=code, eps=eps, scale=scale, dq=dq, g_dtype=g_dtype,
     )  # fmt: skip
     del s_q, z_q
+    # The query blocks that selected each key block: the dK/dV kernel's lists, and (complement) the
+    # rows of the transposed map for the per-key-block sums.
+    inverse = _dkdv_mod.inverse_lut(lut, g.n_kblocks)
     if code == 2:
-        ds_k, dz_k = _domain_mod.complement_sums(lut, g_blk, dz_blk, g.n_kblocks, transpose=True)
+        # G / dz come with zero rows up to a multiple of 8 query blocks (the dQ kernel): the GEMM
+        # against the transposed map reduces over an aligned length.
+        ds_k, dz_k = _domain_mod.complement_sums(
+            lut, g_blk, dz_blk, g.n_kblocks, transpose=True, inverse=inverse
+        )
     elif code == 1:
         ds_k, dz_k = g_blk.sum(2), dz_blk.sum(2)
     else:
@@ -232,7 +239,7 @@ def sla_backward_op(
     del g_blk, dz_blk
     _dkdv_mod.sla_backward_dkdv(
         q, k, v, do, lse, delta, lut, ds_k, dz_k, g,
-        feature=feature, linear_code=code, scale=scale, dk=dk, dv=dv,
+        feature=feature, linear_code=code, scale=scale, dk=dk, dv=dv, inverse=inverse,
     )  # fmt: skip
     return dq, dk, dv
 

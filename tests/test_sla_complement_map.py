@@ -43,3 +43,33 @@ def test_complement_map_matches_reference(G, M, Nk, T, rows, dtype):
     # without vectors: the map only
     c_only, none = cmap.complement_map(lut, Nk, dtype, rows=rows)
     assert none is None and torch.equal(c_only, c)
+
+
+@pytest.mark.parametrize(
+    "B, H, M, Nk, T, rows, dtype",
+    [
+        (1, 3, 5, 11, 4, None, torch.float32),  # Mq = 5: three zero columns
+        (2, 2, 70, 9, 3, (2, 7), torch.bfloat16),  # batch > 1, a row tile, > 64 listed query blocks
+        (1, 1, 1, 2, 1, None, torch.float16),  # one query block: one column + seven zero columns
+        (1, 2, 8, 5, 5, None, torch.float32),  # every key block selected: a zero map
+    ],
+)
+def test_transposed_complement_map_matches_reference(B, H, M, Nk, T, rows, dtype):
+    """Cᵀ from the inverse look-up table (the backward's per-key-block sums), against the transposed
+    reference map: zero columns up to a multiple of 8 query blocks, the dz sums over each row's ones."""
+    dkdv = K["sla_backward_dkdv"]
+    G = B * H
+    lut = _lut(G, M, Nk, T, seed=2)
+    qlist, offsets = dkdv.inverse_lut(lut.view(B, H, M, T), Nk)
+    z = torch.randn(G, M, 16, generator=torch.Generator().manual_seed(3))
+    c, zk = cmap.complement_map_transposed(qlist, offsets, M, Nk, dtype, z, z.sum(1), rows=rows)
+    ref_c, ref_z = cmap.complement_map_transposed_reference(lut, Nk, dtype, z)
+    r0, r1 = rows or (0, Nk)
+    n_cols = -(-M // 8) * 8
+    assert c.dtype == dtype and c.shape == (G, r1 - r0, n_cols) and c.is_contiguous()
+    assert torch.equal(c, ref_c[:, r0:r1]) and not c[:, :, M:].any()
+    torch.testing.assert_close(zk, ref_z[:, r0:r1], rtol=1e-5, atol=1e-4)
+    # a slice of the batch·heads: the offsets of groups 1.. with the whole list
+    if G > 1:
+        c1, _ = cmap.complement_map_transposed(qlist, offsets[Nk:], M, Nk, dtype, rows=rows)
+        assert torch.equal(c1, c[1:])

@@ -416,7 +416,8 @@ def test_kernels_compile_for_hopper():
     )
     print(proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.count("ok ") == 7  # forward ×2, backward dQ / dK/dV, prepare, select, row top-k
+    # forward ×2, backward dQ / dK/dV, prepare, select, complement map (+ transposed), row top-k
+    assert proc.stdout.count("ok ") == 9
 
 
 # ------------------------------------------------------------------------------------------- GPU
