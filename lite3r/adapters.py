@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from lite3r.errors import CheckpointError
 
 ADAPTER_FORMAT = "lite3r-adapter"
 ADAPTER_VERSION = 1
+
+_log = logging.getLogger(__name__)
 
 _FILE_PREFIX = "sha256-file:"  # hash of the base weights file, byte for byte
 _STATE_PREFIX = "sha256-state:"  # hash of the base state dict (random-weight bases)
@@ -139,8 +142,16 @@ def save_adapter(
     config: dict[str, Any] | None = None,
     step: int = 0,
 ) -> Path:
-    """Write an adapter (.safetensors + JSON metadata) atomically; returns the path."""
+    """Write an adapter (.safetensors + JSON metadata) atomically; returns the path.
+
+    The conversion's runtime-only fields (``lite3r.convert.RUNTIME_FIELDS``: how the same maths runs,
+    e.g. ``complement_states``) are left out: an adapter records what was trained, and the inference
+    path is chosen where it runs."""
     from safetensors.torch import save
+
+    from lite3r.convert import RUNTIME_FIELDS
+
+    conversion = {k: v for k, v in conversion.items() if k not in RUNTIME_FIELDS}
 
     if not tensors:
         raise ValueError("an adapter needs at least one tensor")
@@ -215,6 +226,8 @@ def load_adapter(
     path: str | os.PathLike,
     base_hash: str | None = None,
     device: str | torch.device | None = None,
+    *,
+    complement_states: str | None = None,
 ) -> nn.Module:
     """Convert dense ``model`` per the adapter's conversion config and load the trained tensors.
 
@@ -222,7 +235,10 @@ def load_adapter(
     :func:`hash_state_dict` for a random-weight base); None → :func:`base_hash_of` (``model``). An
     adapter made for other weights is refused: its tensors were fitted to those weights and would
     silently degrade these. ``device`` is where the model will run (passed to the conversion, which
-    picks the SLA backend from it; default: the model's current device). Returns the converted model.
+    picks the SLA backend from it; default: the model's current device). ``complement_states``: the
+    SLA inference path to run ("summed" / "stored" / "recomputed", same maths); None → the current
+    default, whatever an older adapter recorded (it is a runtime choice, not part of what was trained).
+    Logs the path that runs. Returns the converted model.
     """
     adapter = read_adapter(path)
     if base_hash is None:
@@ -235,9 +251,22 @@ def load_adapter(
             hint=f"load it with the exact {adapter.base_model} weights it was distilled from, "
             "or distil a new adapter for these weights",
         )
-    from lite3r.convert import Lite3RConfig, convert
+    from lite3r.convert import RUNTIME_FIELDS, Lite3RConfig, convert
 
-    converted = convert(model, Lite3RConfig(**adapter.conversion), device=device)
+    conversion = dict(adapter.conversion)
+    recorded = {k: conversion.pop(k) for k in RUNTIME_FIELDS if k in conversion}
+    if complement_states is not None:
+        conversion["complement_states"] = complement_states
+    config = Lite3RConfig(**conversion)
+    if complement_states is not None:
+        why = "asked for"
+    elif recorded:
+        saved = ", ".join(f"{k}={v!r}" for k, v in recorded.items())
+        why = f"the default; the adapter's recorded {saved} is a runtime choice and is not applied"
+    else:
+        why = "the default"
+    _log.info("adapter %s: SLA inference with %s (%s)", adapter.path, config.runtime_path(), why)
+    converted = convert(model, config, device=device)
     model = converted if isinstance(converted, nn.Module) else model
     apply_adapter_tensors(model, adapter)
     return model

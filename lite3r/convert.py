@@ -16,6 +16,7 @@ reads and writes as one YAML/JSON mapping in training configs and adapters.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -26,6 +27,12 @@ from lite3r.attention.sla import SLAConfig, SparseLinearAttention
 from lite3r.errors import UnsupportedError
 
 _DEFAULT_KEEP = {"block": 0.1, "token_topk": 0.3}
+_log = logging.getLogger(__name__)
+
+# Fields of Lite3RConfig that choose how the same maths runs (speed / memory of Triton inference), not
+# what was trained: they are not saved with adapters, and an adapter that recorded one (saved before
+# this rule) does not pin it (lite3r.adapters.load_adapter).
+RUNTIME_FIELDS = ("complement_states",)
 
 
 @dataclass(frozen=True)
@@ -45,7 +52,9 @@ class Lite3RConfig:
     proj_init_std: float = 1e-3
     keep_special_tokens: bool = True
     eps: float = 1e-6
-    complement_states: str = "summed"  # or "stored" / "recomputed" (see SLAConfig)
+    # Triton inference of the complement branch: "summed" / "stored" / "recomputed" (see SLAConfig).
+    # Same maths, a runtime choice (RUNTIME_FIELDS): not saved with adapters.
+    complement_states: str = "summed"
     # "triton" | "torch"; None → chosen once at conversion from the model's device (CUDA → triton)
     # and recorded in every module's SLAConfig and in the conversion report.
     backend: str | None = None
@@ -105,6 +114,12 @@ class Lite3RConfig:
         if d["sites"] is not None:
             d["sites"] = list(d["sites"])
         return d
+
+    def runtime_path(self) -> str:
+        """Which complement-state path Triton inference runs, for logs and reports."""
+        if self.compat or self.linear != "complement":
+            return "no complement states"
+        return f"complement states {self.complement_states}"
 
 
 @dataclass(frozen=True)
@@ -196,6 +211,8 @@ def convert(
     run_on = torch.device(device) if device is not None else _model_device(model)
     backend = config.backend or ("triton" if run_on.type == "cuda" else "torch")
     sla = config.sla_config(backend)
+    if backend == "triton":
+        _log.info("SLA conversion: Triton inference with %s", config.runtime_path())
     for site in _chosen_sites(model, config):
         for name in site.modules:
             attn = model.get_submodule(name)
@@ -237,4 +254,11 @@ def describe_conversion(model: nn.Module) -> ConversionReport:
     return ConversionReport(rows)
 
 
-__all__ = ["ConversionReport", "Lite3RConfig", "SiteConversion", "convert", "describe_conversion"]
+__all__ = [
+    "RUNTIME_FIELDS",
+    "ConversionReport",
+    "Lite3RConfig",
+    "SiteConversion",
+    "convert",
+    "describe_conversion",
+]

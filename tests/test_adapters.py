@@ -136,3 +136,57 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
         atomic_write_bytes(p, object())  # fails while writing
     assert json.loads(p.read_text()) == {"v": 1}
     assert [q.name for q in tmp_path.iterdir()] == ["f.json"]
+
+
+def test_runtime_only_conversion_fields_are_not_saved(tmp_path):
+    """complement_states chooses how the same maths runs at inference: not part of what was trained."""
+    p = _save(tmp_path / "ad.safetensors", conversion={"sites": ["global"], "complement_states": "stored"})
+    assert read_adapter(p).conversion == {"sites": ["global"]}
+
+
+def _old_adapter(path, model, conversion):
+    """An adapter as written before complement_states became a runtime choice (recorded in the file)."""
+    from safetensors.torch import save
+
+    tensors = {
+        f"global_blocks.{i}.attn.proj_lin.weight": torch.full((8, 8), 0.01 * (i + 1)) for i in range(2)
+    }
+    metadata = {
+        "format": "lite3r-adapter",
+        "format_version": "1",
+        "base_model": "toy",
+        "base_hash": hash_state_dict(model.state_dict()),
+        "conversion": json.dumps(conversion, sort_keys=True),
+        "precision": "{}",
+        "config": "{}",
+        "step": "3",
+    }
+    path.write_bytes(save(tensors, metadata=metadata))
+    return path
+
+
+def _seeded_toy():
+    torch.manual_seed(0)
+    return ds.ToyModel()
+
+
+def _complement_states(model):
+    return {model.get_submodule(f"global_blocks.{i}.attn").config.complement_states for i in range(2)}
+
+
+def test_an_adapter_that_recorded_complement_states_runs_the_default_unless_asked(tmp_path, caplog):
+    caplog.set_level("INFO", logger="lite3r.adapters")
+    p = _old_adapter(
+        tmp_path / "old.safetensors", _seeded_toy(), {"sites": ["global"], "complement_states": "stored"}
+    )
+    model = load_adapter(_seeded_toy(), p, device="cpu")  # the base hash of the same seeded weights
+    assert _complement_states(model) == {"summed"}
+    assert torch.equal(model.get_parameter("global_blocks.1.attn.proj_lin.weight"), torch.full((8, 8), 0.02))
+    assert "complement states summed" in caplog.text and "'stored'" in caplog.text
+    assert "not applied" in caplog.text
+    caplog.clear()
+    asked = load_adapter(_seeded_toy(), p, device="cpu", complement_states="recomputed")
+    assert _complement_states(asked) == {"recomputed"}
+    assert "complement states recomputed (asked for)" in caplog.text
+    with pytest.raises(ValueError, match="complement_states"):
+        load_adapter(_seeded_toy(), p, device="cpu", complement_states="fastest")

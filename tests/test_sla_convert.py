@@ -79,6 +79,15 @@ def test_default_converts_the_cross_view_trunk_sites_only():
     assert trainable == ["global_blocks.0.attn.proj_lin.weight", "global_blocks.1.attn.proj_lin.weight"]
 
 
+def test_triton_conversion_logs_the_complement_state_path(caplog):
+    """complement_states is a runtime choice (not saved with adapters): the path that runs is logged."""
+    caplog.set_level("INFO", logger="lite3r.convert")
+    model = convert(TwoSiteModel(), Lite3RConfig(complement_states="stored"), device="cuda")
+    assert model.global_blocks[0].attn.config.complement_states == "stored"
+    assert "Triton inference with complement states stored" in caplog.text
+    assert Lite3RConfig(linear="all").runtime_path() == "no complement states"
+
+
 def test_config_from_a_mapping_and_errors():
     cfg = Lite3RConfig(**{"sites": ["global"], "keep_ratio": 0.1})  # training/config.py DEFAULT_CONVERSION
     assert cfg.sites == ("global",) and cfg.sla_config("triton").keep_ratio == 0.1
