@@ -25,21 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lite3r.models.vggt.attention_capture import GlobalQKCapture, resolve_layers
+
 __all__ = ["AttentionCapture", "correspondence_loss", "patch_correspondences", "resolve_layers"]
-
-
-def resolve_layers(layers: tuple[int, ...] | None, depth: int) -> tuple[int, ...]:
-    """Global-block indices to supervise: None → the middle block (``depth // 2``); negatives count
-    from the end."""
-    if layers is None or len(layers) == 0:
-        return (depth // 2,)
-    out = []
-    for i in layers:
-        j = i + depth if i < 0 else i
-        if not 0 <= j < depth:
-            raise ValueError(f"correspondence layer {i} is out of range for {depth} global blocks")
-        out.append(j)
-    return tuple(sorted(set(out)))
 
 
 @torch.no_grad()
@@ -93,42 +81,18 @@ def patch_correspondences(
     return torch.where(ok, idx, torch.full_like(idx, -1))
 
 
-class AttentionCapture:
-    """Keeps (q, k, frame_len) of the last forward of chosen global attention modules.
+class AttentionCapture(GlobalQKCapture):
+    """Keeps (q, k, frame_len) of the last forward of chosen global attention modules, only while
+    autograd is recording (validation and inference stay free).
 
     Forward hooks on ``model.aggregator.global_blocks[l].attn`` recompute q, k from the module's input
     with ``module.project_qkv`` (the same qk-norm and RoPE as the forward), so the model's output is
-    unchanged and the loss's gradients reach the trunk. Nothing is kept while autograd is off
-    (validation, inference). ``remove()`` detaches the hooks."""
+    unchanged and the loss's gradients reach the trunk (the hooks live in
+    :mod:`lite3r.models.vggt.attention_capture`, shared with the pose read-out). ``remove()`` detaches
+    the hooks."""
 
     def __init__(self, model: nn.Module, layers: tuple[int, ...]) -> None:
-        blocks = model.aggregator.global_blocks
-        self.layers = resolve_layers(layers, len(blocks))
-        self.captured: dict[int, tuple[Tensor, Tensor, int]] = {}
-        self.handles = [
-            blocks[i].attn.register_forward_hook(self._hook(i), with_kwargs=True) for i in self.layers
-        ]
-
-    def _hook(self, i: int):
-        def hook(module, args, kwargs, output):
-            if not torch.is_grad_enabled():
-                return None
-            x = args[0] if args else kwargs["x"]
-            q, k, _ = module.project_qkv(x, kwargs.get("pos"))
-            self.captured[i] = (q, k, kwargs.get("frame_len"))
-            return None
-
-        return hook
-
-    def pop(self) -> dict[int, tuple[Tensor, Tensor, int]]:
-        out, self.captured = self.captured, {}
-        return out
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles = []
-        self.captured = {}
+        super().__init__(model, layers, grad_only=True)
 
 
 def correspondence_loss(
