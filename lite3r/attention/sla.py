@@ -210,6 +210,7 @@ class SparseLinearAttention(MultiHeadAttention):
         new.rope = attn.rope
         new.scale = attn.scale
         new.sdpa_backend = attn.sdpa_backend
+        new.qk_kernel = attn.qk_kernel
         new._init_sla_parameters(device=device)
         new.train(attn.training)
         return new

@@ -258,6 +258,13 @@ def apply_attention(
             "cuDNN SDPA has no fp32 kernel", "use bf16, or the 'efficient' backend for fp32"
         )
     set_sdpa_backend(model, backend)
+    if device.type == "cuda":
+        # qk-norm + RoPE of the trunk's attentions in one Triton kernel each (inference only; it writes
+        # the attention dtype with no float32 intermediates, see lite3r.kernels.qk_norm_rope).
+        from lite3r.attention.dense import set_qk_kernel
+
+        for name in model.trunk_modules():
+            set_qk_kernel(model.get_submodule(name), "triton")
     # The heads run in fp32 (camera trunk attention over S tokens); cuDNN has no fp32 kernel, so they
     # use the memory-efficient backend on the GPU whatever the trunk uses.
     head_backend = "efficient" if device.type == "cuda" else "auto"
