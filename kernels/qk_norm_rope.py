@@ -93,7 +93,8 @@ def _launch(x, out, weight, bias, cos, sin, eps: float) -> None:
     bi = bias if has_norm else x.new_empty(0)
     c = cos if has_rope else x.new_empty(0, dtype=torch.float32)
     s = sin if has_rope else x.new_empty(0, dtype=torch.float32)
-    cstrides = (cos.stride(0), cos.stride(2)) if has_rope else (0, 0)
+    # Tables of batch 1 are shared by every sequence (frame attention: all frames, one position grid).
+    cstrides = ((cos.stride(0) if cos.shape[0] > 1 else 0), cos.stride(2)) if has_rope else (0, 0)
     with device_guard(x):
         _qk_norm_rope_kernel[(triton.cdiv(N, _BLOCK_ROWS), B * H)](
             x, out, w, bi, c, s,
@@ -152,7 +153,7 @@ def qk_norm_rope(
     out_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """LayerNorm over head_dim (``(weight, bias, eps)`` or None for none) then 2-D RoPE (``(cos, sin)``
-    float32 [B, 1, N, D] or None) of q and k [B, H, N, D] (strided views are fine), in one kernel each."""
+    float32 [B or 1, 1, N, D] or None) of q and k [B, H, N, D] (strided views are fine), in one kernel each."""
     _check(q, "qk_norm_rope q")
     _check(k, "qk_norm_rope k")
     if (q_norm is None) != (k_norm is None):
@@ -162,15 +163,11 @@ def qk_norm_rope(
     cos, sin = tables if tables is not None else (None, None)
     if cos is not None:
         B, _, N, D = q.shape
-        if (
-            cos.shape != (B, 1, N, D)
-            or sin.shape != cos.shape
-            or cos.stride(-1) != 1
-            or sin.stride() != cos.stride()
-        ):
+        ok = cos.dim() == 4 and cos.shape[0] in (1, B) and tuple(cos.shape[1:]) == (1, N, D)
+        if not ok or sin.shape != cos.shape or cos.stride(-1) != 1 or sin.stride() != cos.stride():
             raise ValueError(
-                f"qk_norm_rope: RoPE tables must be [B, 1, N, D] = {(B, 1, N, D)} with unit last stride, "
-                f"got {tuple(cos.shape)} / {tuple(sin.shape)}"
+                f"qk_norm_rope: RoPE tables must be [B or 1, 1, N, D] = [{B} or 1, 1, {N}, {D}] with unit last "
+                f"stride, got {tuple(cos.shape)} / {tuple(sin.shape)}"
             )
         cos, sin = cos.float(), sin.float()
     return torch.ops.lite3r.qk_norm_rope(q, k, qw, qb, kw, kb, cos, sin, float(qe), float(ke), out_dtype)

@@ -83,6 +83,31 @@ def test_norm_and_rope_are_each_optional(kmod, norm, rope):
     )
 
 
+def test_tables_of_batch_one_are_shared_by_every_sequence(kmod):
+    """Frame attention: B·S sequences, one position grid ([1, 1, N, D] tables)."""
+    B, N, H, D = 3, 19, 2, 16
+    q, k, _ = _qk(B, N, H, D, torch.float32, seed=6)
+    cos, sin = _tables(1, N, D)
+    qo, ko = kmod.qk_norm_rope(q, k, None, None, (cos, sin), torch.float32)
+    for out, x in ((qo, q), (ko, k)):
+        ref = kmod.qk_norm_rope_reference(x, None, (cos, sin), torch.float32)
+        torch.testing.assert_close(out, ref, rtol=2e-5, atol=1e-5)
+
+
+def test_vggt_forward_is_the_same_with_the_kernel(kmod):
+    """The whole model (frame attention with shared tables, global attention with per-batch ones)."""
+    from lite3r.training.tiny import build_tiny
+
+    model = build_tiny("micro", seed=0).to(DEVICE).eval()
+    images = torch.rand(1, 2, 3, 56, 56, device=DEVICE)
+    with torch.no_grad():
+        ref = model(images)
+        set_qk_kernel(model.aggregator, "triton")
+        got = model(images)
+    for key in ("depth", "pose_enc"):
+        torch.testing.assert_close(got[key], ref[key], rtol=1e-4, atol=1e-4)
+
+
 def test_empty_sequence(kmod):
     q, k, _ = _qk(1, 0, 2, 16, torch.float32)
     qo, ko = kmod.qk_norm_rope(q, k, None, None, None, torch.float32)
@@ -98,6 +123,10 @@ def test_bad_inputs_are_refused(kmod):
     cos, sin = _tables(1, 8, 16)
     with pytest.raises(ValueError, match="tables"):
         kmod.qk_norm_rope(q, k, None, None, (cos[:, :, :4], sin[:, :, :4]), torch.float32)
+    with pytest.raises(ValueError, match="tables"):
+        kmod.qk_norm_rope(
+            q, k, None, None, (cos.expand(2, -1, -1, -1), sin.expand(2, -1, -1, -1)), torch.float32
+        )
 
 
 def _attention(D=16, H=2):
