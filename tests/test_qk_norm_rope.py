@@ -204,3 +204,15 @@ def test_gpu_vggt_global_shape_matches_the_pytorch_path(kmod):
         got = attn.project_qkv(x, pos)
     for a, b in zip(got, ref, strict=True):
         torch.testing.assert_close(a.float(), b.float(), rtol=3e-2, atol=3e-2)
+
+
+def test_engine_choice_of_the_qk_path():
+    from lite3r.engine.policy import resolve_qk_kernel
+    from lite3r.eval.variants import parse_variant
+
+    assert parse_variant("dense:bf16:qk=torch").qk_kernel == "torch"
+    assert parse_variant("lite3r:fp8").qk_kernel is None  # the engine's default
+    assert resolve_qk_kernel(None, torch.device("cpu")) == "torch"
+    assert resolve_qk_kernel(None, torch.device("cuda")) == "triton"
+    with pytest.raises(UnsupportedError, match="CUDA"):
+        resolve_qk_kernel("triton", torch.device("cpu"))

@@ -225,6 +225,22 @@ def default_sdpa_backend(precision: str, device: torch.device) -> str:
     return "efficient" if precision == "fp32" else "cudnn"
 
 
+def resolve_qk_kernel(qk_kernel: str | None, device: torch.device) -> str:
+    """How the trunk applies qk-norm and RoPE: the fused Triton kernel on CUDA unless asked otherwise;
+    PyTorch ops on CPU (the kernel is compiled for GPUs; asking for it on CPU is refused)."""
+    from lite3r.attention.dense import QK_KERNELS
+
+    if qk_kernel is None:
+        return "triton" if device.type == "cuda" else "torch"
+    if qk_kernel not in QK_KERNELS:
+        raise UnsupportedError(f"unknown qk kernel {qk_kernel!r}", f"choose one of {', '.join(QK_KERNELS)}")
+    if qk_kernel == "triton" and device.type != "cuda":
+        raise UnsupportedError(
+            "the fused qk-norm/RoPE kernel needs a CUDA GPU", "use qk_kernel='torch' on CPU"
+        )
+    return qk_kernel
+
+
 def apply_attention(
     model: nn.Module,
     attention: str,
@@ -233,6 +249,7 @@ def apply_attention(
     device: torch.device,
     sdpa_backend: str | None = None,
     adapter: str | os.PathLike | None = None,
+    qk_kernel: str | None = None,
 ) -> str:
     """Set the attention path; returns its description (what the app and the CLI summary show).
 
@@ -258,13 +275,13 @@ def apply_attention(
             "cuDNN SDPA has no fp32 kernel", "use bf16, or the 'efficient' backend for fp32"
         )
     set_sdpa_backend(model, backend)
-    if device.type == "cuda":
-        # qk-norm + RoPE of the trunk's attentions in one Triton kernel each (inference only; it writes
-        # the attention dtype with no float32 intermediates, see lite3r.kernels.qk_norm_rope).
-        from lite3r.attention.dense import set_qk_kernel
+    # qk-norm + RoPE of the trunk's attentions: one Triton kernel each on CUDA by default (inference
+    # only; it writes the attention dtype with no float32 intermediates, lite3r.kernels.qk_norm_rope).
+    from lite3r.attention.dense import set_qk_kernel
 
-        for name in model.trunk_modules():
-            set_qk_kernel(model.get_submodule(name), "triton")
+    qk = resolve_qk_kernel(qk_kernel, device)
+    for name in model.trunk_modules():
+        set_qk_kernel(model.get_submodule(name), qk)
     # The heads run in fp32 (camera trunk attention over S tokens); cuDNN has no fp32 kernel, so they
     # use the memory-efficient backend on the GPU whatever the trunk uses.
     head_backend = "efficient" if device.type == "cuda" else "auto"

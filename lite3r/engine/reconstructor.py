@@ -37,6 +37,7 @@ from lite3r.engine.policy import (
     compile_trunk,
     preflight,
     resolve_device,
+    resolve_qk_kernel,
     tf32_state,
 )
 from lite3r.engine.reconstruction import Reconstruction
@@ -86,6 +87,7 @@ class Reconstructor:
         feature_storage: str = "native",
         mlp_chunk_tokens: int | None = None,
         head_precision: str = "fp32",
+        qk_kernel: str | None = None,
     ) -> None:
         missing = [a for a in _PROTOCOL if not hasattr(model, a)]
         if missing:
@@ -99,8 +101,9 @@ class Reconstructor:
         self.frames_chunk_size = int(frames_chunk_size)
         # Structure first (attention conversion), then dtypes, so the precision sees the final modules.
         self.attention = apply_attention(
-            model, attention, sla, precision, self.device, sdpa_backend, adapter=adapter
+            model, attention, sla, precision, self.device, sdpa_backend, adapter=adapter, qk_kernel=qk_kernel
         )
+        self.qk_kernel = resolve_qk_kernel(qk_kernel, self.device)
         self.attention_mode = attention
         self.precision_setup = apply_precision(
             model, precision, self.device, fp8_fast_accum, head_precision=head_precision

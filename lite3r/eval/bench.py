@@ -151,6 +151,7 @@ def measure_variant(source, variant, frames, hw, args, device) -> list[dict]:
         "spec": variant.text or variant.label,
         "precision": rc.precision,
         "attention": rc.attention,
+        "qk_kernel": getattr(rc, "qk_kernel", "torch"),
         "compile": rc.compile,
         "memory": rc.memory.description,
         "feature_storage": rc.memory.feature_storage,
@@ -232,7 +233,8 @@ def table_markdown(rows: list[dict]) -> str:
     ]
     for r in rows:
         head = f"| {r['variant']} | {r['frames']} | "
-        tail = f" | {r['attention']} | {r['precision']} | {r.get('memory', '?')} |"
+        qk = " · qk-norm/RoPE kernel" if r.get("qk_kernel") == "triton" else ""
+        tail = f" | {r['attention']}{qk} | {r['precision']} | {r.get('memory', '?')} |"
         if r.get("status") != "ok":
             lines.append(head + " | ".join([r["status"]] + [""] * 6) + tail)
             continue

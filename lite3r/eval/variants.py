@@ -13,7 +13,9 @@ A variant is written ``LABEL[:TOKEN…]``, e.g. ``dense:bf16`` or ``lite3r:fp8:s
 * ``feat=native|fp8`` — storage of the trunk features kept for the heads (default native; fp8 stores
   them per-token FP8 and dequantises per head chunk);
 * ``mlpchunk=<n>`` — run every trunk MLP on at most n tokens at a time (default: unchunked);
-* ``heads=fp32|bf16`` — precision of the DPT heads (default fp32; the camera head stays fp32).
+* ``heads=fp32|bf16`` — precision of the DPT heads (default fp32; the camera head stays fp32);
+* ``qk=torch|triton`` — qk-norm + RoPE as PyTorch ops or the fused Triton kernel (default: the
+  engine's, triton on CUDA).
 
 Every variant of one run uses the same base model and weights; the engine (``Reconstructor``) applies
 precision (``lite3r.quant.precision``), attention (``lite3r.convert``) and compile settings.
@@ -50,6 +52,7 @@ class VariantSpec:
     feature_storage: str = "native"
     mlp_chunk_tokens: int | None = None
     head_precision: str = "fp32"
+    qk_kernel: str | None = None
 
     def sla_config(self):
         """The ``lite3r.convert.Lite3RConfig`` for a bare conversion (None: dense, or an adapter, whose
@@ -71,7 +74,7 @@ def parse_variant(text: str) -> VariantSpec:
     if not label:
         raise InputError(f"variant {text!r} has no label", "write e.g. dense:bf16 or lite3r:fp8:sla0.1")
     precision, attention, keep, adapter, compile_mode, sdpa, chunk = "bf16", None, None, None, "none", None, 8
-    feature_storage, mlp_chunk, heads = "native", None, "fp32"
+    feature_storage, mlp_chunk, heads, qk = "native", None, "fp32", None
     for tok in parts[1:]:
         key, _, val = tok.partition("=")
         if tok in PRECISIONS:
@@ -102,11 +105,13 @@ def parse_variant(text: str) -> VariantSpec:
             mlp_chunk = int(val)
         elif key == "heads" and val in HEAD_PRECISIONS:
             heads = val
+        elif key == "qk" and val in ("torch", "triton"):
+            qk = val
         else:
             raise InputError(
                 f"unknown token {tok!r} in variant {text!r}",
                 "tokens: fp32|bf16|fp8, dense|sla|sla<keep>|keep=F|adapter=PATH, compile[=MODE]|cudagraphs, "
-                "sdpa=BACKEND, chunk=N, feat=native|fp8, mlpchunk=N, heads=fp32|bf16",
+                "sdpa=BACKEND, chunk=N, feat=native|fp8, mlpchunk=N, heads=fp32|bf16, qk=torch|triton",
             )
     if attention is None:
         attention = "sla" if label.lower().startswith("lite3r") else "dense"
@@ -127,6 +132,7 @@ def parse_variant(text: str) -> VariantSpec:
         feature_storage,
         mlp_chunk,
         heads,
+        qk,
     )
 
 
@@ -242,6 +248,7 @@ def build_reconstructor(source: ModelSource, variant: VariantSpec, device, input
         feature_storage=variant.feature_storage,
         mlp_chunk_tokens=variant.mlp_chunk_tokens,
         head_precision=variant.head_precision,
+        qk_kernel=variant.qk_kernel,
         **kwargs,
     )
     if variant.adapter is not None:  # name the path that runs (the engine saw a converted model)
