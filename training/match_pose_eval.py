@@ -18,8 +18,10 @@ S, as ``quality_report``) the model runs once per S; pose metrics
   translation direction (20 draws; the fair "no pose knowledge" baseline).
 
 Views a solver cannot solve keep the camera head's pose; the solved fraction is reported. Match
-diagnostics: matches per view, top-1 patch accuracy of all view-0 queries, the fraction of kept matches
-within ½ / 1 patch of the GT position. Depth: AbsRel / δ1 with one LSQ scale per scene vs one per view
+diagnostics: matches per view, top-1 patch accuracy of all view-0 queries next to that of the zero-motion
+matcher (same patch position in both views: RoPE gives every view the same positions, so this prior is
+free) and on the queries whose GT patch moved, how often the model picks the same position, and the
+fraction of kept matches within ½ / 1 patch of the GT position. Depth: AbsRel / δ1 with one LSQ scale per scene vs one per view
 (and the constant-depth baseline under both), and the spread of the per-view scales (std of log s_v).
 Results: JSON + markdown via ``benchmarks/provenance.py`` (``$OUT`` when set, else benchmarks/results/tiny).
 """
@@ -182,7 +184,15 @@ def match_diagnostics(
         col = np.floor((gpx[gok, 0] + 0.5) / patch_size)
         row = np.floor((gpx[gok, 1] + 0.5) / patch_size)
         target = (row * w + col).astype(int)
-        out["top1_all_queries"] = float(np.mean(from_ref_logp[np.nonzero(gok)[0]].argmax(1) == target))
+        q = np.nonzero(gok)[0]
+        best = from_ref_logp[q].argmax(1)
+        moving = target != q
+        out["top1_all_queries"] = float(np.mean(best == target))
+        # the zero-motion prior (RoPE gives every view the same positions): how much of top-1 it explains
+        out["top1_zero_motion_matcher"] = float(np.mean(~moving))
+        out["pred_same_position"] = float(np.mean(best == q))
+        if moving.any():
+            out["top1_moving_queries"] = float(np.mean(best[moving] == target[moving]))
     return out
 
 
@@ -218,7 +228,7 @@ def run(args) -> dict:
         raise InputError("pose metrics need at least 2 views per scene")
     base = MatchPoseConfig(
         layers=tuple(args.layers), heads=None if args.heads is None else tuple(args.heads),
-        direction=args.direction, mutual=not args.no_mutual, min_confidence=args.min_confidence,
+        direction=args.direction, mutual=not args.no_mutual, drop_same_position=args.drop_same_position, min_confidence=args.min_confidence,
         refine_radius=args.refine_radius, ransac_threshold=args.ransac_threshold,
         procrustes_threshold=args.procrustes_threshold, refine=not args.no_refine,
     )  # fmt: skip
@@ -326,6 +336,9 @@ def table(summary: dict) -> str:
                     for k in (
                         "matches",
                         "top1_all_queries",
+                        "top1_zero_motion_matcher",
+                        "pred_same_position",
+                        "top1_moving_queries",
                         "within_half_patch",
                         "within_1_patch",
                         "err_median_patches",
@@ -371,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all-heads", dest="heads", action="store_const", const=None)
     p.add_argument("--direction", choices=["from_ref", "to_ref", "both"], default="from_ref")
     p.add_argument("--no-mutual", action="store_true")
+    p.add_argument(
+        "--drop-same-position", action="store_true", help="drop matches to the query's own grid cell"
+    )
     p.add_argument("--min-confidence", type=float, default=0.0)
     p.add_argument("--refine-radius", type=int, default=1)
     p.add_argument("--ransac-threshold", type=float, default=0.5, help="in patch sizes")

@@ -66,16 +66,21 @@ class MatchPoseConfig:
     ``from_ref`` — queries are view-0 patches (the 3-D point sits exactly at a view-0 patch centre and
     the view-i position is refined), ``to_ref`` — queries are view-i patches, ``both`` — the union.
     ``mutual``: keep only matches that are also the best match in the other direction.
+    ``drop_same_position``: drop matches to the query's own grid position (RoPE gives every view the
+    same positions, so "no motion" is what a weak matcher predicts; those matches all agree with the
+    identity pose and out-vote the real ones in RANSAC).
     ``min_confidence``: probability floor of the best match. ``refine_radius``: soft-argmax window
     radius in patches (0 = patch centres). ``ransac_threshold``: inlier threshold in units of the patch
     size (reprojection error for ``pnp``, epipolar error for ``essential``); ``procrustes_threshold``:
-    relative 3-D distance for ``procrustes``. ``refine``: Levenberg–Marquardt on the PnP inliers.
-    ``min_inliers``: fewer → the view is not solved."""
+    relative 3-D distance for ``procrustes``. ``refine``: Levenberg–Marquardt on the PnP inliers, a
+    least-median refit of the essential matrix on its RANSAC inliers. ``min_inliers``: fewer → the
+    view is not solved."""
 
     layers: tuple[int, ...] = (-1,)
     heads: tuple[int, ...] | None = (0,)
     direction: str = "from_ref"
     mutual: bool = True
+    drop_same_position: bool = False
     min_confidence: float = 0.0
     refine_radius: int = 1
     solver: str = "pnp"
@@ -273,6 +278,8 @@ def patch_matches(
         keep = score >= cfg.min_confidence
         if cfg.mutual:
             keep &= bwd[best].argmax(1) == np.arange(hw)
+        if cfg.drop_same_position:
+            keep &= best != np.arange(hw)
         q_idx = np.nonzero(keep)[0]
         key_px = _refine(fwd[q_idx], best[q_idx], grid_hw, centers, cfg.refine_radius)
         q_px = centers[q_idx]
@@ -389,6 +396,13 @@ def _solve_essential(ref_px, view_px, K0, Ki, z_ref: np.ndarray, thr_px: float, 
     )  # fmt: skip
     if E is None or E.shape != (3, 3) or mask is None or int(mask.sum()) < cfg.min_inliers:
         return None
+    if cfg.refine:  # RANSAC keeps the first minimal-sample model; refit on its inliers (least median)
+        inl = mask.reshape(-1) > 0
+        E2, _ = cv2.findEssentialMat(
+            n0[inl], ni[inl], np.eye(3), method=cv2.LMEDS, prob=cfg.ransac_confidence
+        )
+        if E2 is not None and E2.shape == (3, 3):
+            E = E2
     count, R, t, mask = cv2.recoverPose(E, n0, ni, np.eye(3), mask=mask.copy())
     inl = mask.reshape(-1) > 0
     if count < cfg.min_inliers:
