@@ -119,6 +119,17 @@ def test_attention_logits_give_the_planted_matches():
     assert len(m) == h * (w - 1)  # the last column has no partner: its best match is not mutual
     np.testing.assert_allclose(m.view_px - m.ref_px, np.tile([PS, 0.0], (len(m), 1)))
     assert set(map(tuple, m.ref_px)) <= set(map(tuple, c))
+    for direction in ("to_ref", "both"):
+        md = patch_matches(
+            to_ref[0, 1], from_ref[0, 1], (h, w), PS, MatchPoseConfig(direction=direction, refine_radius=0)
+        )
+        assert len(md) == h * (w - 1) * (2 if direction == "both" else 1)
+        np.testing.assert_allclose(md.view_px - md.ref_px, np.tile([PS, 0.0], (len(md), 1)))
+    # no motion: every match sits in the query's own grid cell, and drop_same_position removes them all
+    q0, k0 = _shifted_attention(h, w, 0)
+    a, b = match_log_probs(q0, k0, 2, 1)
+    assert len(patch_matches(a[0, 1], b[0, 1], (h, w), PS, MatchPoseConfig())) == h * w
+    assert len(patch_matches(a[0, 1], b[0, 1], (h, w), PS, MatchPoseConfig(drop_same_position=True))) == 0
     # refinement stays inside the window and is pulled toward the peak
     mr = patch_matches(to_ref[0, 1], from_ref[0, 1], (h, w), PS, MatchPoseConfig(refine_radius=1))
     assert np.abs(mr.view_px - m.view_px).max() < 0.5 * PS
