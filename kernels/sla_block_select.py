@@ -153,7 +153,10 @@ def sla_block_select(
     return lut
 
 
-SELECT_WORKSPACE_BYTES = 1 << 29  # per chunk of the GEMM + top-k selection (scores and their masks)
+# Per chunk of the GEMM + top-k selection (scores and their masks). 128 MiB: at 128 VGGT frames the
+# float64 score tile of one chunk was 0.46 GiB of the Lite3R forward's peak with 512 MiB (one chunk);
+# now four chunks of about 0.12 GiB (memory_peak.py).
+SELECT_WORKSPACE_BYTES = 1 << 27
 SELECT_BYTES_PER_SCORE = 32  # float64 product, float32 score, masks, int32 prefix sums, int64 slots
 ROW_KERNEL_BYTES_PER_SCORE = 8  # the float64 product only: the row kernel does the rest in registers
 
