@@ -17,6 +17,15 @@ import sys
 from pathlib import Path
 
 
+def results_dir(*subdirs: str) -> Path:
+    """Where a benchmark or report writes by default: ``$OUT`` on the device machine (the folder that
+    comes back), else the repository's ``benchmarks/results``; ``subdirs`` are appended only to the
+    latter (a device run keeps its files at most two folders down)."""
+    if os.environ.get("OUT"):
+        return Path(os.environ["OUT"])
+    return Path(__file__).resolve().parent.joinpath("results", *subdirs)
+
+
 def git_commit() -> str:
     env = os.environ.get("LITE3R_COMMIT")
     if env:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import time
 from collections import defaultdict
@@ -404,14 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = run(a)
     text = table(summary)
     print(text)
-    from benchmarks.provenance import write_result
+    from benchmarks.provenance import results_dir, write_result
 
-    default_dir = (
-        Path(os.environ["OUT"])
-        if os.environ.get("OUT")
-        else Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "tiny"
-    )
-    path = Path(a.out) if a.out else default_dir / "match_pose_eval.json"
+    path = Path(a.out) if a.out else results_dir("tiny") / "match_pose_eval.json"
     write_result(path, summary, text)
     print(f"wrote {path} and {path.with_suffix('.md')}", file=sys.stderr)
     return 0

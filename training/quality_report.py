@@ -19,7 +19,6 @@ Results: JSON + markdown via ``benchmarks/provenance.py`` (``$OUT`` when set, el
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections import defaultdict
@@ -217,14 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = run(a)
     text = table(summary)
     print(text)
-    from benchmarks.provenance import write_result
+    from benchmarks.provenance import results_dir, write_result
 
-    default_dir = (
-        Path(os.environ["OUT"])
-        if os.environ.get("OUT")
-        else Path(__file__).resolve().parents[1] / "benchmarks" / "results"
-    )
-    path = Path(a.out) if a.out else default_dir / "quality_lite3r_tiny.json"
+    path = Path(a.out) if a.out else results_dir() / "quality_lite3r_tiny.json"
     write_result(path, summary, text)
     print(f"wrote {path} and {path.with_suffix('.md')}", file=sys.stderr)
     return 0

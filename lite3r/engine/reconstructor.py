@@ -100,10 +100,17 @@ class Reconstructor:
         self.model_name = model_name or getattr(model, "name", None) or model.family
         self.frames_chunk_size = int(frames_chunk_size)
         # Structure first (attention conversion), then dtypes, so the precision sees the final modules.
+        self.qk_kernel = resolve_qk_kernel(qk_kernel, self.device)  # how the trunk does qk-norm + RoPE
         self.attention = apply_attention(
-            model, attention, sla, precision, self.device, sdpa_backend, adapter=adapter, qk_kernel=qk_kernel
+            model,
+            attention,
+            sla,
+            precision,
+            self.device,
+            sdpa_backend,
+            adapter=adapter,
+            qk_kernel=self.qk_kernel,
         )
-        self.qk_kernel = resolve_qk_kernel(qk_kernel, self.device)
         self.attention_mode = attention
         self.precision_setup = apply_precision(
             model, precision, self.device, fp8_fast_accum, head_precision=head_precision
