@@ -103,3 +103,57 @@ def test_quality_report_on_a_tiny_export(tmp_path, capsys):
     assert res["trivial/3"]["auc@30"] == 0.0  # identity poses: translation direction undefined → 90°
     assert set(summary["done_when"]) >= {"pass_depth", "pass_pose"}
     assert "Done-when" in out.with_suffix(".md").read_text()
+
+
+def test_replay_draws_view0_plus_subsets_of_the_window_and_resumes_bit_for_bit(tmp_path):
+    from lite3r.training.train_tiny import StepData
+
+    cfg = _cfg(views=(2, 4), views_per_step=8, replay=2, replay_window=3, total_steps=5)
+    data = StepData(cfg, 56, torch.device("cpu"), lambda: cfg.total_steps)
+    assert data.fresh_scenes == 1  # 8 views per step / (2 uses x 4 views per scene)
+    fresh = {k: data.make(k) for k in range(4)}
+    b = data.get(3)
+    assert sorted(data.pool) == [1, 2, 3]  # the window: steps 1..3
+    S = b["images"].shape[1]
+    assert b["images"].shape[0] == 8 // S
+    pool_imgs = torch.cat([fresh[k]["images"][0] for k in (1, 2, 3)])  # 12 rendered views
+    for scene in b["images"]:  # every drawn view is a rendered one, view 0 of its scene first
+        hits = [int((pool_imgs == v).flatten(1).all(1).nonzero()[0]) for v in scene]
+        assert hits[0] % 4 == 0 and len({h // 4 for h in hits}) == 1 and len(set(hits)) == S
+    again = StepData(cfg, 56, torch.device("cpu"), lambda: cfg.total_steps).get(3)  # pure function of k
+    assert all(torch.equal(b[k], again[k]) for k in b)
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert train(cfg, straight, device="cpu", quiet=True) == EXIT_OK
+    assert train(cfg, split, device="cpu", max_steps=3, quiet=True) == EXIT_OK
+    assert train(cfg, split, device="cpu", resume=True, quiet=True) == EXIT_OK
+    la = [e["loss"] for e in _events(straight) if e["event"] == "step"]
+    assert la == [e["loss"] for e in _events(split) if e["event"] == "step"] and len(la) == 5
+
+
+def test_handover_continues_on_another_machine_with_fresh_moments(tmp_path):
+    from lite3r.training.train_tiny import HANDOVER_WEIGHTS, REWARM_STEPS
+
+    cfg = _cfg(total_steps=6)
+    first, hand, second = tmp_path / "first", tmp_path / "hand", tmp_path / "second"
+    assert train(cfg, first, device="cpu", max_steps=3, quiet=True, handover_out=hand) == EXIT_OK
+    assert (hand / HANDOVER_WEIGHTS).stat().st_size > 0
+    assert next(e for e in _events(first) if e["event"] == "handover")["step"] == 3
+    assert train(cfg, second, device="cpu", quiet=True, resume_handover=hand) == EXIT_OK
+    ev = _events(second)
+    assert ev[0]["event"] == "handover_resumed" and ev[0]["step"] == 3
+    steps = [e for e in ev if e["event"] == "step"]
+    assert [e["step"] for e in steps] == [4, 5, 6]
+    # the schedule continues at step 3, scaled by the re-warm-up of the fresh AdamW moments
+    from lite3r.training.train_tiny import lr_at
+
+    assert steps[0]["lr"] == pytest.approx(lr_at(3, 6, cfg) / REWARM_STEPS)
+    ckpt = torch.load(second / "checkpoint.pt", weights_only=False)
+    assert ckpt["step"] == 6 and ckpt["rewarm_from"] == 3
+    with pytest.raises(InputError, match="keeps its trajectory"):
+        train(_cfg(total_steps=6, lr=5e-3), tmp_path / "x", device="cpu", quiet=True, resume_handover=hand,
+              explicit={"lr"})  # fmt: skip
+    from lite3r.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="handover"):
+        train(cfg, tmp_path / "y", device="cpu", quiet=True, resume_handover=tmp_path / "missing")

@@ -48,17 +48,19 @@ EXIT_OK, EXIT_ERROR, EXIT_CANCELLED = 0, 1, 3
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
 EXPORT = "lite3r-tiny"
+HANDOVER_WEIGHTS, HANDOVER_STATE = "handover.safetensors", "handover.json"
+REWARM_STEPS = 50  # linear LR re-warm-up after a handover (fresh AdamW moments)
 
 # Fields that define the training trajectory: a resumed run must keep them.
 TRAJECTORY = (
     "preset", "image_size", "point_head", "layer_scale_init", "token_init_std", "views", "views_per_step", "lr", "betas", "weight_decay", "warmup_steps",
-    "min_lr_ratio", "grad_clip", "seed", "curriculum", "supersample", "autocast", "loss", "corr_weight",
+    "min_lr_ratio", "grad_clip", "seed", "curriculum", "supersample", "replay", "replay_window", "autocast", "loss", "corr_weight",
     "corr_layers", "corr_queries", "corr_heads", "corr_depth_tol",
 )  # fmt: skip
 
 # Values of fields added after the first checkpoints were written, as those runs trained: a checkpoint
 # without the field resumes with this value, not with a (possibly different) newer default.
-LEGACY_VALUES = {"corr_weight": 0.0}
+LEGACY_VALUES = {"corr_weight": 0.0, "replay": 1, "replay_window": 16}
 
 
 @dataclass
@@ -80,6 +82,13 @@ class TinyTrainConfig:
     total_steps: int | None = None  # None: fixed from the measured speed and --minutes
     curriculum: float = 0.2
     supersample: int = 2
+    # Scene replay: each rendered view is used about ``replay`` times. Rendering, not the model, limits
+    # training speed on the H100 (benchmarks/results/tiny/tiny_throughput.md: ~190 views/s rendered at
+    # supersample 2 against ~600 views/s trained at 192 views per step). With replay > 1 every step renders
+    # views_per_step / (replay * views[1]) fresh scenes of views[1] views and draws its batch from the
+    # scenes of the last ``replay_window`` steps (view 0 plus a random subset of the others); 1 = off.
+    replay: int = 1
+    replay_window: int = 16
     autocast: str = "bf16"  # bf16 | fp32
     loss: dict = field(default_factory=dict)  # overrides of lite3r.training.losses.LossConfig
     # Correspondence supervision of global attention (lite3r.training.correspondence, issue #6): weight
@@ -108,6 +117,8 @@ class TinyTrainConfig:
             raise InputError(f"views_per_step ({self.views_per_step}) must be >= the largest view count {hi}")
         if self.autocast not in ("bf16", "fp32"):
             raise InputError(f"autocast must be bf16 or fp32, got {self.autocast!r}")
+        if self.replay < 1 or self.replay_window < 1:
+            raise InputError(f"replay ({self.replay}) and replay_window ({self.replay_window}) must be >= 1")
         if not 0 <= self.curriculum < 1:
             raise InputError("curriculum must be in [0, 1)")
         if self.corr_weight < 0 or self.corr_queries < 1 or self.corr_heads < 1 or self.corr_depth_tol <= 0:
@@ -200,13 +211,49 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def save_handover(model: torch.nn.Module, folder: Path, state: dict) -> Path:
+    """Weights in bfloat16 (point head included) + the trainer state, small enough to leave a machine
+    whose full checkpoint (fp32 weights + AdamW moments, ~190 MB) cannot: the device returns files of
+    at most 16 MiB and 64 MiB in all. ``--resume-handover`` continues from it with fresh AdamW moments."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sd = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v).detach().cpu().contiguous()
+          for k, v in model.state_dict().items()}  # fmt: skip
+    tmp = folder / f"{HANDOVER_WEIGHTS}.tmp{os.getpid()}"
+    save_file(sd, str(tmp))
+    os.replace(tmp, folder / HANDOVER_WEIGHTS)
+    tmp = folder / f"{HANDOVER_STATE}.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(state, indent=1, default=_jsonable))
+    os.replace(tmp, folder / HANDOVER_STATE)
+    return folder
+
+
+def load_handover(folder: Path) -> tuple[dict, dict]:
+    """(state, state dict) of a handover folder; raises CheckpointError naming what is missing."""
+    from safetensors.torch import load_file
+
+    w, st = folder / HANDOVER_WEIGHTS, folder / HANDOVER_STATE
+    for f in (w, st):
+        if not f.is_file():
+            raise CheckpointError(f"no handover file {f}", hint="pass the folder written by --handover-out")
+    return json.loads(st.read_text()), load_file(str(w))
+
+
 # --------------------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------------------
 
 
 class StepData:
-    """Scenes of optimiser step k (pure function of (seed, k)); optional one-step-ahead prefetch."""
+    """Scenes of optimiser step k (pure function of (seed, k)); optional one-step-ahead prefetch.
+
+    With ``replay`` > 1 the step's batch is drawn from a pool holding the scenes rendered at the last
+    ``replay_window`` steps (each step renders a few fresh scenes of ``views[1]`` views). The pool and
+    the draw are pure functions of (seed, k) too, so a resumed run re-renders the window and continues
+    with exactly the data it would have seen."""
+
+    KEYS = ("images", "depth", "valid", "extrinsics", "intrinsics")
 
     def __init__(self, cfg: TinyTrainConfig, image_size: int, device: torch.device, total: callable):
         from .data import synthetic
@@ -218,6 +265,12 @@ class StepData:
         self.use_thread = cfg.prefetch and device.type == "cuda"
         self.stream = torch.cuda.Stream(device) if self.use_thread else None
         self.pending: tuple[int, threading.Thread, dict] | None = None
+        self.pool: dict[int, dict] = {}  # replay: step -> its fresh scenes [F, views[1], ...]
+
+    @property
+    def fresh_scenes(self) -> int:
+        """Scenes rendered per step in replay mode."""
+        return max(1, math.ceil(self.cfg.views_per_step / (self.cfg.replay * self.cfg.views[1])))
 
     def phase(self, step: int) -> tuple:
         total = self.total()
@@ -225,13 +278,36 @@ class StepData:
         lo, hi = self.cfg.views
         return (self.early, (lo, min(hi, 5))) if early else (self.late, (lo, hi))
 
+    def _render(self, seeds, S: int, synth_cfg) -> dict:
+        b = self.syn.render_batch(seeds, S, self.size, self.device, synth_cfg)
+        return {k: getattr(b, k) for k in self.KEYS}
+
     def make(self, step: int) -> dict:
+        """What the producer thread computes for ``step``: the batch, or (replay) the fresh scenes."""
         synth_cfg, views = self.phase(step)
+        if self.cfg.replay > 1:
+            seeds, _ = self.syn.train_step_seeds(self.cfg.seed, step, self.fresh_scenes, self.cfg.views)
+            return self._render(seeds, self.cfg.views[1], synth_cfg)
         seeds, S = self.syn.train_step_seeds(self.cfg.seed, step, self.cfg.views_per_step, views)
+        return self._render(seeds[: max(1, self.cfg.views_per_step // S)], S, synth_cfg)
+
+    def draw(self, step: int) -> dict:
+        """Replay: ``views_per_step // S`` scenes of the window, each as view 0 plus S - 1 of its other
+        views in random order (every view is covisible with view 0, not necessarily with each other)."""
+        _, views = self.phase(step)
+        _, S = self.syn.train_step_seeds(self.cfg.seed, step, 1, views)
         B = max(1, self.cfg.views_per_step // S)
-        b = self.syn.render_batch(seeds[:B], S, self.size, self.device, synth_cfg)
-        return {"images": b.images, "depth": b.depth, "valid": b.valid, "extrinsics": b.extrinsics,
-                "intrinsics": b.intrinsics}  # fmt: skip
+        rng = np.random.default_rng(self.syn.stream_seed(self.cfg.seed * 1_000_003 + step, 7_777))
+        slots = [(st, i) for st in sorted(self.pool) for i in range(self.fresh_scenes)]
+        pick = rng.choice(len(slots), size=B, replace=len(slots) < B)
+        R = self.cfg.views[1]
+        parts: dict[str, list] = {k: [] for k in self.KEYS}
+        for j in pick:
+            st, i = slots[j]
+            idx = torch.tensor([0, *(1 + rng.permutation(R - 1)[: S - 1])], device=self.device)
+            for k in self.KEYS:
+                parts[k].append(self.pool[st][k][i].index_select(0, idx))
+        return {k: torch.stack(v) for k, v in parts.items()}
 
     def _start(self, step: int) -> None:
         box: dict = {}
@@ -249,7 +325,7 @@ class StepData:
         th.start()
         self.pending = (step, th, box)
 
-    def get(self, step: int, prefetch_next: bool = True) -> dict:
+    def _produced(self, step: int, prefetch_next: bool) -> dict:
         if not self.use_thread:
             return self.make(step)
         if self.pending is None or self.pending[0] != step:
@@ -267,6 +343,18 @@ class StepData:
         if prefetch_next:
             self._start(step + 1)
         return box["batch"]
+
+    def get(self, step: int, prefetch_next: bool = True) -> dict:
+        if self.cfg.replay == 1:
+            return self._produced(step, prefetch_next)
+        first = max(0, step - self.cfg.replay_window + 1)
+        for old in [st for st in self.pool if st < first]:
+            del self.pool[old]
+        for st in range(first, step):  # after a resume: re-render the window (pure function of st)
+            if st not in self.pool:
+                self.pool[st] = self.make(st)
+        self.pool[step] = self._produced(step, prefetch_next)
+        return self.draw(step)
 
     def close(self) -> None:
         if self.pending is not None:
@@ -394,10 +482,15 @@ def train(
     quiet: bool = False,
     explicit: set[str] | None = None,
     schedule_minutes: float | None = None,
+    handover_out: Path | None = None,
+    resume_handover: Path | None = None,
 ) -> int:
     """Run (or continue) a training; returns the exit code. ``max_steps`` and ``minutes`` limit this
     invocation; ``schedule_minutes`` (default ``minutes``) is the time the LR schedule is planned for
-    when it is not fixed yet (a plan over several invocations, continued with ``resume``)."""
+    when it is not fixed yet (a plan over several invocations, continued with ``resume``).
+    ``handover_out`` also writes a bf16 handover at the end; ``resume_handover`` continues one on
+    another machine (same step, schedule and data; AdamW moments start afresh under a short LR
+    re-warm-up, so the continuation is close to, not bit-for-bit, the uninterrupted run)."""
     from .correspondence import AttentionCapture
     from .losses import LossConfig, targets_from_batch, vggt_loss
     from .tiny import PRESETS, build_tiny, export_tiny
@@ -412,12 +505,18 @@ def train(
     dev = _device(device)
     ckpt_path = out / CHECKPOINT
     state = None
-    if resume:
+    if resume and resume_handover is not None:
+        raise InputError("--resume and --resume-handover are exclusive", hint="pick one")
+    handover_weights = None
+    if resume_handover is not None:
+        state, handover_weights = load_handover(Path(resume_handover))
+    elif resume:
         if not ckpt_path.is_file():
             raise CheckpointError(
                 f"no checkpoint to resume at {ckpt_path}", hint="run without --resume first"
             )
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    if state is not None:
         stored = TinyTrainConfig.from_dict(state["config"])
         for name in explicit or ():
             if name in TRAJECTORY and getattr(cfg, name) != getattr(stored, name):
@@ -451,13 +550,20 @@ def train(
     loss_cfg = LossConfig.from_options(**cfg.loss)
     step, train_seconds = 0, 0.0
     total = cfg.total_steps
+    rewarm_from = None  # first step after a handover (fresh AdamW moments)
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        if handover_weights is not None:
+            model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in handover_weights.items()})
+            rewarm_from = state["step"]
+            torch.manual_seed(cfg.seed * 1_000_003 + state["step"])
+        else:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            rewarm_from = state.get("rewarm_from")
+            _set_rng_state(state["rng"])
         step, train_seconds = state["step"], state["train_seconds"]
         if "total_steps" not in (explicit or ()):  # an explicit --total-steps re-plans the schedule
             total = state.get("total_steps", total)
-        _set_rng_state(state["rng"])
     else:
         torch.manual_seed(cfg.seed)
     fwd = model
@@ -467,7 +573,10 @@ def train(
     autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if cfg.autocast == "bf16" else (
         lambda: torch.autocast(dev.type, enabled=False))  # fmt: skip
     n_params = sum(p.numel() for p in model.parameters())
-    report("started", step=step, total=total, resumed=resume, device=str(dev), params=n_params,
+    if rewarm_from is not None and resume_handover is not None:
+        report("handover_resumed", step=step, folder=str(resume_handover), rewarm_steps=REWARM_STEPS,
+               note="weights from bf16; AdamW moments start afresh")  # fmt: skip
+    report("started", step=step, total=total, resumed=resume or resume_handover is not None, device=str(dev), params=n_params,
            config=cfg.to_dict(), image_size=image_size, torch=torch.__version__,
            tf32=torch.backends.cuda.matmul.allow_tf32 if dev.type == "cuda" else None)  # fmt: skip
 
@@ -478,6 +587,7 @@ def train(
     def save(final: bool = False) -> Path:
         _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                       "total_steps": box["total"], "train_seconds": train_seconds, "rng": _rng_state(),
+                      "rewarm_from": rewarm_from,
                       "config": dataclasses.replace(cfg, total_steps=box["total"]).to_dict()}, ckpt_path)  # fmt: skip
         report("checkpoint", step=step, path=str(ckpt_path), final=final)
         return ckpt_path
@@ -495,6 +605,10 @@ def train(
             export_tiny(model, folder, {"steps": step, "total_steps": box["total"], "val": metrics,
                                         "train_config": cfg.to_dict()})  # fmt: skip
             paths.append(str(folder))
+        if handover_out is not None:
+            save_handover(model, Path(handover_out), {"step": step, "total_steps": box["total"],
+                          "train_seconds": train_seconds, "config": cfg.to_dict()})  # fmt: skip
+            report("handover", step=step, folder=str(handover_out))
         report("finished", step=step, total=box["total"], reason=reason, adapter=paths[0], exports=paths,
                train_seconds=round(train_seconds, 1), wall_seconds=round(time.perf_counter() - t0, 1))  # fmt: skip
         return EXIT_OK
@@ -527,6 +641,8 @@ def train(
         batch = data.get(step, prefetch_next=box["total"] is None or step + 1 < box["total"])
         tw = time.perf_counter()
         lr = lr_at(step, box["total"] or 10**9, cfg)
+        if rewarm_from is not None:
+            lr *= min(1.0, (step - rewarm_from + 1) / REWARM_STEPS)
         for g in opt.param_groups:
             g["lr"] = lr
         with autocast():
@@ -613,6 +729,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="plan the LR schedule for this much training time (default --minutes); continue with --resume",
     )
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    p.add_argument(
+        "--handover-out", type=Path, help="also write bf16 weights + trainer state here at the end"
+    )
+    p.add_argument(
+        "--resume-handover",
+        type=Path,
+        help="continue a --handover-out folder (another machine: fresh AdamW moments, LR re-warm-up)",
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--steps", type=int, help="stop this invocation after N optimiser steps")
     p.add_argument("--export-dir", action="append", default=[], help="also export the final model here")
@@ -640,6 +764,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--total-steps", type=int)
     g.add_argument("--curriculum", type=float)
     g.add_argument("--supersample", type=int)
+    g.add_argument("--replay", type=int, help="uses of each rendered view (1 = every step renders its batch)")
+    g.add_argument("--replay-window", type=int, help="steps whose scenes the replay draws from")
     g.add_argument("--autocast", choices=["bf16", "fp32"])
     g.add_argument(
         "--loss", type=json.loads, help="LossConfig overrides as JSON, e.g. '{\"camera_weight\": 5}'"
@@ -689,7 +815,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = TinyTrainConfig(**given)
         return train(cfg, args.out, args.minutes, args.resume, args.device, args.steps,
                      tuple(Path(p) for p in args.export_dir), stop, args.quiet, set(given),
-                     args.schedule_minutes)  # fmt: skip
+                     args.schedule_minutes, args.handover_out, args.resume_handover)  # fmt: skip
     except Exception as exc:  # report, then a non-zero exit code
         print(json.dumps({"event": "error", "message": f"{type(exc).__name__}: {exc}",
                           "traceback": traceback.format_exc()}), flush=True)  # fmt: skip
