@@ -3,6 +3,7 @@ the training loop with the prefetching data thread (side CUDA stream)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -65,3 +66,19 @@ def test_train_tiny_on_cuda_with_prefetch(tmp_path):
     )
     ev = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert ev[-1]["event"] == "finished" and ev[-1]["step"] == 8
+
+
+def test_replay_with_prefetch_draws_the_batches_of_the_synchronous_path(tmp_path):
+    from lite3r.training.train_tiny import EXIT_OK, StepData, TinyTrainConfig, train
+
+    cfg = TinyTrainConfig(preset="micro", views=(2, 4), views_per_step=8, replay=2, replay_window=3,
+                          total_steps=5, warmup_steps=2, eval_every=0, eval_scenes=0, log_every=1)  # fmt: skip
+    dev = torch.device("cuda")
+    threaded = StepData(cfg, 56, dev, lambda: cfg.total_steps)
+    plain = StepData(dataclasses.replace(cfg, prefetch=False), 56, dev, lambda: cfg.total_steps)
+    assert threaded.use_thread and not plain.use_thread
+    for k in range(5):  # the side-stream producer fills the pool exactly as the synchronous path
+        a, b = threaded.get(k, prefetch_next=k < 4), plain.get(k)
+        assert all(torch.equal(a[n], b[n]) for n in a), k
+    threaded.close()
+    assert train(cfg, tmp_path / "run", device="cuda", quiet=True) == EXIT_OK
