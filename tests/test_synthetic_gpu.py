@@ -53,7 +53,15 @@ def test_train_tiny_on_cuda_with_prefetch(tmp_path):
 
     cfg = TinyTrainConfig(preset="micro", views=(2, 4), views_per_step=8, total_steps=6, warmup_steps=2,
                           eval_every=3, eval_scenes=4, eval_views=3, log_every=1)  # fmt: skip
+    before = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.benchmark,
+    )
     assert train(cfg, tmp_path / "run", device="cuda", quiet=True) == EXIT_OK
+    # the run's TF32 / autotuning settings do not leak into the caller's process
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+            torch.backends.cudnn.benchmark) == before  # fmt: skip
     ev = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     steps = [e for e in ev if e["event"] == "step"]
     assert len(steps) == 6 and all(e["loss"] == e["loss"] for e in steps)

@@ -470,7 +470,26 @@ def _correspondence_term(captured: dict, targets, model, cfg: TinyTrainConfig) -
     return torch.stack(losses).mean(), torch.stack(accs).mean()
 
 
-def train(
+def train(*args, **kwargs) -> int:
+    """Run (or continue) a training; returns the exit code (arguments: ``_train``). The CUDA backend
+    flags the run sets (TF32, cuDNN autotuning) are restored afterwards: a caller in the same process
+    (a test, a notebook) must not inherit TF32 matmuls it did not ask for."""
+    saved = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.benchmark,
+    )
+    try:
+        return _train(*args, **kwargs)
+    finally:
+        (
+            torch.backends.cuda.matmul.allow_tf32,
+            torch.backends.cudnn.allow_tf32,
+            torch.backends.cudnn.benchmark,
+        ) = saved
+
+
+def _train(
     cfg: TinyTrainConfig,
     out: str | Path,
     minutes: float | None = None,
