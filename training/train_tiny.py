@@ -53,14 +53,14 @@ REWARM_STEPS = 50  # linear LR re-warm-up after a handover (fresh AdamW moments)
 
 # Fields that define the training trajectory: a resumed run must keep them.
 TRAJECTORY = (
-    "preset", "image_size", "point_head", "layer_scale_init", "token_init_std", "views", "views_per_step", "lr", "betas", "weight_decay", "warmup_steps",
+    "preset", "image_size", "point_head", "layer_scale_init", "token_init_std", "global_rope", "views", "views_per_step", "lr", "betas", "weight_decay", "warmup_steps",
     "min_lr_ratio", "grad_clip", "seed", "curriculum", "supersample", "replay", "replay_window", "autocast", "loss", "corr_weight",
     "corr_layers", "corr_queries", "corr_heads", "corr_depth_tol",
 )  # fmt: skip
 
 # Values of fields added after the first checkpoints were written, as those runs trained: a checkpoint
 # without the field resumes with this value, not with a (possibly different) newer default.
-LEGACY_VALUES = {"corr_weight": 0.0, "replay": 1, "replay_window": 16}
+LEGACY_VALUES = {"corr_weight": 0.0, "replay": 1, "replay_window": 16, "global_rope": True}
 
 
 @dataclass
@@ -70,6 +70,10 @@ class TinyTrainConfig:
     point_head: bool = True  # auxiliary point head (points in the view-0 frame); dropped at export
     layer_scale_init: float | None = None  # aggregator / camera-trunk LayerScale init (None: VGGT's 0.01)
     token_init_std: float | None = None  # camera / register token init (None: VGGT's 1e-6)
+    # RoPE in the global blocks (VGGT: yes). The shipped model's global attention splits its mass over
+    # the frames exactly in proportion (the same-position prior of RoPE), and pose is not learned:
+    # False makes cross-frame attention content-based (benchmarks/results/tiny/pose_investigation_cpu.md).
+    global_rope: bool = True
     views: tuple[int, int] = (2, 8)
     views_per_step: int = 48  # scenes per step = views_per_step // S
     lr: float = 6e-4
@@ -560,6 +564,8 @@ def _train(
     extra = {
         k: getattr(cfg, k) for k in ("layer_scale_init", "token_init_std") if getattr(cfg, k) is not None
     }
+    if not cfg.global_rope:
+        extra["global_rope"] = False
     model = build_tiny(cfg.preset, seed=cfg.seed, point_head=cfg.point_head, **extra).to(dev)
     model.train()
     capture = AttentionCapture(model, cfg.corr_layers) if cfg.corr_weight > 0 else None
@@ -771,6 +777,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="auxiliary point head during training (default on; never exported)",
     )
     g.add_argument("--layer-scale-init", type=float)
+    g.add_argument(
+        "--global-rope",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="2-D RoPE in the global (cross-frame) blocks (default on, as VGGT)",
+    )
     g.add_argument("--token-init-std", type=float)
     g.add_argument("--views", type=int, nargs=2, metavar=("MIN", "MAX"))
     g.add_argument("--views-per-step", type=int)

@@ -142,11 +142,12 @@ class Aggregator(nn.Module):
         P = tokens.shape[1]
         grid_hw = (H // self.patch_size, W // self.patch_size)
         rope_frame, rope_global = self.rope_tables(grid_hw, S, images.device)
+        pos_global = rope_global if self.cfg.global_rope else None
         outputs: dict[int, torch.Tensor] = {}
         for i in range(self.depth):
             tokens = self.frame_blocks[i](tokens.view(B * S, P, C), pos=rope_frame, frame_len=P)
             frame_out = tokens
-            tokens = self.global_blocks[i](tokens.view(B, S * P, C), pos=rope_global, frame_len=P)
+            tokens = self.global_blocks[i](tokens.view(B, S * P, C), pos=pos_global, frame_len=P)
             if i in keep_set:
                 halves = [frame_out.view(B, S, P, C), tokens.view(B, S, P, C)]
                 if self.kept_features_fp8 is None:

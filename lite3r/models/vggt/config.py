@@ -46,6 +46,10 @@ class AggregatorConfig:
     ffn_bias: bool = True
     qk_norm: bool = True
     rope_freq: float = 100.0
+    # 2-D RoPE in the global (cross-frame) blocks as well as the frame blocks, as VGGT. Every frame has
+    # the same positions, so in the global blocks RoPE favours the same patch position in every frame;
+    # False leaves cross-frame attention to content (a lite3r-tiny training option, issue #6).
+    global_rope: bool = True
     layer_scale_init: float = 0.01
     # camera/register token init (normal std); the reference uses 1e-6. Irrelevant when loading weights.
     token_init_std: float = 1e-6
@@ -161,6 +165,7 @@ class VGGTConfig:
         layer_scale_init: float = 0.01,
         dino_layer_scale_init: float = 1.0,
         token_init_std: float = 1e-6,
+        global_rope: bool = True,
     ) -> VGGTConfig:
         """A consistent smaller VGGT (e.g. lite3r-tiny): the DPT layers default to the same relative
         positions as VGGT-1B's (4, 11, 17, 23 of 24)."""
@@ -182,6 +187,7 @@ class VGGTConfig:
             num_register_tokens=num_register_tokens,
             layer_scale_init=layer_scale_init,
             token_init_std=token_init_std,
+            global_rope=global_rope,
             patch_embed=dino,
         )
         cam = CameraHeadConfig(
