@@ -12,6 +12,7 @@
 #   e2e      lite3r bench: VGGT-1B and DA3-Large, dense bf16 vs Lite3R, 8/32/128 frames
 #   tiny     train lite3r-tiny (resumes from $TINY_RESUME if set)
 #   tiny_quality  SynthMV generator GPU speed + the lite3r-tiny quality report
+#   tiny_pose_ab  lite3r-tiny pose recipes trained side by side (7.5 min each) + cross-frame attention probe
 #   distill  distil lite3r-tiny + ablations + evaluation
 #   fp8_features  can the head-feeding features be stored in FP8 (VGGT-1B, 8 frames)
 #   fp8_tiles     tile/warp sweep of the FP8 producer kernels
