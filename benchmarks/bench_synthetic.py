@@ -31,8 +31,9 @@ def _sync(dev):
         torch.cuda.synchronize(dev)
 
 
-def timed(fn, dev, repeats: int) -> tuple[float, list[float]]:
-    fn()  # warm-up
+def timed(fn, dev, repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
+    for _ in range(warmup):  # autotuning, allocator growth, compilation
+        fn()
     times = []
     for _ in range(repeats):
         _sync(dev)
@@ -64,7 +65,8 @@ def _render_fn(seeds, S, dev, cfg):
     return lambda: render_batch([x + next(shift) for x in seeds], S, 224, dev, cfg)
 
 
-def _train_step_fn(model, data, opt):
+def train_step_fn(model, data, opt, grad_clip: float | None = None):
+    """One lite3r-tiny optimiser step on a fixed batch, as train_tiny runs it (bf16 autocast trunk)."""
     from lite3r.training.losses import LossConfig, targets_from_batch, vggt_loss
 
     def step():
@@ -73,6 +75,8 @@ def _train_step_fn(model, data, opt):
         loss, _ = vggt_loss(preds, targets_from_batch(data, LossConfig()))
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step()
 
     return step
@@ -95,7 +99,7 @@ def gpu_rows(repeats: int, views_per_batch: int) -> list[dict]:
         batch = render_batch(seeds, S, 224, dev, SynthConfig())
         data = {"images": batch.images, "depth": batch.depth, "valid": batch.valid,
                 "extrinsics": batch.extrinsics, "intrinsics": batch.intrinsics}  # fmt: skip
-        med, _ = timed(_train_step_fn(model, data, opt), dev, repeats)
+        med, _ = timed(train_step_fn(model, data, opt), dev, repeats)
         rows.append({"device": "cuda", "what": "tiny fwd+bwd+step", "S": S, "B": B, "supersample": "-",
                      "ms": med * 1e3, "views_per_s": B * S / med})  # fmt: skip
     return rows

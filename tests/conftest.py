@@ -52,3 +52,15 @@ def parity_dir() -> Path:
 @pytest.fixture(scope="session")
 def photos_dir() -> Path:
     return PHOTOS_DIR
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread for the test: CPU training runs are reproducible and do not fight the
+    other pytest workers for the two cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

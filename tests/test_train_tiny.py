@@ -11,13 +11,7 @@ from lite3r.errors import InputError
 from lite3r.models.vggt.model import VGGT
 from lite3r.training.train_tiny import EXIT_CANCELLED, EXIT_OK, StopFlag, TinyTrainConfig, main, train
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(**kw) -> TinyTrainConfig:

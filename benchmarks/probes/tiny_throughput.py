@@ -14,30 +14,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_synthetic import timed, train_step_fn
 from provenance import markdown_table, write_result
 
 from lite3r.training.data.synthetic import SynthConfig, render_batch, train_step_seeds
-
-
-def _timed(fn, repeats: int) -> float:
-    fn()
-    fn()  # warm-up (autotuning, allocator, compilation)
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def _batch(S: int, B: int, dev, ss: int, shift: int = 0):
@@ -50,21 +36,6 @@ def _batch(S: int, B: int, dev, ss: int, shift: int = 0):
 def _render_fn(S: int, B: int, dev, ss: int):
     shift = iter(range(10**6))  # new scenes every call, as in training
     return lambda: _batch(S, B, dev, ss, next(shift))
-
-
-def _step_fn(model, opt, data):
-    from lite3r.training.losses import LossConfig, targets_from_batch, vggt_loss
-
-    def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            preds = model(data["images"])
-        loss, _ = vggt_loss(preds, targets_from_batch(data, LossConfig()))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-
-    return step
 
 
 def main(argv=None) -> int:
@@ -89,7 +60,7 @@ def main(argv=None) -> int:
         for S in a.views:
             B = vps // S
             for ss in (1, 2):
-                ms = 1e3 * _timed(_render_fn(S, B, dev, ss), a.repeats)
+                ms = 1e3 * timed(_render_fn(S, B, dev, ss), dev, a.repeats, warmup=2)[0]
                 rows.append({"what": f"render ss={ss}", "depth": "-", "vps": B * S, "S": S, "compiled": "-",
                              "ms": round(ms, 1), "views_per_s": round(B * S / ms * 1e3), "peak_gib": "-"})  # fmt: skip
     for depth in a.depths:
@@ -102,10 +73,10 @@ def main(argv=None) -> int:
             for vps in a.views_per_step:
                 for S in a.views:
                     data = _batch(S, vps // S, dev, 2)
-                    step = _step_fn(model, opt, data)
+                    step = train_step_fn(model, data, opt, grad_clip=1.0)
                     torch.cuda.reset_peak_memory_stats()
                     try:
-                        ms = 1e3 * _timed(step, a.repeats)
+                        ms = 1e3 * timed(step, dev, a.repeats, warmup=2)[0]
                     except torch.OutOfMemoryError:
                         rows.append({"what": "train step", "depth": depth, "vps": vps, "S": S,
                                      "compiled": compiled, "ms": "OOM", "views_per_s": 0, "peak_gib": "-"})  # fmt: skip
