@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -71,8 +72,8 @@ class TinyTrainConfig:
     layer_scale_init: float | None = None  # aggregator / camera-trunk LayerScale init (None: VGGT's 0.01)
     token_init_std: float | None = None  # camera / register token init (None: VGGT's 1e-6)
     # RoPE in the global blocks (VGGT: yes). The shipped model's global attention splits its mass over
-    # the frames exactly in proportion (the same-position prior of RoPE), and pose is not learned:
-    # False makes cross-frame attention content-based (benchmarks/results/tiny/pose_investigation_cpu.md).
+    # the frames exactly in proportion and does not match patches, and pose is not learned; False makes
+    # the cross-frame logits content-only (no measurable effect on CPU: tiny/pose_investigation_cpu.md).
     global_rope: bool = True
     views: tuple[int, int] = (2, 8)
     views_per_step: int = 48  # scenes per step = views_per_step // S
@@ -87,7 +88,7 @@ class TinyTrainConfig:
     curriculum: float = 0.2
     supersample: int = 2
     # Scene replay: each rendered view is used about ``replay`` times. Rendering, not the model, limits
-    # training speed on the H100 (benchmarks/results/tiny/tiny_throughput.md: ~190 views/s rendered at
+    # training speed on the H100 (benchmarks/results/tiny/throughput/tiny_throughput.md: ~190 views/s rendered at
     # supersample 2 against ~600 views/s trained at 192 views per step). With replay > 1 every step renders
     # views_per_step / (replay * views[1]) fresh scenes of views[1] views and draws its batch from the
     # scenes of the last ``replay_window`` steps (view 0 plus a random subset of the others); 1 = off.
@@ -474,26 +475,24 @@ def _correspondence_term(captured: dict, targets, model, cfg: TinyTrainConfig) -
     return torch.stack(losses).mean(), torch.stack(accs).mean()
 
 
-def train(*args, **kwargs) -> int:
-    """Run (or continue) a training; returns the exit code (arguments: ``_train``). The CUDA backend
-    flags the run sets (TF32, cuDNN autotuning) are restored afterwards: a caller in the same process
-    (a test, a notebook) must not inherit TF32 matmuls it did not ask for."""
-    saved = (
-        torch.backends.cuda.matmul.allow_tf32,
-        torch.backends.cudnn.allow_tf32,
-        torch.backends.cudnn.benchmark,
-    )
-    try:
-        return _train(*args, **kwargs)
-    finally:
-        (
-            torch.backends.cuda.matmul.allow_tf32,
-            torch.backends.cudnn.allow_tf32,
-            torch.backends.cudnn.benchmark,
-        ) = saved
+def _restores_cuda_flags(fn):
+    """The CUDA backend flags a run sets (TF32, cuDNN autotuning) are restored afterwards: a caller in
+    the same process (a test, a notebook) must not inherit TF32 matmuls it did not ask for."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        b = torch.backends
+        saved = (b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32, b.cudnn.benchmark)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32, b.cudnn.benchmark = saved
+
+    return wrapper
 
 
-def _train(
+@_restores_cuda_flags
+def train(
     cfg: TinyTrainConfig,
     out: str | Path,
     minutes: float | None = None,
