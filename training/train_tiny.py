@@ -2,6 +2,9 @@
 
     python -m lite3r.training.train_tiny --out runs/tiny --minutes 14            # H100
     python -m lite3r.training.train_tiny --out runs/tiny --minutes 5 --resume    # continue
+    # the shipped recipe: bigger steps, each rendered scene reused in ~6 batches
+    python -m lite3r.training.train_tiny --out runs/tiny --minutes 27 --views-per-step 192 --replay 6 \
+        --lr 8e-4 --warmup-steps 300
 
 * Data: every optimiser step renders its own scenes (``train_step_seeds(seed, step)``: a pure function
   of the step, so a resumed run sees exactly the data it would have seen), on the GPU, one step ahead
