@@ -101,6 +101,67 @@ def test_regression_loss_terms():
     assert float(regression_loss(bent, pts, m, c, cfg, "normal")["grad"]) > 1e-3
 
 
+def _gathered_regression(pred, gt, mask, conf, cfg, min_elements=1000, hard_max=100.0):
+    """The regression terms by boolean indexing (the straightforward form the dense loss replaces)."""
+
+    def trim(v):
+        if v.numel() <= min_elements or cfg.valid_range <= 0:
+            return v
+        v = v.clamp(max=hard_max)
+        k = round(cfg.valid_range * (v.numel() - 1)) + 1
+        keep = v < min(float(torch.kthvalue(v.detach(), k).values), hard_max)
+        return v[keep] if int(keep.sum()) > min_elements else v
+
+    err = torch.linalg.vector_norm(gt[mask] - pred[mask], dim=-1)
+    c = conf[mask]
+    return trim(cfg.conf_gamma * err * c - cfg.conf_alpha * torch.log(c)).mean(), trim(err).mean()
+
+
+@pytest.mark.parametrize("valid_fraction", [0.05, 0.6, 1.0])  # ≤ 1000 masked pixels (no trimming), trimmed
+def test_dense_regression_terms_equal_the_gathered_form(valid_fraction):
+    g = torch.Generator().manual_seed(1)
+    shape = (2, 3, 24, 32)
+    gt = torch.rand(*shape, 3, generator=g) + 0.5
+    mask = torch.rand(shape, generator=g) < valid_fraction
+    gt = torch.where(mask[..., None], gt, torch.zeros_like(gt))  # invalid GT is zero, as in the targets
+    pred = (gt + 0.2 * torch.randn(gt.shape, generator=g)).requires_grad_()
+    pred.data.view(-1)[:40] += 300.0  # outliers beyond hard_max and the quantile
+    conf = (1 + torch.rand(shape, generator=g) * 3).requires_grad_()
+    cfg = LossConfig()
+    dense = regression_loss(pred, gt, mask, conf, cfg, "none")
+    ref_conf, ref_reg = _gathered_regression(pred, gt, mask, conf, cfg)
+    torch.testing.assert_close(dense["conf"], ref_conf, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(dense["reg"], ref_reg, rtol=1e-5, atol=1e-6)
+    gd = torch.autograd.grad(dense["conf"] + dense["reg"], (pred, conf))
+    gr = torch.autograd.grad(ref_conf + ref_reg, (pred, conf))
+    for a, b in zip(gd, gr, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_dense_normal_term_equals_the_gathered_form():
+    from lite3r.training.losses import _normal_term, _normals
+
+    g = torch.Generator().manual_seed(2)
+    v, u = torch.meshgrid(torch.linspace(-1, 1, 20), torch.linspace(-1, 1, 20), indexing="ij")
+    gt = torch.stack([u, v, 1 + 0.3 * u * v], -1)[None].repeat(2, 1, 1, 1)
+    pred = (gt + 0.05 * torch.randn(gt.shape, generator=g)).requires_grad_()
+    mask = torch.rand(2, 20, 20, generator=g) < 0.8
+    dense = _normal_term(pred, gt, mask, 3)
+    ref = pred.sum() * 0.0
+    for k in range(3):
+        st = 2**k
+        p, q, m = pred[:, ::st, ::st], gt[:, ::st, ::st], mask[:, ::st, ::st]
+        (npd, vp), (ngt, vg) = _normals(p, m), _normals(q, m)
+        ok = vp & vg
+        if int(ok.sum()) >= 10:
+            ref = ref + (1 - (npd[ok] * ngt[ok]).sum(-1).clamp(-1 + 1e-8, 1 - 1e-8)).mean()
+    ref = ref / 3
+    torch.testing.assert_close(dense, ref, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(
+        torch.autograd.grad(dense, pred)[0], torch.autograd.grad(ref, pred)[0], rtol=1e-4, atol=1e-7
+    )
+
+
 def test_vggt_loss_backpropagates_through_a_small_vggt(batch):
     from lite3r.training.tiny import build_tiny
 

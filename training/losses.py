@@ -179,20 +179,40 @@ def camera_loss(pose_enc_list: list[Tensor], gt_pose_enc: Tensor, frame_ok: Tens
 # --------------------------------------------------------------------------------------------------
 
 
-def _trim(values: Tensor, q: float, min_elements: int = 1000, hard_max: float = 100.0) -> Tensor:
-    """Clamp at ``hard_max`` then drop values at or above the q-quantile (when enough remain)."""
-    if values.numel() <= min_elements or q <= 0:
-        return values
+def _kth_smallest(flat: Tensor, k: int) -> float:
+    """The k-th smallest element (1-based) of a 1-D tensor. On CUDA a full radix sort: ``kthvalue`` on
+    one long slice runs in a single thread block (27 ms of a 308 ms lite3r-tiny step,
+    benchmarks/results/tiny/throughput/tiny_step_profile.md), the sort in well under a millisecond."""
+    if flat.is_cuda:
+        return float(torch.sort(flat).values[k - 1])
+    return float(torch.kthvalue(flat, k).values)
+
+
+def _trimmed_mean(
+    values: Tensor, mask: Tensor, q: float, min_elements: int = 1000, hard_max: float = 100.0
+) -> Tensor:
+    """Mean of ``values`` over ``mask``, clamped at ``hard_max``, without the values at or above the
+    q-quantile of the masked values (when more than ``min_elements`` remain; with no more than that,
+    or q <= 0, the plain masked mean).
+
+    Dense on purpose: excluded elements get zero weight through ``torch.where``, so the backward stays
+    elementwise. Boolean indexing (``values[mask]``) would make it an index-put scatter, which was
+    30 ms of the lite3r-tiny step. Only the threshold gathers the masked values, without gradient."""
+    sel = values.detach()[mask]
+    n = sel.numel()
+    if n <= min_elements or q <= 0:
+        return torch.where(mask, values, 0).sum() / max(n, 1)
     values = values.clamp(max=hard_max)
-    flat = values.detach().reshape(-1)
-    if flat.numel() > 4_000_000:  # quantile of a deterministic strided subsample (memory)
-        flat = flat[:: flat.numel() // 2_000_000 + 1]
+    flat = sel.clamp(max=hard_max).float()
+    if n > 4_000_000:  # quantile of a deterministic strided subsample (memory)
+        flat = flat[:: n // 2_000_000 + 1]
     k = max(1, min(flat.numel(), round(q * (flat.numel() - 1)) + 1))
-    thresh = min(float(torch.kthvalue(flat.float(), k).values), hard_max)
-    keep = values < thresh
-    if int(keep.sum()) > min_elements:
-        return values[keep]
-    return values
+    thresh = min(_kth_smallest(flat, k), hard_max)
+    keep = mask & (values.detach() < thresh)
+    kept = int(keep.sum())
+    if kept > min_elements:
+        return torch.where(keep, values, 0).sum() / kept
+    return torch.where(mask, values, 0).sum() / n
 
 
 def _gradient_term(pred: Tensor, gt: Tensor, mask: Tensor, scales: int) -> Tensor:
@@ -240,10 +260,11 @@ def _normal_term(pred: Tensor, gt: Tensor, mask: Tensor, scales: int) -> Tensor:
         npd, vp = _normals(p, m)
         ngt, vg = _normals(g, m)
         ok = vp & vg
-        if int(ok.sum()) < 10:
+        n = int(ok.sum())
+        if n < 10:
             continue
-        cos = (npd[ok] * ngt[ok]).sum(-1).clamp(-1 + 1e-8, 1 - 1e-8)
-        total = total + (1 - cos).mean()
+        cos = (npd * ngt).sum(-1).clamp(-1 + 1e-8, 1 - 1e-8)  # dense: see _trimmed_mean
+        total = total + torch.where(ok, 1 - cos, 0).sum() / n
     return total / scales
 
 
@@ -257,11 +278,11 @@ def regression_loss(
     pred = pred.float()
     gt = gt.float()
     conf = conf.float()
-    err = torch.linalg.vector_norm(gt[mask] - pred[mask], dim=-1)
-    c = conf[mask]
-    loss_conf = cfg.conf_gamma * err * c - cfg.conf_alpha * torch.log(c)
-    loss_conf = _trim(loss_conf, cfg.valid_range).mean()
-    loss_reg = _trim(err, cfg.valid_range).mean()
+    # every pixel, masked in the means (dense, see _trimmed_mean); invalid GT pixels hold finite zeros
+    err = torch.linalg.vector_norm(gt - pred, dim=-1)
+    loss_conf = cfg.conf_gamma * err * conf - cfg.conf_alpha * torch.log(conf)
+    loss_conf = _trimmed_mean(loss_conf, mask, cfg.valid_range)
+    loss_reg = _trimmed_mean(err, mask, cfg.valid_range)
     B, S, H, W, C = pred.shape
     if gradient == "grad":
         loss_grad = _gradient_term(

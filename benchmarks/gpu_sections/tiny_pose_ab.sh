@@ -6,6 +6,7 @@
 #   AB_MINUTES   training minutes per variant (default 7.5)
 #   AB_VARIANTS  ";"-separated "name:extra train_tiny options" (default below)
 #   AB_COMMON    options every variant gets
+#   AB_PROBE     0 skips the attention probe (recipe A/Bs for depth: fewer files back)
 # Results in $R: ab_<name>_log.jsonl, cross_frame_attention_ab_<name>.json and ab_summary.md (7 files for 3 variants).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -27,6 +28,7 @@ for p in "${pids[@]}"; do wait "$p"; done
 for v in "${list[@]}"; do
   name=${v%%:*}
   cp "runs/ab_$name/log.jsonl" "$R/ab_${name}_log.jsonl" 2>/dev/null
+  [ "${AB_PROBE:-1}" = 0 ] && continue
   timeout 60 python3 benchmarks/probes/cross_frame_attention.py --weights "runs/ab_$name/lite3r-tiny" \
     --scenes 8 --views 4 --label "ab_$name" --out "$R" >/dev/null 2>&1 || echo "probe failed for $name"
 done
