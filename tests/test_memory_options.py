@@ -112,6 +112,31 @@ def test_chunked_mlp_small_vggt_engine():
     assert rec.metadata["memory"]["mlp_chunk_tokens"] == 7
 
 
+@pytest.mark.parametrize("chunk", [1, 4, 16])  # 6 frames: 1 each, 4 + a partial 2, one chunk for all
+def test_chunked_patch_embedding_matches_all_frames_at_once(chunk):
+    agg = small_vggt().aggregator
+    images = torch.rand(2, 3, 3, 56, 70, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        ref = agg(images)
+        agg.patch_embed_chunk_frames = chunk
+        out = agg(images)
+    for i in ref:
+        torch.testing.assert_close(out[i], ref[i], rtol=1e-5, atol=1e-6)
+    grads_on = agg(images)  # training (autograd recording) embeds every frame at once, as the reference
+    torch.testing.assert_close(grads_on[0].detach(), ref[0], rtol=1e-5, atol=1e-6)
+
+
+def test_memory_options_embed_images_in_frame_chunks():
+    from lite3r.engine.policy import PATCH_EMBED_CHUNK_FRAMES
+
+    lean = Reconstructor(small_vggt(), precision="fp32", device="cpu", mlp_chunk_tokens=64)
+    assert lean.model.aggregator.patch_embed_chunk_frames == PATCH_EMBED_CHUNK_FRAMES
+    assert f"{PATCH_EMBED_CHUNK_FRAMES} frames at a time" in lean.memory.description
+    plain = Reconstructor(small_vggt(), precision="fp32", device="cpu")
+    assert plain.model.aggregator.patch_embed_chunk_frames is None
+    assert "frames at a time" not in plain.memory.description
+
+
 # ---- FP8 features -------------------------------------------------------------------------------------
 
 

@@ -28,6 +28,9 @@ Memory options (both off by default; :func:`apply_memory_options`, after precisi
   (:mod:`lite3r.quant.fp8_features`). Refused where the device cannot quantise to FP8.
 - ``mlp_chunk_tokens=N``: every trunk block runs its MLP on at most N tokens at a time
   (:mod:`lite3r.models.layers.block`), so the 4×-wide hidden never exists for the whole sequence.
+Either option also embeds the images ``PATCH_EMBED_CHUNK_FRAMES`` frames at a time where the trunk
+can (VGGT's aggregator: normalisation + DINO per frame chunk), so the float32 normalised images never
+exist for every frame at once.
 
 Each step returns the words the app and CLI show (``"dense · cuDNN SDPA"``), naming what actually runs.
 """
@@ -169,6 +172,8 @@ def tf32_state(enabled: bool | None):
 
 # ---- memory options --------------------------------------------------------------------------------
 
+PATCH_EMBED_CHUNK_FRAMES = 8  # frames normalised and DINO-embedded at a time under a memory option
+
 
 @dataclass(frozen=True)
 class MemorySetup:
@@ -206,8 +211,14 @@ def apply_memory_options(
             f"{type(model).__name__}'s trunk has no transformer blocks whose MLP can be chunked",
             "leave mlp_chunk_tokens unset for this model",
         )
+    lean = quantizer is not None or mlp_chunk_tokens is not None
+    embed = [n for n in trunk if hasattr(model.get_submodule(n), "patch_embed_chunk_frames")]
+    for n in embed:
+        model.get_submodule(n).patch_embed_chunk_frames = PATCH_EMBED_CHUNK_FRAMES if lean else None
     feat = "features native" if quantizer is None else f"features fp8 ({quantizer} quantiser)"
     mlp = "MLP unchunked" if mlp_chunk_tokens is None else f"MLP in chunks of {int(mlp_chunk_tokens)} tokens"
+    if lean and embed:
+        mlp += f" · images embedded {PATCH_EMBED_CHUNK_FRAMES} frames at a time"
     return MemorySetup(
         feature_storage,
         quantizer,

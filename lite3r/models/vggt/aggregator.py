@@ -86,6 +86,9 @@ class Aggregator(nn.Module):
         # Constants, not in the checkpoint (non-persistent), re-filled by reset_constants() after a
         # meta-device build.
         self.kept_features_fp8: str | None = None  # memory option, see the module doc
+        # memory option (inference): normalise + DINO-embed this many frames at a time, so the float32
+        # normalised images and the DINO's working set never exist for every frame at once (None: all)
+        self.patch_embed_chunk_frames: int | None = None
         self.register_buffer("_resnet_mean", torch.zeros(1, 1, 3, 1, 1), persistent=False)
         self.register_buffer("_resnet_std", torch.ones(1, 1, 3, 1, 1), persistent=False)
         self.reset_constants()
@@ -124,21 +127,41 @@ class Aggregator(nn.Module):
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (images - self._resnet_mean.to(images.dtype)) / self._resnet_std.to(images.dtype)
 
+    def _embed_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames [N, 3, H, W] in [0, 1] → DINO patch tokens [N, h·w, C]; with ``patch_embed_chunk_frames``
+        (inference only) a chunk of frames at a time into one preallocated output. Every op is per
+        frame, so the tokens are the same; what changes is the transient memory: the normalised images
+        (two temporaries of the whole batch before the in-place division) were the trunk's peak for a
+        narrow model (tests/test_memory_options.py)."""
+        mean, std = self._resnet_mean.view(1, 3, 1, 1), self._resnet_std.view(1, 3, 1, 1)
+        chunk = self.patch_embed_chunk_frames
+        N = frames.shape[0]
+        if chunk is None or chunk >= N or torch.is_grad_enabled():
+            return self.patch_embed((frames - mean.to(frames.dtype)).div_(std.to(frames.dtype)))
+        out = None
+        for a in range(0, N, chunk):
+            part = frames[a : a + chunk]
+            tok = self.patch_embed((part - mean.to(part.dtype)).div_(std.to(part.dtype)))
+            if out is None:
+                out = tok.new_empty((N, *tok.shape[1:]))
+            out[a : a + tok.shape[0]] = tok
+            del tok
+        return out
+
     def forward(self, images: torch.Tensor, keep: Iterable[int] | None = None) -> dict[int, torch.Tensor]:
         """images [B, S, 3, H, W] in [0, 1] → {i: [B, S, P, 2C]} for every layer i in ``keep``
         (default: all layers — pass the heads' layers to save memory). With ``kept_features_fp8`` the
         values are ``QuantizedActivation`` carriers of that shape instead."""
         B, S, _, H, W = images.shape
         keep_set = set(range(self.depth)) if keep is None else {self._index(i) for i in keep}
-        x = self.normalize(images).reshape(B * S, 3, H, W)
-        patches = self.patch_embed(x)  # [B·S, h·w, C]
+        patches = self._embed_frames(images.reshape(B * S, 3, H, W))  # [B·S, h·w, C]
         C = patches.shape[-1]
         cam = _per_frame_slots(self.camera_token, B, S).to(patches.dtype)
         reg = _per_frame_slots(self.register_token, B, S).to(patches.dtype)
         tokens = torch.cat([cam, reg, patches], dim=1)  # [B·S, P, C]
-        # Free the normalised images and the DINO output now: held by these names, they would stay alive
-        # through all 24 block pairs (0.53 GiB of the peak at 128 VGGT frames, memory_peak.py).
-        del x, patches, cam, reg
+        # Free the DINO output now: held by this name, it would stay alive through all 24 block pairs
+        # (with the normalised images, 0.53 GiB of the peak at 128 VGGT frames, memory_peak.py).
+        del patches, cam, reg
         P = tokens.shape[1]
         grid_hw = (H // self.patch_size, W // self.patch_size)
         rope_frame, rope_global = self.rope_tables(grid_hw, S, images.device)
