@@ -151,3 +151,32 @@ def test_handover_continues_on_another_machine_with_fresh_moments(tmp_path):
 
     with pytest.raises(CheckpointError, match="handover"):
         train(cfg, tmp_path / "y", device="cpu", quiet=True, resume_handover=tmp_path / "missing")
+
+
+def test_dpt_autocast_runs_the_heads_under_the_callers_autocast():
+    from lite3r.training.tiny import build_tiny
+
+    model = build_tiny("micro", seed=0, point_head=True).eval()
+    images = torch.rand(1, 2, 3, 56, 56, generator=torch.Generator().manual_seed(0))
+    seen = []
+    hook = model.depth_head.register_forward_hook(
+        lambda m, a, out: seen.append(torch.is_autocast_enabled("cpu"))
+    )
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = model(images)  # the reference: heads in float32, autocast off inside
+        model.dpt_autocast = True
+        fast = model(images)
+    hook.remove()
+    assert seen == [False, True]
+    assert fast["depth"].dtype == torch.float32 and torch.isfinite(fast["depth"]).all()
+    torch.testing.assert_close(fast["depth"], ref["depth"], rtol=0.05, atol=1e-3)  # bf16 rounding only
+    assert "dpt_autocast" not in " ".join(model.state_dict())
+
+
+def test_heads_bf16_option(tmp_path):
+    with pytest.raises(InputError, match="autocast bf16"):
+        _cfg(heads_bf16=True, autocast="fp32").validate()
+    out = tmp_path / "run"
+    assert train(_cfg(heads_bf16=True, total_steps=2), out, device="cpu") == EXIT_OK
+    started = _events(out)[0]
+    assert started["config"]["heads_bf16"] is True

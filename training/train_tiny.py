@@ -17,7 +17,8 @@
   (``lite3r.training.correspondence``), through forward hooks installed here; off by default.
 * Optimiser: AdamW (no decay on biases, norms, LayerScale, tokens, position embeddings), linear
   warm-up then cosine decay to ``min_lr_ratio``, bf16 autocast for the trunk (the heads run in fp32 as
-  in VGGT), global grad-norm clipping.
+  in VGGT; ``--heads-bf16`` puts the DPT heads under the autocast too, for speed), global grad-norm
+  clipping.
 * Time budget: with ``--minutes`` and no ``--total-steps`` the first steps are timed and the schedule
   length is fixed from the measured speed (stored in the checkpoint, so a resume keeps it). The run
   stops before the deadline leaving time for the final evaluation, checkpoint and export.
@@ -114,6 +115,9 @@ class TinyTrainConfig:
     log_every: int = 10
     ckpt_every_s: float = 180.0
     compile: bool = False
+    # DPT heads under the bf16 autocast too (float32 as the reference otherwise): a speed option, not
+    # part of the trajectory, so a resumed run may switch it on (VGGT.dpt_autocast)
+    heads_bf16: bool = False
     prefetch: bool = True
     deterministic: bool = False
 
@@ -127,6 +131,8 @@ class TinyTrainConfig:
             raise InputError(f"autocast must be bf16 or fp32, got {self.autocast!r}")
         if self.replay < 1 or self.replay_window < 1:
             raise InputError(f"replay ({self.replay}) and replay_window ({self.replay_window}) must be >= 1")
+        if self.heads_bf16 and self.autocast != "bf16":
+            raise InputError("heads_bf16 runs the DPT heads under the bf16 autocast: it needs autocast bf16")
         if not 0 <= self.curriculum < 1:
             raise InputError("curriculum must be in [0, 1)")
         if self.corr_weight < 0 or self.corr_queries < 1 or self.corr_heads < 1 or self.corr_depth_tol <= 0:
@@ -569,6 +575,7 @@ def train(
     if not cfg.global_rope:
         extra["global_rope"] = False
     model = build_tiny(cfg.preset, seed=cfg.seed, point_head=cfg.point_head, **extra).to(dev)
+    model.dpt_autocast = cfg.heads_bf16
     model.train()
     capture = AttentionCapture(model, cfg.corr_layers) if cfg.corr_weight > 0 else None
     opt = torch.optim.AdamW(
@@ -817,6 +824,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ckpt-every-s", type=float)
     g.add_argument(
         "--compile", action="store_true", default=None, help="torch.compile the transformer blocks"
+    )
+    g.add_argument(
+        "--heads-bf16", action="store_true", default=None, help="run the DPT heads under the bf16 autocast"
     )
     g.add_argument("--no-prefetch", dest="prefetch", action="store_false", default=None)
     g.add_argument("--deterministic", action="store_true", default=None, help="deterministic GPU kernels")

@@ -5,7 +5,8 @@
 Why: the training step runs ~600 views/s at 192 views per step (``tiny_throughput.md``), a few percent
 of the H100 for a 15 M-parameter model, and lite3r-tiny's quality is limited by training steps. This
 probe splits one fwd+bwd into the trunk and each head (fwd+bwd on detached features), the loss, and the
-optimiser, times the heads in float32 (as the reference, and train_tiny) and under bf16 autocast, and
+optimiser, times the heads in float32 (as the reference, and train_tiny) and under bf16 autocast (also in
+the full step, as ``--heads-bf16`` runs it), and
 lists the top CUDA kernels of a full step (torch.profiler). Writes tiny_step_profile.json + .md.
 """
 
@@ -74,6 +75,9 @@ def main(argv=None) -> int:
         opt.step()
 
     add("full step (train_tiny)", full_step)
+    model.dpt_autocast = True
+    add("full step, DPT heads bf16 (--heads-bf16)", full_step)
+    model.dpt_autocast = False
 
     def trunk():
         with bf16():

@@ -8,6 +8,7 @@ fp32 without guesswork.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -64,6 +65,11 @@ class VGGT(nn.Module):
         self.camera_head = CameraHead(config.camera_head) if config.camera_head else None
         self.depth_head = DPTHead(config.depth_head) if config.depth_head else None
         self.point_head = DPTHead(config.point_head) if config.point_head else None
+        # Training speed option (not in the checkpoint): True leaves the DPT heads under the caller's
+        # autocast instead of float32 as the reference (lite3r-tiny training: −24 ms of a 235 ms step,
+        # benchmarks/results/tiny/throughput/). Deployment sets head precision through
+        # lite3r.quant.precision instead.
+        self.dpt_autocast = False
 
     # ------------------------------------------------------------------------------------ trunk
     def default_layers(self) -> tuple[int, ...]:
@@ -143,7 +149,8 @@ class VGGT(nn.Module):
         head = self._require(name)
         image_hw = features.image_hw if images is None else tuple(images.shape[-2:])
         any_layer = next(iter(features.layers.values()))
-        with _no_autocast(any_layer.device.type):
+        ctx = contextlib.nullcontext() if self.dpt_autocast else _no_autocast(any_layer.device.type)
+        with ctx:
             return head(features.layers, image_hw, features.patch_start_idx, frames_chunk_size)
 
     def decode_depth(
