@@ -29,8 +29,8 @@ Memory options (both off by default; :func:`apply_memory_options`, after precisi
 - ``mlp_chunk_tokens=N``: every trunk block runs its MLP on at most N tokens at a time
   (:mod:`lite3r.models.layers.block`), so the 4×-wide hidden never exists for the whole sequence.
 Either option also embeds the images ``PATCH_EMBED_CHUNK_FRAMES`` frames at a time where the trunk
-can (VGGT's aggregator: normalisation + DINO per frame chunk), so the float32 normalised images never
-exist for every frame at once.
+can (VGGT's aggregator: normalisation + DINO per frame chunk), so the normalised images never exist
+for every frame at once.
 
 Each step returns the words the app and CLI show (``"dense · cuDNN SDPA"``), naming what actually runs.
 """

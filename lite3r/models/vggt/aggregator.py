@@ -86,8 +86,8 @@ class Aggregator(nn.Module):
         # Constants, not in the checkpoint (non-persistent), re-filled by reset_constants() after a
         # meta-device build.
         self.kept_features_fp8: str | None = None  # memory option, see the module doc
-        # memory option (inference): normalise + DINO-embed this many frames at a time, so the float32
-        # normalised images and the DINO's working set never exist for every frame at once (None: all)
+        # memory option (inference): normalise + DINO-embed this many frames at a time, so the normalised
+        # images and the DINO's working set never exist for every frame at once (None: all frames)
         self.patch_embed_chunk_frames: int | None = None
         self.register_buffer("_resnet_mean", torch.zeros(1, 1, 3, 1, 1), persistent=False)
         self.register_buffer("_resnet_std", torch.ones(1, 1, 3, 1, 1), persistent=False)
@@ -124,24 +124,23 @@ class Aggregator(nn.Module):
         glob = RopeTables(cos=frame.cos.repeat(1, 1, frames, 1), sin=frame.sin.repeat(1, 1, frames, 1))
         return frame, glob
 
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        return (images - self._resnet_mean.to(images.dtype)) / self._resnet_std.to(images.dtype)
+    def _normalized(self, frames: torch.Tensor) -> torch.Tensor:
+        """(frames [N, 3, H, W] − ImageNet mean) / std with one temporary (the division is in place)."""
+        mean = self._resnet_mean.view(1, 3, 1, 1).to(frames.dtype)
+        return (frames - mean).div_(self._resnet_std.view(1, 3, 1, 1).to(frames.dtype))
 
     def _embed_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """frames [N, 3, H, W] in [0, 1] → DINO patch tokens [N, h·w, C]; with ``patch_embed_chunk_frames``
         (inference only) a chunk of frames at a time into one preallocated output. Every op is per
         frame, so the tokens are the same; what changes is the transient memory: the normalised images
-        (two temporaries of the whole batch before the in-place division) were the trunk's peak for a
-        narrow model (tests/test_memory_options.py)."""
-        mean, std = self._resnet_mean.view(1, 3, 1, 1), self._resnet_std.view(1, 3, 1, 1)
+        of the whole batch were the trunk's peak for a narrow model (tests/test_memory_options.py)."""
         chunk = self.patch_embed_chunk_frames
         N = frames.shape[0]
         if chunk is None or chunk >= N or torch.is_grad_enabled():
-            return self.patch_embed((frames - mean.to(frames.dtype)).div_(std.to(frames.dtype)))
+            return self.patch_embed(self._normalized(frames))
         out = None
         for a in range(0, N, chunk):
-            part = frames[a : a + chunk]
-            tok = self.patch_embed((part - mean.to(part.dtype)).div_(std.to(part.dtype)))
+            tok = self.patch_embed(self._normalized(frames[a : a + chunk]))
             if out is None:
                 out = tok.new_empty((N, *tok.shape[1:]))
             out[a : a + tok.shape[0]] = tok
