@@ -69,8 +69,10 @@ def train_step_fn(model, data, opt, grad_clip: float | None = None):
     """One lite3r-tiny optimiser step on a fixed batch, as train_tiny runs it (bf16 autocast trunk)."""
     from lite3r.training.losses import LossConfig, targets_from_batch, vggt_loss
 
+    device_type = next(model.parameters()).device.type
+
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(device_type, dtype=torch.bfloat16):
             preds = model(data["images"])
         loss, _ = vggt_loss(preds, targets_from_batch(data, LossConfig()))
         opt.zero_grad(set_to_none=True)

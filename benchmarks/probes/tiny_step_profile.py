@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_synthetic import timed
+from bench_synthetic import timed, train_step_fn
 from provenance import markdown_table, write_result
 
 from lite3r.training.data.synthetic import SynthConfig, render_batch, train_step_seeds
@@ -65,14 +65,7 @@ def main(argv=None) -> int:
         )
         print(rows[-1], flush=True)
 
-    def full_step():
-        with bf16():
-            preds = model(data["images"])
-        loss, _ = vggt_loss(preds, targets_from_batch(data, cfg), cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+    full_step = train_step_fn(model, data, opt, grad_clip=1.0)  # as train_tiny runs it
 
     add("full step (train_tiny)", full_step)
     model.dpt_autocast = True
