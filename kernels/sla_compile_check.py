@@ -128,7 +128,7 @@ def variants(head_dims=(64,), quick=False):
             if quick and not in_quick:
                 continue
             consts = {**common, "LINEAR": lin, "FUSE_PROJ": fuse, "STORE_LSE": lse}
-            consts.update(RECOMPUTE_STATES=recompute, FEATURE=feature)
+            consts.update(RECOMPUTE_STATES=recompute, FEATURE=feature, FAST_MAP=True)
             out.append((f"{name} D{D}", fwd, fwd_ptrs, consts, cfgs("forward", D, lin)))
         bwd_kinds = {"complement": (2, True), "all": (1, False), "sparse only": (0, False)}
         for kind, (lin, in_quick) in bwd_kinds.items():

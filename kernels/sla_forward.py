@@ -28,7 +28,9 @@ from .sla_triton_common import (
     LINEAR_CODES,
     SIZE_ARGS,
     bucketed_autotune,
+    fast_patch_map,
     feature_map,
+    patch_pair_rows,
     tuning_report,
     virtual_to_physical,
     work_bucket,
@@ -39,14 +41,14 @@ LOG2E = 1.4426950408889634
 
 @triton.jit
 def _attend_cols(
-    q, k_base, v_base, stride_kn, stride_vn, cols, m_i, l_i, acc, N, n_special, frame_len, n_special_total,
-    qk_scale, HEAD_DIM: tl.constexpr, HAS_SPECIAL: tl.constexpr, MASK: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    q, k_base, v_base, stride_kn, stride_vn, cols, phys, m_i, l_i, acc, N, qk_scale,
+    HEAD_DIM: tl.constexpr, MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     """One online-softmax step over the key columns ``cols`` (virtual positions: one key block, or two
-    selected blocks side by side), base 2 with the scale folded into the exponent."""
+    selected blocks side by side) stored at physical rows ``phys``, base 2 with the scale folded into
+    the exponent."""
     d = tl.arange(0, HEAD_DIM)
-    phys = virtual_to_physical(cols, n_special, frame_len, n_special_total, HAS_SPECIAL).to(tl.int64)
+    phys = phys.to(tl.int64)
     k_ptrs = k_base + phys[:, None] * stride_kn + d[None, :]
     v_ptrs = v_base + phys[:, None] * stride_vn + d[None, :]
     if MASK:
@@ -103,12 +105,12 @@ def _sla_forward_kernel(
     stride_lb, stride_lh, stride_ln,
     LUT, SBLK, ZBLK, STOT, ZTOT, W,
     H, N, n_qblocks, n_kblocks, n_srows, topk,
-    n_special, frame_len, n_special_total,
+    n_special, frame_len, n_special_total, n_forced,
     qk_scale, eps,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
     FEATURE: tl.constexpr, LINEAR: tl.constexpr, FUSE_PROJ: tl.constexpr,
     HAS_SPECIAL: tl.constexpr, STORE_LSE: tl.constexpr, RECOMPUTE_STATES: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, PAIR: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, PAIR: tl.constexpr, FAST_MAP: tl.constexpr,
 ):  # fmt: skip
     i = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)  # int64 offsets: 1,000 frames of qkv views exceed 2**31 elements
@@ -133,17 +135,43 @@ def _sla_forward_kernel(
         s_sel = tl.zeros([HEAD_DIM, HEAD_DIM], dtype=tl.float32)
         z_sel = tl.zeros([HEAD_DIM], dtype=tl.float32)
     lut = LUT + (bh * n_qblocks + i) * topk
-    # LUT rows are ascending, so only the last entry can be the trailing partial key block: the loops run
-    # unmasked and the last block is peeled off with masks. PAIR = 2 (an autotuned choice) walks the
-    # unmasked entries two blocks at a time as one [2·BLOCK_N] key tile.
-    n_single = topk - 1
-    if PAIR == 2:
-        for t in range(0, (topk - 1) // 2):
-            j0 = tl.load(lut + 2 * t).to(tl.int32)
-            j1 = tl.load(lut + 2 * t + 1).to(tl.int32)
+    # LUT rows are ascending and distinct, so only the last entry can be the trailing partial key block:
+    # the loops run unmasked and the last block is peeled off with masks. With FAST_MAP the first
+    # n_forced entries (the blocks that hold special tokens, always selected) take the general virtual →
+    # physical mapping one block at a time, and every later entry (a patch-only block) the per-block
+    # mapping of patch_pair_rows. PAIR = 2 (an autotuned choice) walks the later entries two blocks at a
+    # time as one [2·BLOCK_N] key tile.
+    n_lead = 0
+    if FAST_MAP:
+        n_lead = tl.minimum(n_forced, topk - 1)
+        for t in tl.range(0, n_lead, num_stages=1):  # a few blocks: not worth a pipeline
+            j = tl.load(lut + t).to(tl.int32)
+            cols = j * BLOCK_N + tl.arange(0, BLOCK_N)
+            phys = virtual_to_physical(cols, n_special, frame_len, n_special_total, HAS_SPECIAL)
             m_i, l_i, acc, k, v = _attend_cols(
-                q, k_base, v_base, stride_kn, stride_vn, _pair_cols(j0, j1, BLOCK_N), m_i, l_i, acc, N,
-                n_special, frame_len, n_special_total, qk_scale, HEAD_DIM, HAS_SPECIAL, False, DOT_PRECISION,
+                q, k_base, v_base, stride_kn, stride_vn, cols, phys, m_i, l_i, acc, N, qk_scale, HEAD_DIM,
+                False, DOT_PRECISION,
+            )  # fmt: skip
+            if LINEAR == 2:
+                full = tl.full([BLOCK_N], 1, dtype=tl.int1)
+                s_sel, z_sel = _add_block_state(
+                    s_sel, z_sel, SBLK, ZBLK, bh * n_srows + j, k, v, full, FEATURE, RECOMPUTE_STATES,
+                    HEAD_DIM, DOT_PRECISION,
+                )  # fmt: skip
+    n_rest = topk - 1 - n_lead
+    n_single = n_rest
+    if PAIR == 2:
+        for t in range(0, n_rest // 2):
+            j0 = tl.load(lut + n_lead + 2 * t).to(tl.int32)
+            j1 = tl.load(lut + n_lead + 2 * t + 1).to(tl.int32)
+            cols = _pair_cols(j0, j1, BLOCK_N)
+            if FAST_MAP:
+                phys = patch_pair_rows(j0, j1, n_special, frame_len, n_special_total, BLOCK_N, 2)
+            else:
+                phys = virtual_to_physical(cols, n_special, frame_len, n_special_total, HAS_SPECIAL)
+            m_i, l_i, acc, k, v = _attend_cols(
+                q, k_base, v_base, stride_kn, stride_vn, cols, phys, m_i, l_i, acc, N, qk_scale, HEAD_DIM,
+                False, DOT_PRECISION,
             )  # fmt: skip
             if LINEAR == 2:
                 full = tl.full([2 * BLOCK_N], 1, dtype=tl.int1)
@@ -160,12 +188,17 @@ def _sla_forward_kernel(
                         s_sel, z_sel, SBLK, ZBLK, bh * n_srows + j1, k, v, full, FEATURE, False, HEAD_DIM,
                         DOT_PRECISION,
                     )  # fmt: skip
-        n_single = (topk - 1) % 2
+        n_single = n_rest % 2
     for t in range(topk - 1 - n_single, topk - 1):
         j = tl.load(lut + t).to(tl.int32)
+        cols = j * BLOCK_N + tl.arange(0, BLOCK_N)
+        if FAST_MAP:
+            phys = patch_pair_rows(j, j, n_special, frame_len, n_special_total, BLOCK_N, 1)
+        else:
+            phys = virtual_to_physical(cols, n_special, frame_len, n_special_total, HAS_SPECIAL)
         m_i, l_i, acc, k, v = _attend_cols(
-            q, k_base, v_base, stride_kn, stride_vn, j * BLOCK_N + tl.arange(0, BLOCK_N), m_i, l_i, acc, N,
-            n_special, frame_len, n_special_total, qk_scale, HEAD_DIM, HAS_SPECIAL, False, DOT_PRECISION,
+            q, k_base, v_base, stride_kn, stride_vn, cols, phys, m_i, l_i, acc, N, qk_scale, HEAD_DIM, False,
+            DOT_PRECISION,
         )  # fmt: skip
         if LINEAR == 2:
             full = tl.full([BLOCK_N], 1, dtype=tl.int1)
@@ -173,11 +206,14 @@ def _sla_forward_kernel(
                 s_sel, z_sel, SBLK, ZBLK, bh * n_srows + j, k, v, full, FEATURE, RECOMPUTE_STATES,
                 HEAD_DIM, DOT_PRECISION,
             )  # fmt: skip
+    # the last entry: possibly partial, and possibly a special block (when topk ≤ n_forced), so it always
+    # takes the general mapping (one block per program)
     j = tl.load(lut + topk - 1).to(tl.int32)
     cols = j * BLOCK_N + tl.arange(0, BLOCK_N)
+    phys = virtual_to_physical(cols, n_special, frame_len, n_special_total, HAS_SPECIAL)
     m_i, l_i, acc, k, v = _attend_cols(
-        q, k_base, v_base, stride_kn, stride_vn, cols, m_i, l_i, acc, N, n_special, frame_len,
-        n_special_total, qk_scale, HEAD_DIM, HAS_SPECIAL, True, DOT_PRECISION,
+        q, k_base, v_base, stride_kn, stride_vn, cols, phys, m_i, l_i, acc, N, qk_scale, HEAD_DIM, True,
+        DOT_PRECISION,
     )  # fmt: skip
     if LINEAR == 2:
         s_sel, z_sel = _add_block_state(
@@ -232,7 +268,7 @@ _sla_forward_kernel_tuned = bucketed_autotune(
     _sla_forward_kernel,
     "forward",
     key=["HEAD_DIM", "BLOCK_M", "BLOCK_N", "FEATURE", "LINEAR", "FUSE_PROJ", "HAS_SPECIAL", "STORE_LSE",
-         "RECOMPUTE_STATES"],
+         "RECOMPUTE_STATES", "FAST_MAP"],
 )  # fmt: skip
 
 
@@ -314,11 +350,12 @@ def sla_forward(
         *lse_strides,
         lut, s_blk, z_blk, s_tot, z_tot, w,
         H, N, geom.n_qblocks, geom.n_kblocks, max(s_blk.shape[2] if s_blk.dim() == 5 else 0, 1), geom.topk,
-        max(geom.n_special, 1), geom.frame_len, geom.n_special_total,
+        max(geom.n_special, 1), geom.frame_len, geom.n_special_total, geom.n_forced,
         scale * LOG2E, eps,
         BLOCK_M=geom.block_q, BLOCK_N=geom.block_k, HEAD_DIM=D,
         FEATURE=FEATURE_CODES[feature], LINEAR=kernel_lin, FUSE_PROJ=fuse,
         HAS_SPECIAL=geom.n_special > 0, STORE_LSE=store_lse, RECOMPUTE_STATES=bool(recompute_states),
+        FAST_MAP=fast_patch_map(geom),
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", **meta,
     )  # fmt: skip
     if lin == 0 and linear != "none" and not fuse_proj:

@@ -166,6 +166,36 @@ def virtual_to_physical(v, n_special, frame_len, n_special_total, HAS_SPECIAL: t
         return v
 
 
+def fast_patch_map(geom) -> bool:
+    """Whether the kernels may map patch-only key blocks per block (``patch_pair_rows``): there are
+    special tokens to skip, and a key block spans at most two frames."""
+    return geom.n_special > 0 and geom.frame_len - geom.n_special >= geom.block_k
+
+
+@triton.jit
+def patch_pair_rows(j0, j1, n_special, frame_len, n_special_total, BLOCK_N: tl.constexpr, PAIR: tl.constexpr):
+    """Physical rows of the virtual key columns of block j0 (and j1 beside it when PAIR = 2), for blocks
+    that hold only patch tokens: ``virtual_to_physical`` with the divisions done once per block instead
+    of per column. Valid when a block spans at most two frames (patch tokens per frame ≥ BLOCK_N, which
+    the launcher checks); the per-column work is one compare and a few adds (issue #3: the divisions
+    cost the loop ~8 % of its TFLOP/s at VGGT shapes, ``benchmarks/probes/sla_layout_probe.py``)."""
+    c = tl.arange(0, PAIR * BLOCK_N)
+    patches = frame_len - n_special
+    start0 = j0 * BLOCK_N - n_special_total  # patch index of the block's first column
+    f0 = start0 // patches
+    if PAIR == 2:
+        start1 = j1 * BLOCK_N - n_special_total
+        f1 = start1 // patches
+        first = c < BLOCK_N
+        p = tl.where(first, start0, start1 - BLOCK_N) + c
+        frame = tl.where(first, f0, f1)
+    else:
+        p = start0 + c
+        frame = f0
+    frame += (p >= (frame + 1) * patches).to(tl.int32)
+    return p + n_special * (frame + 1)
+
+
 @triton.jit
 def feature_map(x, FEATURE: tl.constexpr):
     """φ(x) in float32 for x [R, D]: ELU+1 (= x+1 for x>0, exp(x) otherwise) or softmax over D."""

@@ -207,6 +207,10 @@ FORWARD_CASES = [
     (1, 2, 222, 16, 32, 16, 1, 111, 0.1, "elu", "complement", torch.float16),
     (1, 1, 100, 16, 32, 16, 0, None, 1.0, "elu", "complement", torch.float32),  # everything kept
     (1, 2, 200, 16, 32, 16, 0, None, 0.3, "elu", "none", torch.float32),
+    # special tokens filling whole key blocks (4 frames × 4 = 16 = one block), and frames with fewer
+    # patch tokens than a key block (10 < 16: the per-block patch mapping does not apply)
+    (1, 2, 160, 16, 32, 16, 4, 40, 0.4, "elu", "complement", torch.float32),
+    (1, 2, 120, 16, 32, 16, 2, 12, 0.4, "elu", "complement", torch.float32),
 ]
 
 
@@ -249,6 +253,17 @@ def test_forward_matches_reference(case):
     assert lse.shape == (B, H, N) and bool(torch.isfinite(lse).all())
 
 
+def test_patch_blocks_are_mapped_per_block_where_frames_allow():
+    """The forward maps patch-only key blocks once per block (``patch_pair_rows``) when a block spans at
+    most two frames: true at VGGT shapes and in the special-token cases above, false without special
+    tokens or with frames shorter than a key block (the general per-column mapping runs there)."""
+    fast = importlib.import_module("lite3r.kernels.sla_triton_common").fast_patch_map
+    assert fast(_geom(1374 * 8, 128, 64, 0.1, 5, 1374))
+    assert fast(_geom(300, 32, 16, special=3, frame_len=75, top_k=9))
+    assert not fast(_geom(120, 32, 16, 0.4, 2, 12))
+    assert not fast(_geom(200, 32, 16, 0.3))
+
+
 # (B, H, N, D, bq, bk, special, frame_len, top_k, linear, recompute): odd and even numbers of
 # unmasked blocks, one block, a partial last block, batch > 1.
 PAIR_CASES = [
@@ -257,6 +272,9 @@ PAIR_CASES = [
     (1, 1, 100, 16, 32, 16, 0, None, 1, "complement", False),
     (1, 1, 100, 16, 32, 16, 0, None, 2, "all", False),
     (1, 2, 200, 16, 32, 16, 0, None, 7, "none", False),
+    # many patch-only blocks after the special ones, crossing frame boundaries inside blocks
+    (1, 2, 300, 16, 32, 16, 3, 75, 9, "complement", False),
+    (1, 1, 300, 16, 32, 16, 3, 75, 8, "all", False),
 ]
 
 
