@@ -95,6 +95,67 @@ def _add_block_state(
     return s_sel, z_sel
 
 
+@triton.jit
+def _walk_blocks(
+    q, k_base, v_base, stride_kn, stride_vn, lut, t0, n, m_i, l_i, acc, s_sel, z_sel, SBLK, ZBLK, sbase,
+    N, n_special, frame_len, n_special_total, qk_scale,
+    BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, FEATURE: tl.constexpr, LINEAR: tl.constexpr,
+    HAS_SPECIAL: tl.constexpr, RECOMPUTE_STATES: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    PAIR: tl.constexpr, PATCH_MAP: tl.constexpr,
+):  # fmt: skip
+    """Attend to the ``n`` full key blocks listed at LUT entries t0 … t0+n−1: PAIR blocks per step, then
+    the odd one. ``PATCH_MAP``: the entries are patch-only blocks, mapped once per block
+    (``patch_pair_rows``); otherwise every column takes the general virtual → physical mapping."""
+    n_single = n
+    if PAIR == 2:
+        for t in range(0, n // 2):
+            j0 = tl.load(lut + t0 + 2 * t).to(tl.int32)
+            j1 = tl.load(lut + t0 + 2 * t + 1).to(tl.int32)
+            cols = _pair_cols(j0, j1, BLOCK_N)
+            if PATCH_MAP:
+                phys = patch_pair_rows(j0, j1, n_special, frame_len, n_special_total, BLOCK_N, 2)
+            else:
+                phys = virtual_to_physical(cols, n_special, frame_len, n_special_total, HAS_SPECIAL)
+            m_i, l_i, acc, k, v = _attend_cols(
+                q, k_base, v_base, stride_kn, stride_vn, cols, phys, m_i, l_i, acc, N, qk_scale, HEAD_DIM,
+                False, DOT_PRECISION,
+            )  # fmt: skip
+            if LINEAR == 2:
+                full = tl.full([2 * BLOCK_N], 1, dtype=tl.int1)
+                if RECOMPUTE_STATES:
+                    s_sel, z_sel = _add_block_state(
+                        s_sel, z_sel, SBLK, ZBLK, 0, k, v, full, FEATURE, True, HEAD_DIM, DOT_PRECISION
+                    )
+                else:
+                    s_sel, z_sel = _add_block_state(
+                        s_sel, z_sel, SBLK, ZBLK, sbase + j0, k, v, full, FEATURE, False, HEAD_DIM,
+                        DOT_PRECISION,
+                    )  # fmt: skip
+                    s_sel, z_sel = _add_block_state(
+                        s_sel, z_sel, SBLK, ZBLK, sbase + j1, k, v, full, FEATURE, False, HEAD_DIM,
+                        DOT_PRECISION,
+                    )  # fmt: skip
+        n_single = n % 2
+    for t in range(n - n_single, n):
+        j = tl.load(lut + t0 + t).to(tl.int32)
+        cols = j * BLOCK_N + tl.arange(0, BLOCK_N)
+        if PATCH_MAP:
+            phys = patch_pair_rows(j, j, n_special, frame_len, n_special_total, BLOCK_N, 1)
+        else:
+            phys = virtual_to_physical(cols, n_special, frame_len, n_special_total, HAS_SPECIAL)
+        m_i, l_i, acc, k, v = _attend_cols(
+            q, k_base, v_base, stride_kn, stride_vn, cols, phys, m_i, l_i, acc, N, qk_scale, HEAD_DIM, False,
+            DOT_PRECISION,
+        )  # fmt: skip
+        if LINEAR == 2:
+            full = tl.full([BLOCK_N], 1, dtype=tl.int1)
+            s_sel, z_sel = _add_block_state(
+                s_sel, z_sel, SBLK, ZBLK, sbase + j, k, v, full, FEATURE, RECOMPUTE_STATES, HEAD_DIM,
+                DOT_PRECISION,
+            )  # fmt: skip
+    return m_i, l_i, acc, s_sel, z_sel
+
+
 @triton.jit(do_not_specialize=SIZE_ARGS)
 def _sla_forward_kernel(
     Q, K, V, O, OL, LSE,
@@ -134,78 +195,30 @@ def _sla_forward_kernel(
     if LINEAR == 2:
         s_sel = tl.zeros([HEAD_DIM, HEAD_DIM], dtype=tl.float32)
         z_sel = tl.zeros([HEAD_DIM], dtype=tl.float32)
+    else:  # unused placeholders
+        s_sel = tl.zeros([1, 1], dtype=tl.float32)
+        z_sel = tl.zeros([1], dtype=tl.float32)
     lut = LUT + (bh * n_qblocks + i) * topk
+    sbase = bh * n_srows
     # LUT rows are ascending and distinct, so only the last entry can be the trailing partial key block:
-    # the loops run unmasked and the last block is peeled off with masks. With FAST_MAP the first
+    # the walks run unmasked and the last block is peeled off with masks. With FAST_MAP the first
     # n_forced entries (the blocks that hold special tokens, always selected) take the general virtual →
-    # physical mapping one block at a time, and every later entry (a patch-only block) the per-block
-    # mapping of patch_pair_rows. PAIR = 2 (an autotuned choice) walks the later entries two blocks at a
-    # time as one [2·BLOCK_N] key tile.
+    # physical mapping, and every later entry (a patch-only block: its index is at least its position)
+    # the per-block mapping of patch_pair_rows. PAIR = 2 (an autotuned choice) walks two blocks at a time
+    # as one [2·BLOCK_N] key tile.
     n_lead = 0
     if FAST_MAP:
         n_lead = tl.minimum(n_forced, topk - 1)
-        for t in tl.range(0, n_lead, num_stages=1):  # a few blocks: not worth a pipeline
-            j = tl.load(lut + t).to(tl.int32)
-            cols = j * BLOCK_N + tl.arange(0, BLOCK_N)
-            phys = virtual_to_physical(cols, n_special, frame_len, n_special_total, HAS_SPECIAL)
-            m_i, l_i, acc, k, v = _attend_cols(
-                q, k_base, v_base, stride_kn, stride_vn, cols, phys, m_i, l_i, acc, N, qk_scale, HEAD_DIM,
-                False, DOT_PRECISION,
-            )  # fmt: skip
-            if LINEAR == 2:
-                full = tl.full([BLOCK_N], 1, dtype=tl.int1)
-                s_sel, z_sel = _add_block_state(
-                    s_sel, z_sel, SBLK, ZBLK, bh * n_srows + j, k, v, full, FEATURE, RECOMPUTE_STATES,
-                    HEAD_DIM, DOT_PRECISION,
-                )  # fmt: skip
-    n_rest = topk - 1 - n_lead
-    n_single = n_rest
-    if PAIR == 2:
-        for t in range(0, n_rest // 2):
-            j0 = tl.load(lut + n_lead + 2 * t).to(tl.int32)
-            j1 = tl.load(lut + n_lead + 2 * t + 1).to(tl.int32)
-            cols = _pair_cols(j0, j1, BLOCK_N)
-            if FAST_MAP:
-                phys = patch_pair_rows(j0, j1, n_special, frame_len, n_special_total, BLOCK_N, 2)
-            else:
-                phys = virtual_to_physical(cols, n_special, frame_len, n_special_total, HAS_SPECIAL)
-            m_i, l_i, acc, k, v = _attend_cols(
-                q, k_base, v_base, stride_kn, stride_vn, cols, phys, m_i, l_i, acc, N, qk_scale, HEAD_DIM,
-                False, DOT_PRECISION,
-            )  # fmt: skip
-            if LINEAR == 2:
-                full = tl.full([2 * BLOCK_N], 1, dtype=tl.int1)
-                if RECOMPUTE_STATES:
-                    s_sel, z_sel = _add_block_state(
-                        s_sel, z_sel, SBLK, ZBLK, 0, k, v, full, FEATURE, True, HEAD_DIM, DOT_PRECISION
-                    )
-                else:
-                    s_sel, z_sel = _add_block_state(
-                        s_sel, z_sel, SBLK, ZBLK, bh * n_srows + j0, k, v, full, FEATURE, False, HEAD_DIM,
-                        DOT_PRECISION,
-                    )  # fmt: skip
-                    s_sel, z_sel = _add_block_state(
-                        s_sel, z_sel, SBLK, ZBLK, bh * n_srows + j1, k, v, full, FEATURE, False, HEAD_DIM,
-                        DOT_PRECISION,
-                    )  # fmt: skip
-        n_single = n_rest % 2
-    for t in range(topk - 1 - n_single, topk - 1):
-        j = tl.load(lut + t).to(tl.int32)
-        cols = j * BLOCK_N + tl.arange(0, BLOCK_N)
-        if FAST_MAP:
-            phys = patch_pair_rows(j, j, n_special, frame_len, n_special_total, BLOCK_N, 1)
-        else:
-            phys = virtual_to_physical(cols, n_special, frame_len, n_special_total, HAS_SPECIAL)
-        m_i, l_i, acc, k, v = _attend_cols(
-            q, k_base, v_base, stride_kn, stride_vn, cols, phys, m_i, l_i, acc, N, qk_scale, HEAD_DIM, False,
-            DOT_PRECISION,
+        m_i, l_i, acc, s_sel, z_sel = _walk_blocks(
+            q, k_base, v_base, stride_kn, stride_vn, lut, 0, n_lead, m_i, l_i, acc, s_sel, z_sel, SBLK, ZBLK,
+            sbase, N, n_special, frame_len, n_special_total, qk_scale, BLOCK_N, HEAD_DIM, FEATURE, LINEAR,
+            HAS_SPECIAL, RECOMPUTE_STATES, DOT_PRECISION, PAIR, False,
         )  # fmt: skip
-        if LINEAR == 2:
-            full = tl.full([BLOCK_N], 1, dtype=tl.int1)
-            s_sel, z_sel = _add_block_state(
-                s_sel, z_sel, SBLK, ZBLK, bh * n_srows + j, k, v, full, FEATURE, RECOMPUTE_STATES,
-                HEAD_DIM, DOT_PRECISION,
-            )  # fmt: skip
+    m_i, l_i, acc, s_sel, z_sel = _walk_blocks(
+        q, k_base, v_base, stride_kn, stride_vn, lut, n_lead, topk - 1 - n_lead, m_i, l_i, acc, s_sel, z_sel,
+        SBLK, ZBLK, sbase, N, n_special, frame_len, n_special_total, qk_scale, BLOCK_N, HEAD_DIM, FEATURE,
+        LINEAR, HAS_SPECIAL, RECOMPUTE_STATES, DOT_PRECISION, PAIR, FAST_MAP,
+    )  # fmt: skip
     # the last entry: possibly partial, and possibly a special block (when topk ≤ n_forced), so it always
     # takes the general mapping (one block per program)
     j = tl.load(lut + topk - 1).to(tl.int32)
@@ -217,7 +230,7 @@ def _sla_forward_kernel(
     )  # fmt: skip
     if LINEAR == 2:
         s_sel, z_sel = _add_block_state(
-            s_sel, z_sel, SBLK, ZBLK, bh * n_srows + j, k, v, cols < N, FEATURE, RECOMPUTE_STATES,
+            s_sel, z_sel, SBLK, ZBLK, sbase + j, k, v, cols < N, FEATURE, RECOMPUTE_STATES,
             HEAD_DIM, DOT_PRECISION,
         )  # fmt: skip
     out = acc / l_i[:, None]
