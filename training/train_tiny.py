@@ -56,6 +56,12 @@ EXPORT = "lite3r-tiny"
 HANDOVER_WEIGHTS, HANDOVER_STATE = "handover.safetensors", "handover.json"
 REWARM_STEPS = 50  # linear LR re-warm-up after a handover (fresh AdamW moments)
 
+HEADS_BF16_WARNING = (
+    "--heads-bf16 diverged in its one real use: resuming the step-7,900 lite3r-tiny hand-over with it, the "
+    "validation AbsRel at step 8,000 was 0.334 against 0.306 without it, and the loss went NaN at step 8,140 "
+    "(benchmarks/results/tiny/continuation_11518/heads_bf16_nan_log.jsonl); train without it"
+)
+
 # Fields that define the training trajectory: a resumed run must keep them.
 TRAJECTORY = (
     "preset", "image_size", "point_head", "layer_scale_init", "token_init_std", "global_rope", "views", "views_per_step", "lr", "betas", "weight_decay", "warmup_steps",
@@ -576,6 +582,8 @@ def train(
         extra["global_rope"] = False
     model = build_tiny(cfg.preset, seed=cfg.seed, point_head=cfg.point_head, **extra).to(dev)
     model.dpt_autocast = cfg.heads_bf16
+    if cfg.heads_bf16:
+        print(HEADS_BF16_WARNING, file=sys.stderr, flush=True)
     model.train()
     capture = AttentionCapture(model, cfg.corr_layers) if cfg.corr_weight > 0 else None
     opt = torch.optim.AdamW(
@@ -826,7 +834,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--compile", action="store_true", default=None, help="torch.compile the transformer blocks"
     )
     g.add_argument(
-        "--heads-bf16", action="store_true", default=None, help="run the DPT heads under the bf16 autocast"
+        "--heads-bf16",
+        action="store_true",
+        default=None,
+        help="run the DPT heads under the bf16 autocast (experimental: " + HEADS_BF16_WARNING + ")",
     )
     g.add_argument("--no-prefetch", dest="prefetch", action="store_false", default=None)
     g.add_argument("--deterministic", action="store_true", default=None, help="deterministic GPU kernels")
