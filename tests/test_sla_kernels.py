@@ -11,6 +11,7 @@ import sla_triton_env
 sla_triton_env.set_interpret_env()  # before anything imports triton (collection time)
 
 import importlib  # noqa: E402
+import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
 import subprocess  # noqa: E402
@@ -436,6 +437,32 @@ def test_kernels_compile_for_hopper():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # forward ×2, backward dQ / dK/dV, prepare, select, complement map (+ transposed), row top-k
     assert proc.stdout.count("ok ") == 9
+
+
+def test_sass_mix_probe_counts_the_forward_loops(tmp_path):
+    """benchmarks/probes/sla_sass_mix.py (sm_90a SASS, no GPU) finds the forward's MMA loops and counts
+    one exponential per score: 128 × 128 scores over 256 threads = 64 per thread per pair iteration (plus
+    the rescale factors); the per-block mapping issues fewer instructions than the per-column one."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = tmp_path / "mix.json"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [sys.executable, os.path.join(root, "benchmarks", "probes", "sla_sass_mix.py"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    loops = json.loads(out.read_text())["loops"]
+    hot = {name: max(v, key=lambda loop: loop["opcodes"]["HGMMA"]) for name, v in loops.items()}
+    for loop in hot.values():
+        assert 64 <= loop["opcodes"]["MUFU"] <= 72 and loop["opcodes"]["HGMMA"] >= 8
+    per_block = min(
+        v["instructions"] for v in loops["special, per-block patch mapping"] if v["opcodes"]["HGMMA"] == 12
+    )
+    per_column = hot["special, per-column mapping"]["instructions"]
+    assert per_block < per_column
 
 
 # ------------------------------------------------------------------------------------------- GPU
