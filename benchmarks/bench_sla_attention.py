@@ -178,13 +178,13 @@ def qkv_views(frames: int, requires_grad: bool = False):
 
 
 def sla_module(
-    keep: float, linear: str = "complement", complement_states: str = "summed"
+    keep: float, linear: str = "complement", complement_states: str = "summed", special: int = SPECIAL
 ) -> SparseLinearAttention:
     cfg = SLAConfig(
         keep_ratio=keep, block_q=BLOCK_Q, block_k=BLOCK_K, linear=linear, backend="triton",
         complement_states=complement_states,
     )  # fmt: skip
-    m = SparseLinearAttention(HEADS * HEAD_DIM, HEADS, config=cfg, special_tokens_per_frame=SPECIAL)
+    m = SparseLinearAttention(HEADS * HEAD_DIM, HEADS, config=cfg, special_tokens_per_frame=special)
     m = m.to(DEVICE).eval()
     with torch.no_grad():
         if m.proj_lin is not None:

@@ -24,6 +24,13 @@ import tempfile
 _FLOATS = {"qk_scale", "eps", "sm_scale"}
 
 
+# The forward kernel's pointer arguments at VGGT shapes (bf16 q/k/v/o, int16 look-up table).
+FORWARD_POINTERS = dict(
+    Q="*bf16", K="*bf16", V="*bf16", O="*bf16", OL="*bf16", LSE="*fp32", LUT="*i16", SBLK="*bf16",
+    ZBLK="*fp32", STOT="*fp32", ZTOT="*fp32", W="*fp32",
+)  # fmt: skip
+
+
 def _signature(fn, pointers: dict[str, str], consts: dict) -> tuple[dict, dict]:
     sig, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
@@ -41,9 +48,10 @@ def _signature(fn, pointers: dict[str, str], consts: dict) -> tuple[dict, dict]:
     return sig, attrs
 
 
-def compile_kernel(
+def compile_for_hopper(
     fn, pointers: dict[str, str], consts: dict, num_warps: int, num_stages: int, maxnreg: int | None = None
-) -> dict:
+):
+    """The Triton compiled kernel for sm_90a (``.asm`` holds ttgir, ptx and cubin); no GPU needed."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -55,7 +63,15 @@ def compile_kernel(
     options = {"num_warps": num_warps, "num_stages": num_stages}
     if maxnreg:
         options["maxnreg"] = maxnreg
-    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+
+
+def compile_kernel(
+    fn, pointers: dict[str, str], consts: dict, num_warps: int, num_stages: int, maxnreg: int | None = None
+) -> dict:
+    import triton
+
+    k = compile_for_hopper(fn, pointers, consts, num_warps, num_stages, maxnreg)
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     info = {"shared": k.metadata.shared, "wgmma": "wgmma" in k.asm["ptx"]}
     info["async"] = len(re.findall("async_copy_global_to_local", k.asm["ttgir"]))
@@ -87,9 +103,7 @@ def variants(head_dims=(64,), quick=False):
     )
 
     bf, f32, lut = "*bf16", "*fp32", "*i16"
-    fwd_ptrs = dict(
-        Q=bf, K=bf, V=bf, O=bf, OL=bf, LSE=f32, LUT=lut, SBLK=bf, ZBLK=f32, STOT=f32, ZTOT=f32, W=f32
-    )
+    fwd_ptrs = FORWARD_POINTERS
     dq_ptrs = dict(
         Q=bf, K=bf, V=bf, O=bf, OL=bf, DO=bf, DOL=bf, DQ=bf, LSE=f32, DELTA=f32,
         LUT=lut, SQ=bf, ZQ=f32, GBLK=bf, DZBLK=f32,

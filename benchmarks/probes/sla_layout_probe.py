@@ -22,20 +22,20 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_sla_attention import BLOCK_K, BLOCK_Q, DEVICE, DTYPE, HEAD_DIM, HEADS, TOKENS, median_ms
+from bench_sla_attention import (
+    BLOCK_K,
+    BLOCK_Q,
+    DEVICE,
+    DTYPE,
+    HEAD_DIM,
+    HEADS,
+    TOKENS,
+    median_ms,
+    sla_module,
+)
 from provenance import markdown_table, write_result
 
-from lite3r.attention.sla import SLAConfig, SparseLinearAttention
 from lite3r.kernels import sla_linear_domain, sla_ops
-
-
-def _module(special: int, keep: float) -> SparseLinearAttention:
-    cfg = SLAConfig(keep_ratio=keep, block_q=BLOCK_Q, block_k=BLOCK_K, linear="complement", backend="triton")
-    m = SparseLinearAttention(HEADS * HEAD_DIM, HEADS, config=cfg, special_tokens_per_frame=special)
-    m = m.to(DEVICE).eval()
-    with torch.no_grad():
-        m.proj_lin.weight.normal_(0, 0.02)
-    return m
 
 
 def _cell(frames: int, special: int, layout: str, keep: float, repeats: int) -> dict:
@@ -44,7 +44,7 @@ def _cell(frames: int, special: int, layout: str, keep: float, repeats: int) -> 
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
     if layout == "contiguous":
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    m = _module(special, keep)
+    m = sla_module(keep, special=special)
     geom = m.geometry(n, TOKENS)
     g = sla_ops.geom_to_list(geom)
     none = q.new_empty(0, dtype=torch.float32)

@@ -40,28 +40,15 @@ VARIANTS = {  # name → (HAS_SPECIAL, FAST_MAP)
 
 def compile_sass(has_special: bool, fast_map: bool, warps: int, stages: int) -> str:
     import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
     from lite3r.kernels import sla_forward
-    from lite3r.kernels.sla_compile_check import _signature
+    from lite3r.kernels.sla_compile_check import FORWARD_POINTERS, compile_for_hopper
 
-    fn = sla_forward._sla_forward_kernel
-    bf, f32 = "*bf16", "*fp32"
-    ptrs = dict(
-        Q=bf, K=bf, V=bf, O=bf, OL=bf, LSE=f32, LUT="*i16", SBLK=bf, ZBLK=f32, STOT=f32, ZTOT=f32, W=f32
-    )
     consts = dict(
         BLOCK_M=128, BLOCK_N=64, HEAD_DIM=64, FEATURE=0, HAS_SPECIAL=has_special, DOT_PRECISION="tf32",
         LINEAR=3, FUSE_PROJ=True, STORE_LSE=False, RECOMPUTE_STATES=False, PAIR=2, FAST_MAP=fast_map,
     )  # fmt: skip
-    sig, attrs = _signature(fn, ptrs, consts)
-    src = ASTSource(
-        fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()}, attrs=attrs
-    )
-    k = triton.compile(
-        src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages}
-    )
+    k = compile_for_hopper(sla_forward._sla_forward_kernel, FORWARD_POINTERS, consts, warps, stages)
     nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "k.cubin")
