@@ -57,6 +57,8 @@ def compile_for_hopper(
     from triton.compiler import ASTSource
 
     sig, attrs = _signature(fn, pointers, consts)
+    if getattr(fn, "is_gluon", lambda: False)():  # a Gluon kernel (sla_forward_hopper)
+        from triton.experimental.gluon._runtime import GluonASTSource as ASTSource
     src = ASTSource(
         fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()}, attrs=attrs
     )
@@ -66,19 +68,27 @@ def compile_for_hopper(
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
 
 
-def compile_kernel(
-    fn, pointers: dict[str, str], consts: dict, num_warps: int, num_stages: int, maxnreg: int | None = None
-) -> dict:
+def sass(kernel) -> str:
+    """The SASS of a compiled kernel, from the ``nvdisasm`` bundled with Triton."""
     import triton
 
-    k = compile_for_hopper(fn, pointers, consts, num_warps, num_stages, maxnreg)
+    nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(kernel.asm["cubin"])
+        return subprocess.run([nvdisasm, "-c", "-g", path], capture_output=True, text=True, check=True).stdout
+
+
+def ptxas_resources(kernel) -> tuple[int | None, int]:
+    """(registers, spilled bytes) per thread, from the bundled ``ptxas -v`` on the kernel's PTX."""
+    import triton
+
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-    info = {"shared": k.metadata.shared, "wgmma": "wgmma" in k.asm["ptx"]}
-    info["async"] = len(re.findall("async_copy_global_to_local", k.asm["ttgir"]))
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "k.ptx")
         with open(path, "w") as f:
-            f.write(k.asm["ptx"])
+            f.write(kernel.asm["ptx"])
         out = subprocess.run(
             [ptxas, "-arch=sm_90a", "-v", path, "-o", os.devnull], capture_output=True, text=True
         )
@@ -86,8 +96,16 @@ def compile_kernel(
         raise RuntimeError(out.stderr)
     regs = re.search(r"Used (\d+) registers", out.stderr)
     spill = re.search(r"(\d+) bytes spill stores", out.stderr)
-    info["regs"] = int(regs.group(1)) if regs else None
-    info["spill_bytes"] = int(spill.group(1)) if spill else 0
+    return (int(regs.group(1)) if regs else None), (int(spill.group(1)) if spill else 0)
+
+
+def compile_kernel(
+    fn, pointers: dict[str, str], consts: dict, num_warps: int, num_stages: int, maxnreg: int | None = None
+) -> dict:
+    k = compile_for_hopper(fn, pointers, consts, num_warps, num_stages, maxnreg)
+    info = {"shared": k.metadata.shared, "wgmma": "wgmma" in k.asm["ptx"]}
+    info["async"] = len(re.findall("async_copy_global_to_local", k.asm["ttgir"]))
+    info["regs"], info["spill_bytes"] = ptxas_resources(k)
     return info
 
 

@@ -21,9 +21,7 @@ import collections
 import json
 import os
 import re
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -39,22 +37,16 @@ VARIANTS = {  # name → (HAS_SPECIAL, FAST_MAP)
 
 
 def compile_sass(has_special: bool, fast_map: bool, warps: int, stages: int) -> str:
-    import triton
 
     from lite3r.kernels import sla_forward
-    from lite3r.kernels.sla_compile_check import FORWARD_POINTERS, compile_for_hopper
+    from lite3r.kernels.sla_compile_check import FORWARD_POINTERS, compile_for_hopper, sass
 
     consts = dict(
         BLOCK_M=128, BLOCK_N=64, HEAD_DIM=64, FEATURE=0, HAS_SPECIAL=has_special, DOT_PRECISION="tf32",
         LINEAR=3, FUSE_PROJ=True, STORE_LSE=False, RECOMPUTE_STATES=False, PAIR=2, FAST_MAP=fast_map,
     )  # fmt: skip
     k = compile_for_hopper(sla_forward._sla_forward_kernel, FORWARD_POINTERS, consts, warps, stages)
-    nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "k.cubin")
-        with open(path, "wb") as f:
-            f.write(k.asm["cubin"])
-        return subprocess.run([nvdisasm, "-c", "-g", path], capture_output=True, text=True, check=True).stdout
+    return sass(k)
 
 
 def loop_mixes(sass: str) -> list[dict]:
