@@ -216,6 +216,13 @@ def _sla_forward_wgmma_kernel(
         cp.wait_group(1)  # tile t has landed (tile t+1 may still be in flight)
         gl.thread_barrier()  # … for every thread, and every warpgroup is done with tile t−2's buffers
         fence_async_shared()
+        st = t % STAGES
+        s_t = warpgroup_mma(q_smem, k_smem.index(st).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        # P_{t−1} is carried in float32 and converted only here: the bf16 registers a wgmma reads stay
+        # locked until it completes, and a loop-carried P would make ptxas wait for P·V before the softmax
+        p_op = gl.convert_layout(p.to(dtype), P_L)
+        acc = warpgroup_mma(p_op, v_smem.index((t - 1) % STAGES), acc, is_async=True)
+        # the next loads after the MMAs are issued: their addressing runs while the tensor cores work
         if t + 2 < n_tiles:
             st2 = (t + 2) % STAGES
             _issue_tile(
@@ -223,12 +230,6 @@ def _sla_forward_wgmma_kernel(
                 N, n_special, frame_len, n_special_total, BLOCK_N, HEAD_DIM, HAS_SPECIAL, LOAD,
             )  # fmt: skip
         cp.commit_group()
-        st = t % STAGES
-        s_t = warpgroup_mma(q_smem, k_smem.index(st).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-        # P_{t−1} is carried in float32 and converted only here: the bf16 registers a wgmma reads stay
-        # locked until it completes, and a loop-carried P would make ptxas wait for P·V before the softmax
-        p_op = gl.convert_layout(p.to(dtype), P_L)
-        acc = warpgroup_mma(p_op, v_smem.index((t - 1) % STAGES), acc, is_async=True)
         s_t = warpgroup_mma_wait(num_outstanding=1, deps=[s_t])
         if FENCE_SOFTMAX:
             # the softmax in its own basic block (the condition always holds): ptxas cannot hoist the
