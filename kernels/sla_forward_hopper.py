@@ -139,11 +139,13 @@ def _sla_forward_wgmma_kernel(
     qk_scale, eps,
     HEAD_DIM: gl.constexpr, FEATURE: gl.constexpr, LINEAR: gl.constexpr, FUSE_PROJ: gl.constexpr,
     HAS_SPECIAL: gl.constexpr, STORE_LSE: gl.constexpr, FENCE_SOFTMAX: gl.constexpr,
+    PREFETCH: gl.constexpr,
 ):  # fmt: skip
     BLOCK_M: gl.constexpr = 128
     BLOCK_N: gl.constexpr = 64
     TILE: gl.constexpr = 2 * BLOCK_N
-    STAGES: gl.constexpr = 4
+    # K/V ring: tile t+PREFETCH is gathered while the MMAs of tiles t and t−1 may still read theirs
+    STAGES: gl.constexpr = PREFETCH + 2
     dtype: gl.constexpr = Q.dtype.element_ty
 
     # register layouts: S = Q·Kᵀ [128, 128] and O [128, D] are wgmma accumulators, 8 warps along M
@@ -182,22 +184,23 @@ def _sla_forward_wgmma_kernel(
         k_smem.index(0), v_smem.index(0), k_base, v_base, stride_kn, stride_vn, lut, 0, topk, N, n_special,
         frame_len, n_special_total, BLOCK_N, HEAD_DIM, HAS_SPECIAL, LOAD,
     )  # fmt: skip
-    cp.commit_group()  # group 0: Q and tile 0
-    if n_tiles > 1:
-        _issue_tile(
-            k_smem.index(1), v_smem.index(1), k_base, v_base, stride_kn, stride_vn, lut, 1, topk, N, n_special,
-            frame_len, n_special_total, BLOCK_N, HEAD_DIM, HAS_SPECIAL, LOAD,
-        )  # fmt: skip
-    cp.commit_group()  # group 1: tile 1 (empty when there is none)
+    cp.commit_group()  # group 0: Q and tile 0; group j: tile j (empty when there is none)
+    for j in gl.static_range(1, PREFETCH):
+        if j < n_tiles:
+            _issue_tile(
+                k_smem.index(j), v_smem.index(j), k_base, v_base, stride_kn, stride_vn, lut, j, topk, N,
+                n_special, frame_len, n_special_total, BLOCK_N, HEAD_DIM, HAS_SPECIAL, LOAD,
+            )  # fmt: skip
+        cp.commit_group()
 
     # first tile: S_0, its softmax (masked: it may also be the last tile)
-    cp.wait_group(1)
+    cp.wait_group(PREFETCH - 1)
     gl.thread_barrier()
     fence_async_shared()
-    if n_tiles > 2:
+    if PREFETCH < n_tiles:
         _issue_tile(
-            k_smem.index(2), v_smem.index(2), k_base, v_base, stride_kn, stride_vn, lut, 2, topk, N, n_special,
-            frame_len, n_special_total, BLOCK_N, HEAD_DIM, HAS_SPECIAL, LOAD,
+            k_smem.index(PREFETCH), v_smem.index(PREFETCH), k_base, v_base, stride_kn, stride_vn, lut, PREFETCH,
+            topk, N, n_special, frame_len, n_special_total, BLOCK_N, HEAD_DIM, HAS_SPECIAL, LOAD,
         )  # fmt: skip
     cp.commit_group()
     s_zero = gl.zeros([BLOCK_M, TILE], gl.float32, S_L)
@@ -209,24 +212,28 @@ def _sla_forward_wgmma_kernel(
     p = gl.exp2(s - m_i[:, None])
     l_i = gl.sum(p, axis=1)
     acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, O_L)
+    p_op = gl.convert_layout(p.to(dtype), P_L)
 
     # steady state: tile t's scores and tile t−1's P·V in flight together; the softmax of S_t runs while
     # P_{t−1}·V_{t−1} finishes. The last tile is peeled off (masked).
     for t in range(1, n_tiles - 1):
-        cp.wait_group(1)  # tile t has landed (tile t+1 may still be in flight)
+        cp.wait_group(PREFETCH - 1)  # tile t has landed (later ones may still be in flight)
         gl.thread_barrier()  # … for every thread, and every warpgroup is done with tile t−2's buffers
         fence_async_shared()
         st = t % STAGES
         s_t = warpgroup_mma(q_smem, k_smem.index(st).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-        # P_{t−1} is carried in float32 and converted only here: the bf16 registers a wgmma reads stay
-        # locked until it completes, and a loop-carried P would make ptxas wait for P·V before the softmax
-        p_op = gl.convert_layout(p.to(dtype), P_L)
+        if FENCE_SOFTMAX:
+            # P_{t−1} carried in float32 and converted only here: the bf16 registers a wgmma reads stay
+            # locked until it completes, and a loop-carried bf16 P would make ptxas wait for P·V before
+            # the softmax (32 more registers)
+            p_op = gl.convert_layout(p.to(dtype), P_L)
         acc = warpgroup_mma(p_op, v_smem.index((t - 1) % STAGES), acc, is_async=True)
         # the next loads after the MMAs are issued: their addressing runs while the tensor cores work
-        if t + 2 < n_tiles:
-            st2 = (t + 2) % STAGES
+        if t + PREFETCH < n_tiles:
+            st2 = (t + PREFETCH) % STAGES
             _issue_tile(
-                k_smem.index(st2), v_smem.index(st2), k_base, v_base, stride_kn, stride_vn, lut, t + 2, topk,
+                k_smem.index(st2), v_smem.index(st2), k_base, v_base, stride_kn, stride_vn, lut, t + PREFETCH,
+                topk,
                 N, n_special, frame_len, n_special_total, BLOCK_N, HEAD_DIM, HAS_SPECIAL, LOAD,
             )  # fmt: skip
         cp.commit_group()
@@ -242,6 +249,8 @@ def _sla_forward_wgmma_kernel(
             p, alpha, m_i, l_i = _softmax_step(s_t, m_i, l_i, qk_scale)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
         acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, O_L))[:, None]
+        if not FENCE_SOFTMAX:
+            p_op = gl.convert_layout(p.to(dtype), P_L)
 
     if n_tiles > 1:
         t_last = n_tiles - 1
@@ -282,7 +291,9 @@ def _sla_forward_wgmma_kernel(
         d_r = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(1, LOAD))
         s_i = gl.load(STOT + (sidx * HEAD_DIM + d_r[:, None]) * HEAD_DIM + d_ld[None, :])
         z_i = gl.load(ZTOT + sidx * HEAD_DIM + d_o)
-        s_state = gl.allocate_shared_memory(dtype, [HEAD_DIM, HEAD_DIM], SMEM, s_i.to(dtype))
+        gl.thread_barrier()  # both warpgroups are done with the ring: its first stages hold S and W now
+        s_state = k_smem.index(0).slice(0, HEAD_DIM)
+        s_state.store(s_i.to(dtype))
         fence_async_shared()
         o_zero = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, O_L)
         num = warpgroup_mma(gl.convert_layout(phiq.to(dtype), P_L), s_state, o_zero, use_acc=False)
@@ -290,7 +301,8 @@ def _sla_forward_wgmma_kernel(
         o_l = num / den[:, None]
         if FUSE_PROJ:
             w = gl.load(W + d_r[:, None] * HEAD_DIM + d_ld[None, :])  # W[out, in]
-            w_smem = gl.allocate_shared_memory(dtype, [HEAD_DIM, HEAD_DIM], SMEM, w.to(dtype))
+            w_smem = v_smem.index(0).slice(0, HEAD_DIM)
+            w_smem.store(w.to(dtype))
             fence_async_shared()
             out = warpgroup_mma(gl.convert_layout(o_l.to(dtype), P_L), w_smem.permute((1, 0)), out)
         else:
@@ -321,6 +333,8 @@ def sla_forward_wgmma(
     fuse_proj: bool,
     summed_states: bool = False,
     fence_softmax: bool = True,
+    prefetch: int = 2,
+    maxnreg: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the Hopper kernel; same contract as ``sla_forward.sla_forward`` (states summed per query
     block for the complement branch). Raises ``ValueError`` for a launch it does not cover
@@ -361,7 +375,7 @@ def sla_forward_wgmma(
         scale * LOG2E, eps,
         HEAD_DIM=D, FEATURE=FEATURE_CODES[feature], LINEAR=kernel_lin, FUSE_PROJ=fuse,
         HAS_SPECIAL=geom.n_special > 0, STORE_LSE=store_lse, FENCE_SOFTMAX=bool(fence_softmax),
-        num_warps=NUM_WARPS,
+        PREFETCH=prefetch, num_warps=NUM_WARPS, **({'maxnreg': maxnreg} if maxnreg else {}),
     )  # fmt: skip
     if lin == 0 and linear != "none" and not fuse_proj:
         o_l = torch.zeros_like(o)  # empty complement: the linear branch is exactly zero
@@ -375,7 +389,13 @@ _POINTERS = dict(
 )  # fmt: skip
 
 
-def compile_report(fence_softmax: bool = True, linear: int = 3, fuse_proj: bool = True) -> dict:
+def compile_report(
+    fence_softmax: bool = True,
+    linear: int = 3,
+    fuse_proj: bool = True,
+    prefetch: int = 2,
+    maxnreg: int | None = None,
+) -> dict:
     """Compile for sm_90a without a GPU (run without TRITON_INTERPRET) and report registers, spills,
     shared memory and, per key tile, how many exponentials run between the wait for S and the wait for
     P·V: with the fenced softmax all of them (the MMAs overlap the softmax); ptxas otherwise hoists the
@@ -384,9 +404,9 @@ def compile_report(fence_softmax: bool = True, linear: int = 3, fuse_proj: bool 
 
     consts = dict(
         HEAD_DIM=64, FEATURE=0, LINEAR=linear, FUSE_PROJ=fuse_proj, HAS_SPECIAL=True,
-        STORE_LSE=not fuse_proj, FENCE_SOFTMAX=fence_softmax,
+        STORE_LSE=not fuse_proj, FENCE_SOFTMAX=fence_softmax, PREFETCH=prefetch,
     )  # fmt: skip
-    k = compile_for_hopper(_sla_forward_wgmma_kernel, _POINTERS, consts, NUM_WARPS, 1)
+    k = compile_for_hopper(_sla_forward_wgmma_kernel, _POINTERS, consts, NUM_WARPS, 1, maxnreg)
     code = sass(k)
     between, counting, n = [], False, 0
     for line in code.splitlines():
@@ -400,6 +420,8 @@ def compile_report(fence_softmax: bool = True, linear: int = 3, fuse_proj: bool 
     regs, spill = ptxas_resources(k)
     return {
         "fence_softmax": fence_softmax,
+        "prefetch": prefetch,
+        "maxnreg": maxnreg,
         "regs": regs,
         "spill_bytes": spill,
         "shared": k.metadata.shared,

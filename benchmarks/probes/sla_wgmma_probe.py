@@ -4,8 +4,10 @@
 
 Same inputs, look-up table and FLOPs for both kernels (complement branch with summed states and fused
 projection: the module's inference path; and the sparse branch alone): times each, and how far their
-outputs differ. ``wgmma_unfenced`` is the Hopper kernel with the softmax not fenced off, so ptxas hoists
-the wait for P·V into it: what the MMA/softmax overlap is worth (``sla_forward_hopper.py``).
+outputs differ. Hopper-kernel variants: ``wgmma_unfenced``, the softmax not fenced off, so ptxas hoists
+the wait for P·V into it (what the MMA/softmax overlap is worth); ``wgmma_ahead1``, one tile gathered
+ahead instead of two (112 KB of shared memory); ``wgmma_2cta``, that and 128 registers, so two CTAs share
+an SM as the Triton kernel's autotuned config does (``sla_forward_hopper.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,15 @@ from bench_sla_attention import DEVICE, DTYPE, HEAD_DIM, HEADS, TOKENS, median_m
 from provenance import markdown_table, write_result
 
 from lite3r.kernels import sla_forward, sla_forward_hopper, sla_linear_domain, sla_ops
+
+
+# (name, fenced softmax, tiles gathered ahead, register cap): two CTAs per SM need ≤ 128 registers and
+# ≤ 113 KB of shared memory (one tile ahead)
+WGMMA_VARIANTS = [
+    ("wgmma_unfenced", False, 2, None),
+    ("wgmma_ahead1", False, 1, None),
+    ("wgmma_2cta", False, 1, 128),
+]
 
 
 def _cell(frames: int, keep: float, repeats: int) -> dict:
@@ -43,19 +54,12 @@ def _cell(frames: int, keep: float, repeats: int) -> dict:
         variants = {
             "triton": partial(sla_forward.sla_forward, q, k, v, lut, none, none, s_q, z_q, w, geom, **kw),
             "wgmma": partial(sla_forward_hopper.sla_forward_wgmma, q, k, v, lut, s_q, z_q, w, geom, **kw),
-            "wgmma_unfenced": partial(
-                sla_forward_hopper.sla_forward_wgmma,
-                q,
-                k,
-                v,
-                lut,
-                s_q,
-                z_q,
-                w,
-                geom,
-                fence_softmax=False,
-                **kw,
-            ),
+        }
+        for name, fence, prefetch, maxnreg in WGMMA_VARIANTS:
+            variants[name] = partial(
+                sla_forward_hopper.sla_forward_wgmma, q, k, v, lut, s_q, z_q, w, geom, fence_softmax=fence,
+                prefetch=prefetch, maxnreg=maxnreg, **kw,
+            )  # fmt: skip
         }
         ref = None
         for linear in ("complement", "none"):
@@ -90,7 +94,8 @@ def main(argv=None) -> int:
         rows.append(row)
     out = Path(args.out or "benchmarks/results") / "sla"
     cols = [
-        "frames", "kept_blocks", "triton_tflops", "wgmma_tflops", "wgmma_unfenced_tflops", "wgmma_rel_err",
+        "frames", "kept_blocks", "triton_tflops", "wgmma_tflops", "wgmma_unfenced_tflops", "wgmma_ahead1_tflops",
+        "wgmma_2cta_tflops", "wgmma_rel_err", "wgmma_2cta_rel_err",
         "sparse_only_triton_tflops", "sparse_only_wgmma_tflops", "sparse_only_wgmma_unfenced_tflops",
     ]  # fmt: skip
     report = {"rows": rows, "keep": args.keep, "compile": sla_forward_hopper.compile_report(True)}
