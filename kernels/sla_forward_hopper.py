@@ -197,7 +197,7 @@ def _sla_forward_wgmma_kernel(
     cp.wait_group(PREFETCH - 1)
     gl.thread_barrier()
     fence_async_shared()
-    if PREFETCH < n_tiles:
+    if n_tiles > PREFETCH:
         _issue_tile(
             k_smem.index(PREFETCH), v_smem.index(PREFETCH), k_base, v_base, stride_kn, stride_vn, lut, PREFETCH,
             topk, N, n_special, frame_len, n_special_total, BLOCK_N, HEAD_DIM, HAS_SPECIAL, LOAD,

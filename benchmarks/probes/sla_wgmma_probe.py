@@ -25,7 +25,6 @@ from provenance import markdown_table, write_result
 
 from lite3r.kernels import sla_forward, sla_forward_hopper, sla_linear_domain, sla_ops
 
-
 # (name, fenced softmax, tiles gathered ahead, register cap): two CTAs per SM need ≤ 128 registers and
 # ≤ 113 KB of shared memory (one tile ahead)
 WGMMA_VARIANTS = [
@@ -60,7 +59,6 @@ def _cell(frames: int, keep: float, repeats: int) -> dict:
                 sla_forward_hopper.sla_forward_wgmma, q, k, v, lut, s_q, z_q, w, geom, fence_softmax=fence,
                 prefetch=prefetch, maxnreg=maxnreg, **kw,
             )  # fmt: skip
-        }
         ref = None
         for linear in ("complement", "none"):
             tag = "" if linear == "complement" else "sparse_only_"
