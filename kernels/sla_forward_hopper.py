@@ -17,12 +17,15 @@ ahead of the MMAs.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared,
+    mbarrier,
     warpgroup_mma,
     warpgroup_mma_wait,
 )
@@ -335,11 +338,13 @@ def sla_forward_wgmma(
     fence_softmax: bool = True,
     prefetch: int = 2,
     maxnreg: int | None = None,
+    warp_specialized: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the Hopper kernel; same contract as ``sla_forward.sla_forward`` (states summed per query
     block for the complement branch). Raises ``ValueError`` for a launch it does not cover
     (``unsupported_reason``). ``fence_softmax``: keep ptxas from hoisting the P·V wait into the softmax
-    (off only to measure what it buys)."""
+    (off only to measure what it buys). ``warp_specialized``: the producer/consumer kernel (default);
+    else one partition gathers and computes (``prefetch`` tiles ahead, ``maxnreg`` registers)."""
     from .sla_forward import empty_bnhd
 
     B, H, N, D = q.shape
@@ -364,19 +369,25 @@ def sla_forward_wgmma(
     w = proj_weight if fuse else none
     if lin == 0:
         s_tot = z_tot = none
-    _sla_forward_wgmma_kernel[(geom.n_qblocks, B * H)](
-        q, k, v, o, o_l, lse, s_tot, z_tot, w,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        o.stride(0), o.stride(1), o.stride(2),
-        *lse_strides,
-        lut, H, N, geom.n_qblocks, geom.topk, max(geom.n_special, 1), geom.frame_len, geom.n_special_total,
-        scale * LOG2E, eps,
-        HEAD_DIM=D, FEATURE=FEATURE_CODES[feature], LINEAR=kernel_lin, FUSE_PROJ=fuse,
-        HAS_SPECIAL=geom.n_special > 0, STORE_LSE=store_lse, FENCE_SOFTMAX=bool(fence_softmax),
-        PREFETCH=prefetch, num_warps=NUM_WARPS, **({'maxnreg': maxnreg} if maxnreg else {}),
+    strides = (
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3], *lse_strides,
     )  # fmt: skip
+    sizes = (H, N, geom.n_qblocks, geom.topk, max(geom.n_special, 1), geom.frame_len, geom.n_special_total)
+    if warp_specialized:
+        kernel = _ws_kernel(
+            FEATURE_CODES[feature], kernel_lin, fuse, store_lse, bool(fence_softmax), prefetch + 2
+        )
+        kernel[(geom.n_qblocks, B * H)](
+            q, k, v, o, o_l, lse, s_tot, z_tot, w, *strides, lut, *sizes, scale * LOG2E, eps, HEAD_DIM=D,
+            num_warps=NUM_WARPS,
+        )  # fmt: skip
+    else:
+        _sla_forward_wgmma_kernel[(geom.n_qblocks, B * H)](
+            q, k, v, o, o_l, lse, s_tot, z_tot, w, *strides, lut, *sizes, scale * LOG2E, eps,
+            HEAD_DIM=D, FEATURE=FEATURE_CODES[feature], LINEAR=kernel_lin, FUSE_PROJ=fuse,
+            HAS_SPECIAL=geom.n_special > 0, STORE_LSE=store_lse, FENCE_SOFTMAX=bool(fence_softmax),
+            PREFETCH=prefetch, num_warps=NUM_WARPS, **({"maxnreg": maxnreg} if maxnreg else {}),
+        )  # fmt: skip
     if lin == 0 and linear != "none" and not fuse_proj:
         o_l = torch.zeros_like(o)  # empty complement: the linear branch is exactly zero
     return o, o_l, lse
@@ -395,6 +406,7 @@ def compile_report(
     fuse_proj: bool = True,
     prefetch: int = 2,
     maxnreg: int | None = None,
+    warp_specialized: bool = True,
 ) -> dict:
     """Compile for sm_90a without a GPU (run without TRITON_INTERPRET) and report registers, spills,
     shared memory and, per key tile, how many exponentials run between the wait for S and the wait for
@@ -406,7 +418,11 @@ def compile_report(
         HEAD_DIM=64, FEATURE=0, LINEAR=linear, FUSE_PROJ=fuse_proj, HAS_SPECIAL=True,
         STORE_LSE=not fuse_proj, FENCE_SOFTMAX=fence_softmax, PREFETCH=prefetch,
     )  # fmt: skip
-    k = compile_for_hopper(_sla_forward_wgmma_kernel, _POINTERS, consts, NUM_WARPS, 1, maxnreg)
+    if warp_specialized:
+        kernel = _ws_kernel(0, linear, fuse_proj, not fuse_proj, fence_softmax, prefetch + 2)
+        k = compile_for_hopper(kernel, _POINTERS, {"HEAD_DIM": 64}, NUM_WARPS, 1)
+    else:
+        k = compile_for_hopper(_sla_forward_wgmma_kernel, _POINTERS, consts, NUM_WARPS, 1, maxnreg)
     code = sass(k)
     between, counting, n = [], False, 0
     for line in code.splitlines():
@@ -419,6 +435,7 @@ def compile_report(
             n += 1
     regs, spill = ptxas_resources(k)
     return {
+        "warp_specialized": warp_specialized,
         "fence_softmax": fence_softmax,
         "prefetch": prefetch,
         "maxnreg": maxnreg,
@@ -427,3 +444,229 @@ def compile_report(
         "shared": k.metadata.shared,
         "exp_between_waits": min(between) if between else 0,
     }
+
+
+# ------------------------------------------------------------------------------------------------------
+# Warp-specialised variant: a producer partition (4 warps, 40 registers) gathers Q and the K/V tiles into
+# the ring; the consumer partition (two warpgroups, 64 query rows each) runs the MMAs and the softmax
+# with no address arithmetic and no CTA-wide barrier; mbarriers hand the stages over (FlashAttention-3's
+# producer/consumer split). Triton 3.6 passes no constexpr to a worker partition, so the producer takes
+# its sizes from the shared-memory shapes and tests for special tokens at run time.
+
+WS_PRODUCER_REGS = gl.constexpr(40)
+
+
+@gluon.constexpr_function
+def _row_layout(head_dim, warps):
+    """Rows of head_dim elements in 16-byte vectors, head_dim / 8 threads per row."""
+    tpr = head_dim // 8
+    return gl.BlockedLayout([1, 8], [32 // tpr, tpr], [warps, 1], [1, 0])
+
+
+@gluon.jit
+def _ws_producer(
+    q_smem, k_smem, v_smem, q_ready, ready, empty, Qb, k_base, v_base, stride_qn, stride_kn, stride_vn, lut,
+    row0, topk, N, n_special, frame_len, n_special_total,
+):  # fmt: skip
+    """Gather Q, then every tile's K and V rows (cp.async); each thread's copies arrive on the stage's
+    ``ready`` barrier when they land. A stage is refilled once the consumers released it (``empty``)."""
+    BLOCK_M: gl.constexpr = q_smem.shape[0]
+    HEAD_DIM: gl.constexpr = q_smem.shape[1]
+    STAGES: gl.constexpr = k_smem.shape[0]
+    BLOCK_N: gl.constexpr = k_smem.shape[1] // 2
+    LOAD: gl.constexpr = _row_layout(HEAD_DIM, 4)
+    rows = row0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, LOAD))
+    d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, LOAD))
+    mask = (rows < N)[:, None] & (d[None, :] < HEAD_DIM)
+    cp.async_copy_global_to_shared(
+        q_smem, Qb + rows.to(gl.int64)[:, None] * stride_qn + d[None, :], mask=mask
+    )
+    cp.mbarrier_arrive(q_ready, increment_count=False)
+    n_tiles = (topk + 1) // 2
+    for t in range(n_tiles):
+        st = t % STAGES
+        mbarrier.wait(empty.index(st), ((t // STAGES) & 1) ^ 1)
+        if n_special_total > 0:
+            _issue_tile(
+                k_smem.index(st), v_smem.index(st), k_base, v_base, stride_kn, stride_vn, lut, t, topk, N,
+                n_special, frame_len, n_special_total, BLOCK_N, HEAD_DIM, True, LOAD,
+            )  # fmt: skip
+        else:
+            _issue_tile(
+                k_smem.index(st), v_smem.index(st), k_base, v_base, stride_kn, stride_vn, lut, t, topk, N,
+                n_special, frame_len, n_special_total, BLOCK_N, HEAD_DIM, False, LOAD,
+            )  # fmt: skip
+        cp.mbarrier_arrive(ready.index(st), increment_count=False)
+
+
+@functools.cache
+def _ws_kernel(feature: int, linear: int, fuse_proj: bool, store_lse: bool, fence_softmax: bool, stages: int):
+    """The warp-specialised kernel for one variant. Triton 3.6 hands no constexpr to a partition (they
+    arrive as int32 values), so the variant's switches are closure constants of the partition code."""
+    FEATURE = gl.constexpr(feature)
+    LINEAR = gl.constexpr(linear)
+    FUSE_PROJ = gl.constexpr(fuse_proj)
+    STORE_LSE = gl.constexpr(store_lse)
+    FENCE_SOFTMAX = gl.constexpr(fence_softmax)
+    STAGES = gl.constexpr(stages)
+
+    @gluon.jit
+    def _ws_consumer(
+        q_smem, k_smem, v_smem, q_ready, ready, empty, O, OL, LSE, STOT, ZTOT, W, o_base, lse_base, stride_on,
+        stride_ln, lut, sidx, row0, topk, N, qk_scale, eps,
+    ):  # fmt: skip
+        """The 128 query rows (two warpgroups): S_t = Q·K_tᵀ and O += P_{t−1}·V_{t−1} in flight together,
+        the softmax of S_t while P·V finishes, then the linear branch and the stores."""
+        BLOCK_M: gl.constexpr = q_smem.shape[0]
+        HEAD_DIM: gl.constexpr = q_smem.shape[1]
+        STAGES: gl.constexpr = k_smem.shape[0]
+        TILE: gl.constexpr = k_smem.shape[1]
+        BLOCK_N: gl.constexpr = TILE // 2
+        dtype: gl.constexpr = q_smem.dtype
+        S_L: gl.constexpr = gl.NVMMADistributedLayout(
+            version=[3, 0], warps_per_cta=[8, 1], instr_shape=[16, TILE, 16]
+        )
+        O_L: gl.constexpr = gl.NVMMADistributedLayout(
+            version=[3, 0], warps_per_cta=[8, 1], instr_shape=[16, HEAD_DIM, 16]
+        )
+        P_L: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=O_L, k_width=2)
+        n_tiles = (topk + 1) // 2
+        s_zero = gl.zeros([BLOCK_M, TILE], gl.float32, S_L)
+
+        mbarrier.wait(q_ready, 0)
+        mbarrier.wait(ready.index(0), 0)
+        fence_async_shared()
+        s = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False)
+        _, valid = _tile_cols(lut, 0, topk, N, BLOCK_N, gl.SliceLayout(0, S_L))
+        s = gl.where(valid[None, :], s * qk_scale, float("-inf"))
+        m_i = gl.max(s, axis=1)
+        p = gl.exp2(s - m_i[:, None])
+        l_i = gl.sum(p, axis=1)
+        acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, O_L)
+
+        for t in range(1, n_tiles - 1):
+            st = t % STAGES
+            mbarrier.wait(ready.index(st), (t // STAGES) & 1)
+            fence_async_shared()
+            s_t = warpgroup_mma(
+                q_smem, k_smem.index(st).permute((1, 0)), s_zero, use_acc=False, is_async=True
+            )
+            p_op = gl.convert_layout(p.to(dtype), P_L)
+            acc = warpgroup_mma(p_op, v_smem.index((t - 1) % STAGES), acc, is_async=True)
+            s_t = warpgroup_mma_wait(num_outstanding=1, deps=[s_t])
+            if FENCE_SOFTMAX:
+                alpha = l_i
+                p = s_t
+                if qk_scale > 0.0:  # always: keeps ptxas from hoisting the P·V wait into the softmax
+                    p, alpha, m_i, l_i = _softmax_step(s_t, m_i, l_i, qk_scale)
+            else:
+                p, alpha, m_i, l_i = _softmax_step(s_t, m_i, l_i, qk_scale)
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
+            mbarrier.arrive(empty.index((t - 1) % STAGES), count=1)  # tile t−1's K and V are done with
+            acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, O_L))[:, None]
+
+        if n_tiles > 1:
+            t_last = n_tiles - 1
+            st = t_last % STAGES
+            mbarrier.wait(ready.index(st), (t_last // STAGES) & 1)
+            fence_async_shared()
+            s = warpgroup_mma(q_smem, k_smem.index(st).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+            p_op = gl.convert_layout(p.to(dtype), P_L)
+            acc = warpgroup_mma(p_op, v_smem.index((t_last - 1) % STAGES), acc, is_async=True)
+            s = warpgroup_mma_wait(num_outstanding=1, deps=[s])
+            _, valid = _tile_cols(lut, t_last, topk, N, BLOCK_N, gl.SliceLayout(0, S_L))
+            s = gl.where(valid[None, :], s * qk_scale, float("-inf"))
+            m_new = gl.maximum(m_i, gl.max(s, axis=1))
+            alpha = gl.exp2(m_i - m_new)
+            p = gl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + gl.sum(p, axis=1)
+            m_i = m_new
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
+            acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, O_L))[:, None]
+        p_op = gl.convert_layout(p.to(dtype), P_L)
+        acc = warpgroup_mma(p_op, v_smem.index((n_tiles - 1) % STAGES), acc)
+        out = acc / gl.convert_layout(l_i, gl.SliceLayout(1, O_L))[:, None]
+
+        rows = row0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, O_L))
+        d_o = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, O_L))
+        o_mask = (rows < N)[:, None] & (d_o[None, :] < HEAD_DIM)
+        o_offs = o_base + rows.to(gl.int64)[:, None] * stride_on + d_o[None, :]
+        if LINEAR != 0:
+            LOAD: gl.constexpr = _row_layout(HEAD_DIM, 8)
+            d_r = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(1, LOAD))
+            d_c = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, LOAD))
+            phiq = _feature_map(q_smem.load(O_L).to(gl.float32), FEATURE)
+            # the ring's first stage is free now (every tile was waited for): it holds S and W
+            s_i = gl.load(STOT + (sidx * HEAD_DIM + d_r[:, None]) * HEAD_DIM + d_c[None, :])
+            state_smem = k_smem.index(0).slice(0, HEAD_DIM)
+            state_smem.store(s_i.to(dtype))
+            w_smem = v_smem.index(0).slice(0, HEAD_DIM)
+            if FUSE_PROJ:
+                w_smem.store(gl.load(W + d_r[:, None] * HEAD_DIM + d_c[None, :]).to(dtype))  # W[out, in]
+            gl.thread_barrier()
+            fence_async_shared()
+            z_i = gl.load(ZTOT + sidx * HEAD_DIM + d_o)
+            o_zero = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, O_L)
+            num = warpgroup_mma(gl.convert_layout(phiq.to(dtype), P_L), state_smem, o_zero, use_acc=False)
+            den = gl.sum(phiq * z_i[None, :], axis=1) + eps
+            o_l = num / den[:, None]
+            if FUSE_PROJ:
+                out = warpgroup_mma(gl.convert_layout(o_l.to(dtype), P_L), w_smem.permute((1, 0)), out)
+            else:
+                gl.store(OL + o_offs, o_l.to(OL.dtype.element_ty), mask=o_mask)
+        gl.store(O + o_offs, out.to(O.dtype.element_ty), mask=o_mask)
+        if STORE_LSE:
+            gl.store(LSE + lse_base + rows.to(gl.int64) * stride_ln, _lse_rows(m_i, l_i, O_L), mask=rows < N)
+
+    @gluon.jit(do_not_specialize=["H", "N", "n_qblocks", "topk", "n_special", "frame_len", "n_special_total"])
+    def _sla_forward_ws_kernel(
+        Q, K, V, O, OL, LSE, STOT, ZTOT, W,
+        stride_qb, stride_qh, stride_qn,
+        stride_kb, stride_kh, stride_kn,
+        stride_vb, stride_vh, stride_vn,
+        stride_ob, stride_oh, stride_on,
+        stride_lb, stride_lh, stride_ln,
+        LUT, H, N, n_qblocks, topk, n_special, frame_len, n_special_total,
+        qk_scale, eps,
+        HEAD_DIM: gl.constexpr,
+    ):  # fmt: skip
+        BLOCK_M: gl.constexpr = 128
+        TILE: gl.constexpr = 128  # two 64-token key blocks
+        dtype: gl.constexpr = Q.dtype.element_ty
+        SMEM: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+        BAR: gl.constexpr = mbarrier.MBarrierLayout()
+
+        i = gl.program_id(0)
+        bh = gl.program_id(1).to(gl.int64)  # int64 offsets: 1,000 frames of qkv views exceed 2**31 elements
+        b = bh // H
+        h = bh % H
+        lut = LUT + (bh * n_qblocks + i) * topk
+        if LINEAR == 3:
+            sidx = bh * n_qblocks + i
+        else:
+            sidx = bh
+
+        q_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, HEAD_DIM], SMEM)
+        k_smem = gl.allocate_shared_memory(dtype, [STAGES, TILE, HEAD_DIM], SMEM)
+        v_smem = gl.allocate_shared_memory(dtype, [STAGES, TILE, HEAD_DIM], SMEM)
+        q_ready = gl.allocate_shared_memory(gl.int64, [1], BAR)
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], BAR)
+        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], BAR)
+        mbarrier.init(q_ready, count=128)  # one cp.async arrival per producer thread
+        for st in gl.static_range(STAGES):
+            mbarrier.init(ready.index(st), count=128)
+            mbarrier.init(empty.index(st), count=1)  # the consumer partition arrives once
+
+        row0 = i * BLOCK_M
+        consumer = (
+            q_smem, k_smem, v_smem, q_ready, ready, empty, O, OL, LSE, STOT, ZTOT, W, b * stride_ob + h * stride_oh,
+            b * stride_lb + h * stride_lh, stride_on, stride_ln, lut, sidx, row0, topk, N, qk_scale, eps,
+        )  # fmt: skip
+        producer = (
+            q_smem, k_smem, v_smem, q_ready, ready, empty, Q + b * stride_qb + h * stride_qh,
+            K + b * stride_kb + h * stride_kh, V + b * stride_vb + h * stride_vh, stride_qn, stride_kn, stride_vn,
+            lut, row0, topk, N, n_special, frame_len, n_special_total,
+        )  # fmt: skip
+        gl.warp_specialize([(_ws_consumer, consumer), (_ws_producer, producer)], [4], [WS_PRODUCER_REGS])
+
+    return _sla_forward_ws_kernel
