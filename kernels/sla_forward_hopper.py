@@ -339,12 +339,14 @@ def sla_forward_wgmma(
     prefetch: int = 2,
     maxnreg: int | None = None,
     warp_specialized: bool = True,
+    consumers: int = 2,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the Hopper kernel; same contract as ``sla_forward.sla_forward`` (states summed per query
     block for the complement branch). Raises ``ValueError`` for a launch it does not cover
     (``unsupported_reason``). ``fence_softmax``: keep ptxas from hoisting the P·V wait into the softmax
     (off only to measure what it buys). ``warp_specialized``: the producer/consumer kernel (default);
-    else one partition gathers and computes (``prefetch`` tiles ahead, ``maxnreg`` registers)."""
+    else one partition gathers and computes (``prefetch`` tiles ahead, ``maxnreg`` registers).
+    ``consumers``: the warp-specialised kernel's consumer partitions (2: one warpgroup each)."""
     from .sla_forward import empty_bnhd
 
     B, H, N, D = q.shape
@@ -375,11 +377,11 @@ def sla_forward_wgmma(
     sizes = (H, N, geom.n_qblocks, geom.topk, max(geom.n_special, 1), geom.frame_len, geom.n_special_total)
     if warp_specialized:
         kernel = _ws_kernel(
-            FEATURE_CODES[feature], kernel_lin, fuse, store_lse, bool(fence_softmax), prefetch + 2
+            FEATURE_CODES[feature], kernel_lin, fuse, store_lse, bool(fence_softmax), prefetch + 2, consumers
         )
         kernel[(geom.n_qblocks, B * H)](
             q, k, v, o, o_l, lse, s_tot, z_tot, w, *strides, lut, *sizes, scale * LOG2E, eps, HEAD_DIM=D,
-            num_warps=NUM_WARPS,
+            num_warps=NUM_WARPS // consumers,
         )  # fmt: skip
     else:
         _sla_forward_wgmma_kernel[(geom.n_qblocks, B * H)](
@@ -407,6 +409,7 @@ def compile_report(
     prefetch: int = 2,
     maxnreg: int | None = None,
     warp_specialized: bool = True,
+    consumers: int = 2,
 ) -> dict:
     """Compile for sm_90a without a GPU (run without TRITON_INTERPRET) and report registers, spills,
     shared memory and, per key tile, how many exponentials run between the wait for S and the wait for
@@ -419,8 +422,8 @@ def compile_report(
         STORE_LSE=not fuse_proj, FENCE_SOFTMAX=fence_softmax, PREFETCH=prefetch,
     )  # fmt: skip
     if warp_specialized:
-        kernel = _ws_kernel(0, linear, fuse_proj, not fuse_proj, fence_softmax, prefetch + 2)
-        k = compile_for_hopper(kernel, _POINTERS, {"HEAD_DIM": 64}, NUM_WARPS, 1)
+        kernel = _ws_kernel(0, linear, fuse_proj, not fuse_proj, fence_softmax, prefetch + 2, consumers)
+        k = compile_for_hopper(kernel, _POINTERS, {"HEAD_DIM": 64}, NUM_WARPS // consumers, 1)
     else:
         k = compile_for_hopper(_sla_forward_wgmma_kernel, _POINTERS, consts, NUM_WARPS, 1, maxnreg)
     code = sass(k)
@@ -436,6 +439,7 @@ def compile_report(
     regs, spill = ptxas_resources(k)
     return {
         "warp_specialized": warp_specialized,
+        "consumers": consumers if warp_specialized else None,
         "fence_softmax": fence_softmax,
         "prefetch": prefetch,
         "maxnreg": maxnreg,
@@ -454,6 +458,7 @@ def compile_report(
 # its sizes from the shared-memory shapes and tests for special tokens at run time.
 
 WS_PRODUCER_REGS = gl.constexpr(40)
+WS_CONSUMER_REGS = gl.constexpr(232)  # a consumer warpgroup in a worker partition
 
 
 @gluon.constexpr_function
@@ -499,44 +504,39 @@ def _ws_producer(
         cp.mbarrier_arrive(ready.index(st), increment_count=False)
 
 
-@functools.cache
-def _ws_kernel(feature: int, linear: int, fuse_proj: bool, store_lse: bool, fence_softmax: bool, stages: int):
-    """The warp-specialised kernel for one variant. Triton 3.6 hands no constexpr to a partition (they
-    arrive as int32 values), so the variant's switches are closure constants of the partition code."""
-    FEATURE = gl.constexpr(feature)
-    LINEAR = gl.constexpr(linear)
-    FUSE_PROJ = gl.constexpr(fuse_proj)
-    STORE_LSE = gl.constexpr(store_lse)
-    FENCE_SOFTMAX = gl.constexpr(fence_softmax)
-    STAGES = gl.constexpr(stages)
+def _ws_consumer_fn(row_offset, FEATURE, LINEAR, FUSE_PROJ, STORE_LSE, FENCE_SOFTMAX, WARPS, ROWS):
+    """The consumer partition for query rows row_offset … row_offset + ROWS of a block (the variant's
+    switches as closure constants: see ``_ws_kernel``)."""
+    ROW0 = gl.constexpr(row_offset)
 
     @gluon.jit
     def _ws_consumer(
-        q_smem, k_smem, v_smem, q_ready, ready, empty, O, OL, LSE, STOT, ZTOT, W, o_base, lse_base, stride_on,
-        stride_ln, lut, sidx, row0, topk, N, qk_scale, eps,
+        q_smem, k_smem, v_smem, q_ready, ready, empty, state_smem, w_smem, O, OL, LSE, STOT, ZTOT, W, o_base,
+        lse_base, stride_on, stride_ln, lut, sidx, row0, topk, N, qk_scale, eps,
     ):  # fmt: skip
-        """The 128 query rows (two warpgroups): S_t = Q·K_tᵀ and O += P_{t−1}·V_{t−1} in flight together,
-        the softmax of S_t while P·V finishes, then the linear branch and the stores."""
-        BLOCK_M: gl.constexpr = q_smem.shape[0]
+        """S_t = Q·K_tᵀ and O += P_{t−1}·V_{t−1} in flight together, the softmax of S_t while P·V
+        finishes, then the linear branch and the stores; releases each stage once done with it."""
+        BLOCK_M: gl.constexpr = ROWS
         HEAD_DIM: gl.constexpr = q_smem.shape[1]
         STAGES: gl.constexpr = k_smem.shape[0]
         TILE: gl.constexpr = k_smem.shape[1]
         BLOCK_N: gl.constexpr = TILE // 2
         dtype: gl.constexpr = q_smem.dtype
         S_L: gl.constexpr = gl.NVMMADistributedLayout(
-            version=[3, 0], warps_per_cta=[8, 1], instr_shape=[16, TILE, 16]
+            version=[3, 0], warps_per_cta=[WARPS, 1], instr_shape=[16, TILE, 16]
         )
         O_L: gl.constexpr = gl.NVMMADistributedLayout(
-            version=[3, 0], warps_per_cta=[8, 1], instr_shape=[16, HEAD_DIM, 16]
+            version=[3, 0], warps_per_cta=[WARPS, 1], instr_shape=[16, HEAD_DIM, 16]
         )
         P_L: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=O_L, k_width=2)
+        q = q_smem.slice(ROW0, ROWS)
         n_tiles = (topk + 1) // 2
         s_zero = gl.zeros([BLOCK_M, TILE], gl.float32, S_L)
 
         mbarrier.wait(q_ready, 0)
         mbarrier.wait(ready.index(0), 0)
         fence_async_shared()
-        s = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False)
+        s = warpgroup_mma(q, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False)
         _, valid = _tile_cols(lut, 0, topk, N, BLOCK_N, gl.SliceLayout(0, S_L))
         s = gl.where(valid[None, :], s * qk_scale, float("-inf"))
         m_i = gl.max(s, axis=1)
@@ -548,9 +548,7 @@ def _ws_kernel(feature: int, linear: int, fuse_proj: bool, store_lse: bool, fenc
             st = t % STAGES
             mbarrier.wait(ready.index(st), (t // STAGES) & 1)
             fence_async_shared()
-            s_t = warpgroup_mma(
-                q_smem, k_smem.index(st).permute((1, 0)), s_zero, use_acc=False, is_async=True
-            )
+            s_t = warpgroup_mma(q, k_smem.index(st).permute((1, 0)), s_zero, use_acc=False, is_async=True)
             p_op = gl.convert_layout(p.to(dtype), P_L)
             acc = warpgroup_mma(p_op, v_smem.index((t - 1) % STAGES), acc, is_async=True)
             s_t = warpgroup_mma_wait(num_outstanding=1, deps=[s_t])
@@ -570,7 +568,7 @@ def _ws_kernel(feature: int, linear: int, fuse_proj: bool, store_lse: bool, fenc
             st = t_last % STAGES
             mbarrier.wait(ready.index(st), (t_last // STAGES) & 1)
             fence_async_shared()
-            s = warpgroup_mma(q_smem, k_smem.index(st).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+            s = warpgroup_mma(q, k_smem.index(st).permute((1, 0)), s_zero, use_acc=False, is_async=True)
             p_op = gl.convert_layout(p.to(dtype), P_L)
             acc = warpgroup_mma(p_op, v_smem.index((t_last - 1) % STAGES), acc, is_async=True)
             s = warpgroup_mma_wait(num_outstanding=1, deps=[s])
@@ -587,20 +585,17 @@ def _ws_kernel(feature: int, linear: int, fuse_proj: bool, store_lse: bool, fenc
         acc = warpgroup_mma(p_op, v_smem.index((n_tiles - 1) % STAGES), acc)
         out = acc / gl.convert_layout(l_i, gl.SliceLayout(1, O_L))[:, None]
 
-        rows = row0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, O_L))
+        rows = row0 + ROW0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, O_L))
         d_o = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, O_L))
         o_mask = (rows < N)[:, None] & (d_o[None, :] < HEAD_DIM)
         o_offs = o_base + rows.to(gl.int64)[:, None] * stride_on + d_o[None, :]
         if LINEAR != 0:
-            LOAD: gl.constexpr = _row_layout(HEAD_DIM, 8)
+            LOAD: gl.constexpr = _row_layout(HEAD_DIM, WARPS)
             d_r = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(1, LOAD))
             d_c = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, LOAD))
-            phiq = _feature_map(q_smem.load(O_L).to(gl.float32), FEATURE)
-            # the ring's first stage is free now (every tile was waited for): it holds S and W
+            phiq = _feature_map(q.load(O_L).to(gl.float32), FEATURE)
             s_i = gl.load(STOT + (sidx * HEAD_DIM + d_r[:, None]) * HEAD_DIM + d_c[None, :])
-            state_smem = k_smem.index(0).slice(0, HEAD_DIM)
             state_smem.store(s_i.to(dtype))
-            w_smem = v_smem.index(0).slice(0, HEAD_DIM)
             if FUSE_PROJ:
                 w_smem.store(gl.load(W + d_r[:, None] * HEAD_DIM + d_c[None, :]).to(dtype))  # W[out, in]
             gl.thread_barrier()
@@ -617,6 +612,44 @@ def _ws_kernel(feature: int, linear: int, fuse_proj: bool, store_lse: bool, fenc
         gl.store(O + o_offs, out.to(O.dtype.element_ty), mask=o_mask)
         if STORE_LSE:
             gl.store(LSE + lse_base + rows.to(gl.int64) * stride_ln, _lse_rows(m_i, l_i, O_L), mask=rows < N)
+
+    return _ws_consumer
+
+
+@functools.cache
+def _ws_kernel(
+    feature: int,
+    linear: int,
+    fuse_proj: bool,
+    store_lse: bool,
+    fence_softmax: bool,
+    stages: int,
+    consumers: int,
+):
+    """The warp-specialised kernel for one variant: ``consumers`` = 1 (one partition of two warpgroups,
+    128 query rows) or 2 (two independent one-warpgroup partitions of 64 rows, no barrier in common).
+    Triton 3.6 hands no constexpr to a partition (they arrive as int32 values), so the variant's
+    switches are closure constants of the partition code."""
+    if consumers not in (1, 2):
+        raise ValueError(f"consumers must be 1 or 2, got {consumers}")
+    FEATURE = gl.constexpr(feature)
+    LINEAR = gl.constexpr(linear)
+    FUSE_PROJ = gl.constexpr(fuse_proj)
+    STORE_LSE = gl.constexpr(store_lse)
+    FENCE_SOFTMAX = gl.constexpr(fence_softmax)
+    STAGES = gl.constexpr(stages)
+
+    CONSUMERS = gl.constexpr(consumers)
+    WARPS = gl.constexpr(8 // consumers)  # per consumer partition
+    ROWS = gl.constexpr(128 // consumers)
+    fns = [
+        _ws_consumer_fn(
+            c * (128 // consumers), FEATURE, LINEAR, FUSE_PROJ, STORE_LSE, FENCE_SOFTMAX, WARPS, ROWS
+        )
+        for c in range(consumers)
+    ]
+    CONSUMER_A = fns[0]
+    CONSUMER_B = fns[-1]
 
     @gluon.jit(do_not_specialize=["H", "N", "n_qblocks", "topk", "n_special", "frame_len", "n_special_total"])
     def _sla_forward_ws_kernel(
@@ -652,14 +685,17 @@ def _ws_kernel(feature: int, linear: int, fuse_proj: bool, store_lse: bool, fenc
         q_ready = gl.allocate_shared_memory(gl.int64, [1], BAR)
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], BAR)
         empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], BAR)
+        state_smem = gl.allocate_shared_memory(dtype, [CONSUMERS, HEAD_DIM, HEAD_DIM], SMEM)
+        w_smem = gl.allocate_shared_memory(dtype, [CONSUMERS, HEAD_DIM, HEAD_DIM], SMEM)
         mbarrier.init(q_ready, count=128)  # one cp.async arrival per producer thread
         for st in gl.static_range(STAGES):
             mbarrier.init(ready.index(st), count=128)
-            mbarrier.init(empty.index(st), count=1)  # the consumer partition arrives once
+            mbarrier.init(empty.index(st), count=CONSUMERS)  # each consumer partition arrives once
 
         row0 = i * BLOCK_M
-        consumer = (
-            q_smem, k_smem, v_smem, q_ready, ready, empty, O, OL, LSE, STOT, ZTOT, W, b * stride_ob + h * stride_oh,
+        consumer_a = (
+            q_smem, k_smem, v_smem, q_ready, ready, empty, state_smem.index(0), w_smem.index(0), O, OL, LSE,
+            STOT, ZTOT, W, b * stride_ob + h * stride_oh,
             b * stride_lb + h * stride_lh, stride_on, stride_ln, lut, sidx, row0, topk, N, qk_scale, eps,
         )  # fmt: skip
         producer = (
@@ -667,6 +703,18 @@ def _ws_kernel(feature: int, linear: int, fuse_proj: bool, store_lse: bool, fenc
             K + b * stride_kb + h * stride_kh, V + b * stride_vb + h * stride_vh, stride_qn, stride_kn, stride_vn,
             lut, row0, topk, N, n_special, frame_len, n_special_total,
         )  # fmt: skip
-        gl.warp_specialize([(_ws_consumer, consumer), (_ws_producer, producer)], [4], [WS_PRODUCER_REGS])
+        if CONSUMERS == 1:
+            gl.warp_specialize([(CONSUMER_A, consumer_a), (_ws_producer, producer)], [4], [WS_PRODUCER_REGS])
+        else:
+            consumer_b = (
+                q_smem, k_smem, v_smem, q_ready, ready, empty, state_smem.index(1), w_smem.index(1), O, OL, LSE,
+                STOT, ZTOT, W, b * stride_ob + h * stride_oh, b * stride_lb + h * stride_lh, stride_on,
+                stride_ln, lut, sidx, row0, topk, N, qk_scale, eps,
+            )  # fmt: skip
+            gl.warp_specialize(
+                [(CONSUMER_A, consumer_a), (CONSUMER_B, consumer_b), (_ws_producer, producer)],
+                [4, 4],
+                [WS_CONSUMER_REGS, WS_PRODUCER_REGS],
+            )
 
     return _sla_forward_ws_kernel

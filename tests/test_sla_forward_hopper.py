@@ -75,17 +75,22 @@ def test_wgmma_forward_matches_triton_and_reference(case, linear):
             tri = sla_forward.sla_forward(
                 *args, none, none, s_q, z_q, w, g, fuse_proj=fuse, summed_states=summed, **kw
             )
-            for ws, fence in ((True, True), (True, False), (False, True)):
+            for ws, consumers, fence in (
+                (True, 2, True),
+                (True, 2, False),
+                (True, 1, True),
+                (False, 2, True),
+            ):
                 wg = sla_forward_hopper.sla_forward_wgmma(
                     *args, s_q, z_q, w, g, fuse_proj=fuse, summed_states=summed, fence_softmax=fence,
-                    warp_specialized=ws, **kw,
+                    warp_specialized=ws, consumers=consumers, **kw,
                 )  # fmt: skip
                 for name, a, b in zip(("o", "o_l", "lse"), wg, tri):
                     assert a.shape == b.shape and a.dtype == b.dtype, name
                     if a.numel():
                         assert torch.isfinite(a).all(), name
                         tol = 1e-5 if name == "lse" else 1e-2
-                        assert _rel(a, b) < tol, (name, fuse, ws, fence, _rel(a, b))
+                        assert _rel(a, b) < tol, (name, fuse, ws, consumers, fence, _rel(a, b))
             outs[fuse] = wg
         ref = sla_attention_reference(q.float(), k.float(), v.float(), w, g, lut=lut.long(), **kw)
     assert _rel(outs[True][0], ref) < 1e-2

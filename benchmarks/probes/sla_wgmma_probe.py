@@ -23,16 +23,17 @@ from provenance import markdown_table, write_result
 
 from lite3r.kernels import sla_forward, sla_forward_hopper, sla_linear_domain, sla_ops
 
-# (name, warp-specialised, fenced softmax, tiles gathered ahead, register cap). "wgmma" (the default
-# call) is the warp-specialised kernel: a producer partition gathers, two consumer warpgroups compute.
-# The single-partition kernel: "plain" (every warp gathers and computes, CTA-wide barrier per tile), its
-# softmax unfenced, one tile ahead (112 KB shared), and that with 128 registers (two CTAs per SM, as
-# the Triton kernel's autotuned config).
+# (name, warp-specialised, consumer partitions, fenced softmax, tiles gathered ahead, register cap).
+# "wgmma" (the default call): a producer partition gathers, two one-warpgroup consumer partitions
+# compute. "ws1": one consumer partition of two warpgroups. "plain": the single-partition kernel (every
+# warp gathers and computes, a CTA-wide barrier per tile); "plain_2cta": one tile ahead (112 KB shared)
+# and 128 registers, so two CTAs share an SM as in the Triton kernel's autotuned config.
 WGMMA_VARIANTS = [
-    ("wgmma_unfenced", True, False, 2, None),
-    ("plain", False, True, 2, None),
-    ("plain_unfenced", False, False, 2, None),
-    ("plain_2cta", False, False, 1, 128),
+    ("wgmma_unfenced", True, 2, False, 2, None),
+    ("ws1", True, 1, True, 2, None),
+    ("ws1_unfenced", True, 1, False, 2, None),
+    ("plain", False, 2, True, 2, None),
+    ("plain_2cta", False, 2, False, 1, 128),
 ]
 
 
@@ -56,10 +57,10 @@ def _cell(frames: int, keep: float, repeats: int) -> dict:
             "triton": partial(sla_forward.sla_forward, q, k, v, lut, none, none, s_q, z_q, w, geom, **kw),
             "wgmma": partial(sla_forward_hopper.sla_forward_wgmma, q, k, v, lut, s_q, z_q, w, geom, **kw),
         }
-        for name, ws, fence, prefetch, maxnreg in WGMMA_VARIANTS:
+        for name, ws, consumers, fence, prefetch, maxnreg in WGMMA_VARIANTS:
             variants[name] = partial(
                 sla_forward_hopper.sla_forward_wgmma, q, k, v, lut, s_q, z_q, w, geom, fence_softmax=fence,
-                prefetch=prefetch, maxnreg=maxnreg, warp_specialized=ws, **kw,
+                prefetch=prefetch, maxnreg=maxnreg, warp_specialized=ws, consumers=consumers, **kw,
             )  # fmt: skip
         ref = None
         for linear in ("complement", "none"):
@@ -94,8 +95,8 @@ def main(argv=None) -> int:
         rows.append(row)
     out = Path(args.out or "benchmarks/results") / "sla"
     cols = [
-        "frames", "kept_blocks", "triton_tflops", "wgmma_tflops", "wgmma_unfenced_tflops", "plain_tflops",
-        "plain_unfenced_tflops", "plain_2cta_tflops", "wgmma_rel_err", "plain_rel_err",
+        "frames", "kept_blocks", "triton_tflops", "wgmma_tflops", "wgmma_unfenced_tflops", "ws1_tflops",
+        "ws1_unfenced_tflops", "plain_tflops", "plain_2cta_tflops", "wgmma_rel_err", "ws1_rel_err",
         "sparse_only_triton_tflops", "sparse_only_wgmma_tflops", "sparse_only_wgmma_unfenced_tflops",
     ]  # fmt: skip
     report = {"rows": rows, "keep": args.keep, "compile": sla_forward_hopper.compile_report(True)}
