@@ -40,10 +40,8 @@ def _sla_prepare_kernel(
     FEATURE: tl.constexpr, LINEAR: tl.constexpr, STORE_STATES: tl.constexpr, HAS_SPECIAL: tl.constexpr,
     DOT_PRECISION: tl.constexpr, TOTALS: tl.constexpr,
 ):  # fmt: skip
-    # (batch, head) varies fastest over the launch: the heads of one token are adjacent in the qkv
-    # projection, so programs running together read neighbouring 128-byte segments of the same rows
-    bh = tl.program_id(0).to(tl.int64)  # int64 offsets: 1,000 frames of qkv views exceed 2**31 elements
-    c = tl.program_id(1)
+    c = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)  # int64 offsets: 1,000 frames of qkv views exceed 2**31 elements
     b = bh // H
     h = bh % H
     d = tl.arange(0, HEAD_DIM)
@@ -180,7 +178,7 @@ def sla_prepare(
         zpart = torch.empty(B, H, n_chunks, D, device=dev, dtype=f32)
     else:
         spart = zpart = torch.empty(0, device=dev, dtype=f32)
-    _sla_prepare_kernel[(B * H, n_chunks)](
+    _sla_prepare_kernel[(n_chunks, B * H)](
         q, k, v,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
