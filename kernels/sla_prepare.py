@@ -146,8 +146,10 @@ def sla_prepare(
     linear: str,
     store_states: bool = True,
     totals: bool = True,
+    launch: dict | None = None,
 ) -> tuple[torch.Tensor, ...]:
-    """Launch the preparation kernel.
+    """Launch the preparation kernel (``launch``: num_warps / num_stages other than the defaults, for
+    the prepare probe).
 
     Returns (pq [B,H,Mq,D] f32, pk [B,H,Nk,D] f32, kmean [B,H,D] f32, s_blk [B,H,Nk',D,D] (state
     dtype), z_blk [B,H,Nk',D] f32 — Nk' = Nk rounded up to a multiple of 8, the rows past Nk zero, so
@@ -189,7 +191,7 @@ def sla_prepare(
         BLOCK_Q=geom.block_q, BLOCK_K=geom.block_k, HEAD_DIM=D,
         FEATURE=FEATURE_CODES[feature], LINEAR=lin, STORE_STATES=store, HAS_SPECIAL=geom.n_special > 0,
         DOT_PRECISION=dot_precision_for(q.dtype), TOTALS=totals,
-        **({"num_warps": 4 if D <= 64 else 8} if q.is_cuda else {}),
+        **({"num_warps": 4 if D <= 64 else 8, **(launch or {})} if q.is_cuda else {}),
     )  # fmt: skip
     kmean = kpart.sum(2) / N
     if totals:

@@ -5,7 +5,8 @@
 The prepare pass (pooled q and k for the selection, per-key-block linear states φ(K_j)ᵀV_j) is most of
 the module's time outside the sparse kernel at 32 frames (issue #3: ≤ 15 %). This probe times it as the
 module runs it, with the pooling alone (no linear branch), on contiguous copies of q, k, v instead of
-views of the qkv projection, with other work splits (key blocks per program), next to a plain read of
+views of the qkv projection, with other work splits (key blocks per program) and launch settings
+(warps, pipeline stages), next to a plain read of
 q, k and v (a memory floor), to show which of these matters.
 """
 
@@ -52,6 +53,14 @@ def _cell(frames: int, repeats: int) -> dict:
             )
             row[f"kb{per_prog}_chunks"] = chunks
         sla_prepare._MIN_KBLOCKS_PER_PROGRAM, sla_prepare._MAX_CHUNKS = default
+        for warps, stages in ((8, 3), (4, 2), (4, 4), (8, 4), (2, 3)):
+            launch = {"num_warps": warps, "num_stages": stages}
+            row[f"w{warps}s{stages}_ms"] = median_ms(
+                lambda launch=launch: sla_prepare.sla_prepare(
+                    q, k, v, geom, "elu", "complement", True, False, launch
+                ),
+                repeats,
+            )
     return row
 
 
