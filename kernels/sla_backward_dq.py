@@ -29,15 +29,37 @@ from .sla_triton_common import (
     FEATURE_CODES,
     SIZE_ARGS,
     bucketed_autotune,
+    fast_patch_map,
     feature_map,
     linear_input_grad,
     load_linear_state,
+    patch_pair_rows,
     tuning_report,
     virtual_to_physical,
     work_bucket,
 )
 
 LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _dq_block(
+    q, do, lse, delta, dq, k_base, v_base, stride_kn, stride_vn, cols, phys, N, qk_scale,
+    HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    """dQ += dS·K for the key columns ``cols`` (virtual) stored at physical rows ``phys``."""
+    d = tl.arange(0, HEAD_DIM)
+    cmask = cols < N
+    phys = phys.to(tl.int64)
+    k = tl.load(k_base + phys[:, None] * stride_kn + d[None, :], mask=cmask[:, None], other=0.0)
+    v = tl.load(v_base + phys[:, None] * stride_vn + d[None, :], mask=cmask[:, None], other=0.0)
+    qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+    # Padded keys (zero rows) would give P = 2^(-lse), which overflows for very negative rows: mask them.
+    # Padded query rows (q = 0, lse = 0) stay finite and are never stored.
+    p = tl.where(cmask[None, :], tl.exp2(qk * qk_scale - lse[:, None]), 0.0)
+    dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+    ds = p * (dp - delta[:, None])
+    return tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
 
 
 @triton.jit(do_not_specialize=(*SIZE_ARGS, "g_rows"))
@@ -53,10 +75,11 @@ def _sla_backward_dq_kernel(
     stride_xb, stride_xh, stride_xn,
     LUT, SQ, ZQ, GBLK, DZBLK,
     H, N, n_qblocks, n_kblocks, topk, g_rows,
-    n_special, frame_len, n_special_total,
+    n_special, frame_len, n_special_total, n_forced,
     sm_scale, eps,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
     FEATURE: tl.constexpr, LINEAR: tl.constexpr, HAS_SPECIAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    FAST_MAP: tl.constexpr,
 ):  # fmt: skip
     i = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -130,20 +153,29 @@ def _sla_backward_dq_kernel(
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
     lut = LUT + (bh * n_qblocks + i) * topk
-    for t in range(0, topk):
+    # As in the forward: with FAST_MAP the first n_forced LUT entries (the blocks holding special
+    # tokens) take the general virtual → physical mapping, the later ones (patch-only blocks) the
+    # per-block mapping of patch_pair_rows.
+    n_lead = topk
+    if FAST_MAP:
+        n_lead = tl.minimum(n_forced, topk)
+    for t in range(0, n_lead):
         j = tl.load(lut + t).to(tl.int32)
         cols = j * BLOCK_N + tl.arange(0, BLOCK_N)
-        cmask = cols < N
-        phys = virtual_to_physical(cols, n_special, frame_len, n_special_total, HAS_SPECIAL).to(tl.int64)
-        k = tl.load(k_base + phys[:, None] * stride_kn + d[None, :], mask=cmask[:, None], other=0.0)
-        v = tl.load(v_base + phys[:, None] * stride_vn + d[None, :], mask=cmask[:, None], other=0.0)
-        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-        # Padded keys (zero rows) would give P = 2^(-lse), which overflows for very negative rows: mask them.
-        # Padded query rows (q = 0, lse = 0) stay finite and are never stored.
-        p = tl.where(cmask[None, :], tl.exp2(qk * qk_scale - lse[:, None]), 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
-        ds = p * (dp - delta[:, None])
-        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
+        phys = virtual_to_physical(cols, n_special, frame_len, n_special_total, HAS_SPECIAL)
+        dq = _dq_block(
+            q, do, lse, delta, dq, k_base, v_base, stride_kn, stride_vn, cols, phys, N, qk_scale, HEAD_DIM,
+            DOT_PRECISION,
+        )  # fmt: skip
+    if FAST_MAP:
+        for t in range(n_lead, topk):
+            j = tl.load(lut + t).to(tl.int32)
+            cols = j * BLOCK_N + tl.arange(0, BLOCK_N)
+            phys = patch_pair_rows(j, j, n_special, frame_len, n_special_total, BLOCK_N, 1)
+            dq = _dq_block(
+                q, do, lse, delta, dq, k_base, v_base, stride_kn, stride_vn, cols, phys, N, qk_scale,
+                HEAD_DIM, DOT_PRECISION,
+            )  # fmt: skip
     dq = dq * sm_scale
 
     dq_offs = b * stride_xb + h * stride_xh + rows64[:, None] * stride_xn + d[None, :]
@@ -154,7 +186,7 @@ def _sla_backward_dq_kernel(
 _sla_backward_dq_kernel_tuned = bucketed_autotune(
     _sla_backward_dq_kernel,
     "backward_dq",
-    key=["HEAD_DIM", "BLOCK_M", "BLOCK_N", "FEATURE", "LINEAR", "HAS_SPECIAL"],
+    key=["HEAD_DIM", "BLOCK_M", "BLOCK_N", "FEATURE", "LINEAR", "HAS_SPECIAL", "FAST_MAP"],
 )
 
 
@@ -202,10 +234,10 @@ def sla_backward_dq(
         dq.stride(0), dq.stride(1), dq.stride(2),
         lut, s_q, z_q, g_blk, dz_blk,
         H, N, geom.n_qblocks, geom.n_kblocks, geom.topk, g_rows,
-        max(geom.n_special, 1), geom.frame_len, geom.n_special_total,
+        max(geom.n_special, 1), geom.frame_len, geom.n_special_total, geom.n_forced,
         scale, eps,
         BLOCK_M=geom.block_q, BLOCK_N=geom.block_k, HEAD_DIM=D,
         FEATURE=FEATURE_CODES[feature], LINEAR=linear_code, HAS_SPECIAL=geom.n_special > 0,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", FAST_MAP=fast_patch_map(geom),
     )  # fmt: skip
     return delta, g_blk, dz_blk

@@ -168,7 +168,8 @@ def variants(head_dims=(64,), quick=False):
                 continue
             dq, dkdv = sla_backward_dq._sla_backward_dq_kernel, sla_backward_dkdv._sla_backward_dkdv_kernel
             consts = {**common, "LINEAR": lin}
-            out.append((f"backward dQ {kind} D{D}", dq, dq_ptrs, consts, cfgs("backward_dq", D, lin)))
+            dq_consts = {**consts, "FAST_MAP": True}
+            out.append((f"backward dQ {kind} D{D}", dq, dq_ptrs, dq_consts, cfgs("backward_dq", D, lin)))
             out.append(
                 (f"backward dK/dV {kind} D{D}", dkdv, dkdv_ptrs, consts, cfgs("backward_dkdv", D, lin))
             )
