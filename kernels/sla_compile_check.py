@@ -57,8 +57,6 @@ def compile_for_hopper(
     from triton.compiler import ASTSource
 
     sig, attrs = _signature(fn, pointers, consts)
-    if getattr(fn, "is_gluon", lambda: False)():  # a Gluon kernel (sla_forward_hopper)
-        from triton.experimental.gluon._runtime import GluonASTSource as ASTSource
     src = ASTSource(
         fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()}, attrs=attrs
     )
