@@ -158,6 +158,8 @@ def sla_prepare(
     z_tot [B,H,D] f32 (both empty when linear is "none", or without ``totals``: the complement sums
     per query block need only the per-block states, and dropping the running D×D sum frees registers)).
     """
+    if launch and not set(launch) <= {"num_warps", "num_stages"}:
+        raise ValueError(f"launch takes num_warps and num_stages, got {sorted(launch)}")
     B, H, N, D = q.shape
     dev = q.device
     n_chunks, qb, kb = prepare_chunking(geom)
