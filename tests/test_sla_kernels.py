@@ -103,6 +103,13 @@ def test_prepare_matches_reference(case):
         assert torch.equal(a, b), name
 
 
+def test_prepare_refuses_unknown_launch_settings():
+    q, k, v = _qkv(1, 1, 100, 16)
+    g = _geom(100, 32, 16)
+    with pytest.raises(ValueError, match="num_warps and num_stages"):
+        prepare.sla_prepare(q, k, v, g, "elu", "none", launch={"num_warp": 8})
+
+
 @pytest.mark.parametrize(
     "N, bq, bk, keep, special, frame_len",
     [
