@@ -173,17 +173,13 @@ def _sla_forward_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
     FEATURE: tl.constexpr, LINEAR: tl.constexpr, FUSE_PROJ: tl.constexpr,
     HAS_SPECIAL: tl.constexpr, STORE_LSE: tl.constexpr, RECOMPUTE_STATES: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, PAIR: tl.constexpr, FAST_MAP: tl.constexpr, M_SPLIT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, PAIR: tl.constexpr, FAST_MAP: tl.constexpr,
 ):  # fmt: skip
-    # M_SPLIT (an autotuned choice): each query block is attended by M_SPLIT programs of TILE_M rows,
-    # which share its look-up table row; at 2, one warpgroup per program (4 warps) and no barrier
-    # between two warpgroups in the loop, at the price of reading the selected K/V twice from L2.
-    TILE_M: tl.constexpr = BLOCK_M // M_SPLIT
-    i = tl.program_id(0) // M_SPLIT
+    i = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)  # int64 offsets: 1,000 frames of qkv views exceed 2**31 elements
     b = bh // H
     h = bh % H
-    rows = i * BLOCK_M + (tl.program_id(0) % M_SPLIT) * TILE_M + tl.arange(0, TILE_M)
+    rows = i * BLOCK_M + tl.arange(0, BLOCK_M)
     rmask = rows < N
     d = tl.arange(0, HEAD_DIM)
 
@@ -195,9 +191,9 @@ def _sla_forward_kernel(
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
 
-    m_i = tl.full([TILE_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([TILE_M], dtype=tl.float32)
-    acc = tl.zeros([TILE_M, HEAD_DIM], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     if LINEAR == 2:
         s_sel = tl.zeros([HEAD_DIM, HEAD_DIM], dtype=tl.float32)
         z_sel = tl.zeros([HEAD_DIM], dtype=tl.float32)
@@ -320,7 +316,6 @@ def sla_forward(
     recompute_states: bool = False,
     summed_states: bool = False,
     pair: int | None = None,
-    m_split: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the forward kernel.
 
@@ -331,8 +326,7 @@ def sla_forward(
     Complement states: ``s_blk``/``z_blk`` per key block (read per selected block), or empty with
     ``recompute_states`` (recomputed from K/V in the loop), or, with ``summed_states``, ``s_tot``/``z_tot``
     are the complement sums per query block [B, H, Mq, D, D] / [B, H, Mq, D] and ``s_blk``/``z_blk``
-    are unused. ``pair``: key blocks per loop step, ``m_split``: programs per query block, for the plain
-    (interpreted) kernel; both autotuned on CUDA.
+    are unused. ``pair``: key blocks per loop step for the plain (interpreted) kernel; autotuned on CUDA.
     """
     B, H, N, D = q.shape
     lin = LINEAR_CODES[linear]
@@ -355,18 +349,14 @@ def sla_forward(
     lse_strides = lse.stride() if store_lse else (0, 0, 0)
     w = proj_weight if fuse else q.new_empty(0)
     if _common.use_autotuner(q):
-        if pair is not None or m_split is not None:
-            raise ValueError(
-                "pair and m_split are autotuned; give them only to the plain (interpreted) kernel"
-            )
+        if pair is not None:
+            raise ValueError("pair is an autotuned parameter; give it only to the plain (interpreted) kernel")
         kernel, meta = _sla_forward_kernel_tuned[work_bucket(geom.topk)], {}
     else:
         if pair not in (None, 1, 2):
             raise ValueError(f"pair must be 1 or 2 (key blocks per loop step), got {pair}")
-        if m_split not in (None, 1, 2) or geom.block_q // (m_split or 1) < 16:
-            raise ValueError(f"m_split must be 1 or 2 with query blocks of ≥ 16 rows each, got {m_split}")
-        kernel, meta = _sla_forward_kernel, {"PAIR": pair or 1, "M_SPLIT": m_split or 1}
-    kernel[lambda launch: (geom.n_qblocks * launch["M_SPLIT"], B * H)](
+        kernel, meta = _sla_forward_kernel, {"PAIR": pair or 1}
+    kernel[(geom.n_qblocks, B * H)](
         q, k, v, o, o_l, lse,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),

@@ -67,20 +67,13 @@ def config_key(c) -> tuple:
 CONFIGS = {
     # PAIR = 2: the loop takes two selected key blocks per step (a 128-deep key tile at 64-token blocks).
     "forward": {
-        "small": _pick([(4, 3), (8, 3)], PAIR=1, M_SPLIT=1),  # head_dim ≤ 32
+        "small": _pick([(4, 3), (8, 3)], PAIR=1),  # head_dim ≤ 32
         "d64": (
-            _pick([(8, 2), (8, 3), (8, 4), (8, 3, 128), (8, 4, 128)], PAIR=1, M_SPLIT=1)
-            + _pick([(8, 2), (8, 3), (8, 3, 128)], PAIR=2, M_SPLIT=1)
-            + _pick([(4, 2, 128), (4, 3, 128)], PAIR=1, M_SPLIT=2)
-            + _pick([(4, 2, 128), (4, 2, 168)], PAIR=2, M_SPLIT=2)
+            _pick([(8, 2), (8, 3), (8, 4), (8, 3, 128), (8, 4, 128)], PAIR=1)
+            + _pick([(8, 2), (8, 3), (8, 3, 128)], PAIR=2)
         ),
-        "d64_sparse": (
-            _pick([(4, 3), (8, 3), (8, 4)], PAIR=1, M_SPLIT=1)
-            + _pick([(8, 2), (8, 3)], PAIR=2, M_SPLIT=1)
-            + _pick([(4, 2, 128), (4, 3, 128)], PAIR=1, M_SPLIT=2)
-            + _pick([(4, 2, 128)], PAIR=2, M_SPLIT=2)
-        ),
-        "d128": _pick([(8, 2), (8, 3)], PAIR=1, M_SPLIT=1) + _pick([(4, 2)], PAIR=1, M_SPLIT=2),
+        "d64_sparse": _pick([(4, 3), (8, 3), (8, 4)], PAIR=1) + _pick([(8, 2), (8, 3)], PAIR=2),
+        "d128": _pick([(8, 2), (8, 3)], PAIR=1),
     },
     "backward_dq": {
         "small": _pick([(4, 3), (8, 3)]),

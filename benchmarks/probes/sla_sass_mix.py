@@ -43,7 +43,7 @@ def compile_sass(has_special: bool, fast_map: bool, warps: int, stages: int) -> 
 
     consts = dict(
         BLOCK_M=128, BLOCK_N=64, HEAD_DIM=64, FEATURE=0, HAS_SPECIAL=has_special, DOT_PRECISION="tf32",
-        LINEAR=3, FUSE_PROJ=True, STORE_LSE=False, RECOMPUTE_STATES=False, PAIR=2, FAST_MAP=fast_map, M_SPLIT=1,
+        LINEAR=3, FUSE_PROJ=True, STORE_LSE=False, RECOMPUTE_STATES=False, PAIR=2, FAST_MAP=fast_map,
     )  # fmt: skip
     k = compile_for_hopper(sla_forward._sla_forward_kernel, FORWARD_POINTERS, consts, warps, stages)
     return sass(k)

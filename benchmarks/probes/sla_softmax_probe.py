@@ -119,7 +119,7 @@ def sass_counts(name: str, warps: int = 8, stages: int = 3) -> dict:
     mod = variant_module(name)
     consts = dict(
         BLOCK_M=128, BLOCK_N=64, HEAD_DIM=64, FEATURE=0, HAS_SPECIAL=True, DOT_PRECISION="tf32",
-        LINEAR=3, FUSE_PROJ=True, STORE_LSE=False, RECOMPUTE_STATES=False, PAIR=2, FAST_MAP=True, M_SPLIT=1,
+        LINEAR=3, FUSE_PROJ=True, STORE_LSE=False, RECOMPUTE_STATES=False, PAIR=2, FAST_MAP=True,
     )  # fmt: skip
     k = compile_for_hopper(mod._sla_forward_kernel, FORWARD_POINTERS, consts, warps, stages, 128)
     loops = loop_mixes(sass(k))
