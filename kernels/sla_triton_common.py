@@ -168,8 +168,10 @@ def virtual_to_physical(v, n_special, frame_len, n_special_total, HAS_SPECIAL: t
 
 def fast_patch_map(geom) -> bool:
     """Whether the kernels may map patch-only key blocks per block (``patch_pair_rows``): there are
-    special tokens to skip, and a key block spans at most two frames."""
-    return geom.n_special > 0 and geom.frame_len - geom.n_special >= geom.block_k
+    special tokens to skip, a key block spans at most two frames, and the per-block division is exact
+    (its multiply-shift form needs < 2^24 tokens and ≤ 2^16 patch tokens per frame)."""
+    patches = geom.frame_len - geom.n_special
+    return geom.n_special > 0 and geom.block_k <= patches <= 1 << 16 and geom.n_tokens < 1 << 24
 
 
 @triton.jit
@@ -181,11 +183,15 @@ def patch_pair_rows(j0, j1, n_special, frame_len, n_special_total, BLOCK_N: tl.c
     cost the loop ~8 % of its TFLOP/s at VGGT shapes, ``benchmarks/probes/sla_layout_probe.py``)."""
     c = tl.arange(0, PAIR * BLOCK_N)
     patches = frame_len - n_special
+    # floor(start / patches) as a multiply-shift by M = ceil(2^40 / patches) (loop-invariant): exact for
+    # 0 ≤ start < 2^24 and 16 ≤ patches ≤ 2^16 (fast_patch_map checks both), and it keeps the integer
+    # division's reciprocal (I2F + MUFU.RCP, on the MUFU/MIO path the exponentials queue on) out of the loop.
+    magic = ((1 << 40) + patches.to(tl.int64) - 1) // patches
     start0 = j0 * BLOCK_N - n_special_total  # patch index of the block's first column
-    f0 = start0 // patches
+    f0 = ((start0.to(tl.int64) * magic) >> 40).to(tl.int32)
     if PAIR == 2:
         start1 = j1 * BLOCK_N - n_special_total
-        f1 = start1 // patches
+        f1 = ((start1.to(tl.int64) * magic) >> 40).to(tl.int32)
         first = c < BLOCK_N
         p = tl.where(first, start0, start1 - BLOCK_N) + c
         frame = tl.where(first, f0, f1)

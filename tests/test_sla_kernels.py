@@ -10,6 +10,7 @@ import sla_triton_env
 
 sla_triton_env.set_interpret_env()  # before anything imports triton (collection time)
 
+import dataclasses  # noqa: E402
 import importlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
@@ -270,6 +271,17 @@ def test_patch_blocks_are_mapped_per_block_where_frames_allow():
     assert fast(_geom(300, 32, 16, special=3, frame_len=75, top_k=9))
     assert not fast(_geom(120, 32, 16, 0.4, 2, 12))
     assert not fast(_geom(200, 32, 16, 0.3))
+    # the per-block division is a multiply-shift, exact below 2^24 tokens and 2^16 patches per frame
+    geom = _geom(1374 * 8, 128, 64, 0.1, 5, 1374)
+    assert not fast(dataclasses.replace(geom, n_tokens=1 << 24))
+    assert not fast(dataclasses.replace(geom, frame_len=(1 << 16) + 6))
+    patches = torch.tensor([16, 17, 1369, 4095, 1 << 16])[:, None]
+    g = torch.Generator().manual_seed(0)
+    starts = torch.cat(
+        [torch.arange(5000), torch.randint(0, 1 << 24, (5000,), generator=g), torch.tensor([(1 << 24) - 1])]
+    )
+    magic = ((1 << 40) + patches - 1) // patches
+    assert torch.equal((starts[None, :] * magic) >> 40, starts[None, :] // patches)
 
 
 # (B, H, N, D, bq, bk, special, frame_len, top_k, linear, recompute): odd and even numbers of

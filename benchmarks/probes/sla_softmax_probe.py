@@ -79,6 +79,17 @@ VARIANTS = {
             "    l_i = l_i * alpha + tl.sum(p, axis=1)\n",
         )
     ],
+    "lane_sums": [
+        (
+            "    l_i = l_i * alpha + tl.sum(p, axis=1)\n",
+            "    l_i = l_i * alpha[:, None] + tl.sum(tl.reshape(p, [p.shape[0], p.shape[1] // 8, 8]), axis=1)\n",
+        ),
+        (
+            "    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)\n",
+            "    l_i = tl.zeros([BLOCK_M, 8], dtype=tl.float32)\n",
+        ),
+        ("    out = acc / l_i[:, None]\n", "    l_i = tl.sum(l_i, axis=1)\n    out = acc / l_i[:, None]\n"),
+    ],
     "bf16_mufu": [
         (
             _P_LINE,
@@ -123,7 +134,11 @@ def sass_counts(name: str, warps: int = 8, stages: int = 3) -> dict:
     )  # fmt: skip
     k = compile_for_hopper(mod._sla_forward_kernel, FORWARD_POINTERS, consts, warps, stages, 128)
     loops = loop_mixes(sass(k))
-    return {"instructions": loops[0]["instructions"], "opcodes": loops[0]["opcodes"]} if loops else {}
+    if not loops:
+        return {}
+    # the main loop: the last of the loops with the most MMAs (the first walks the special-token blocks)
+    main = [lp for lp in loops if lp["opcodes"]["HGMMA"] == loops[0]["opcodes"]["HGMMA"]][-1]
+    return {"instructions": main["instructions"], "opcodes": main["opcodes"]}
 
 
 def _time_variants(frames: int, names: list[str], keep: float, repeats: int) -> list[dict]:
