@@ -30,6 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import sla_select_operands as _operands
 from . import sla_topk_rows as _topk_rows
 from .sla_reference import SLAGeometry, block_scores_reference, select_blocks_reference
 from .sla_triton_common import SIZE_ARGS
@@ -186,13 +187,14 @@ def sla_block_select_gemm(
     # Scores as in block_scores_reference: float64 dot products rounded once to float32, whatever the
     # autocast / TF32 state of the caller (under bf16 autocast a float32 matmul would run in bf16 and
     # flip the selection of ~4 % of the rows: measured on the H100).
-    keys_t = (pk.float() - kmean.float()[:, :, None]).double().transpose(-1, -2)  # [B, H, D, n_k]
     lut = torch.empty(B, H, M, k, device=pq.device, dtype=dtype)
     if n_k <= _topk_rows.MAX_COLS and _topk_rows.runs_here(pq):
+        pq64, keys64 = _operands.select_operands(pq, pk, kmean)  # one launch for both
+        keys_t = keys64.transpose(-1, -2)  # [B, H, D, n_k]
         rows = max(1, workspace_bytes // (ROW_KERNEL_BYTES_PER_SCORE * B * H * n_k))
         for r0 in range(0, M, rows):
             with torch.autocast(pq.device.type, enabled=False):
-                s = torch.matmul(pq[:, :, r0 : r0 + rows].double(), keys_t)  # [B, H, r, n_k]
+                s = torch.matmul(pq64[:, :, r0 : r0 + rows], keys_t)  # [B, H, r, n_k]
             r = s.shape[2]
             out = lut if r == M else torch.empty(B, H, r, k, device=pq.device, dtype=dtype)
             _topk_rows.topk_rows(s.view(-1, n_k), k, out.view(-1, k), geom.n_forced)
@@ -200,6 +202,7 @@ def sla_block_select_gemm(
                 lut[:, :, r0 : r0 + r] = out
             del s, out  # free this tile before the next GEMM allocates its own (one tile live at a time)
         return lut
+    keys_t = (pk.float() - kmean.float()[:, :, None]).double().transpose(-1, -2)  # [B, H, D, n_k]
     rows = max(1, workspace_bytes // (SELECT_BYTES_PER_SCORE * B * H * n_k))
     block_ids = torch.arange(n_k, device=pq.device, dtype=torch.int32)
     for r0 in range(0, M, rows):

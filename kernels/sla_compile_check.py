@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 
-_FLOATS = {"qk_scale", "eps", "sm_scale"}
+_FLOATS = {"qk_scale", "eps", "sm_scale", "scale"}
 
 
 # The forward kernel's pointer arguments at VGGT shapes (bf16 q/k/v/o, int16 look-up table).
@@ -194,6 +194,29 @@ def variants(head_dims=(64,), quick=False):
         consts = dict(BLOCK_C=sla_complement_map._BLOCK_C, BLOCK_T=sla_complement_map._BLOCK_T)
         consts.update(HEAD_DIM=64, WITH_Z=True, CSR=csr)
         out.append((name, sla_complement_map._complement_map_kernel, ptrs, consts, [(4, 1, None, {})]))
+    # The fixed-order row sums (k̄, S_tot, z_tot) and the selection's float64 operands.
+    from . import sla_select_operands, sla_sum_rows
+
+    out.append(
+        (
+            "row sums",
+            sla_sum_rows._sum_rows_kernel,
+            {"X": f32, "Y": f32},
+            dict(BLOCK_R=sla_sum_rows._ROWS, BLOCK_C=sla_sum_rows._COLS),
+            [(4, 1, None, {})],
+        )
+    )
+    ops_ptrs = dict(PQ=f32, PK=f32, KMEAN=f32, PQ64="*fp64", KEYS64="*fp64")
+    ops_consts = dict(BLOCK_R=sla_select_operands._ROWS, HEAD_DIM=64)
+    out.append(
+        (
+            "selection operands",
+            sla_select_operands._select_operands_kernel,
+            ops_ptrs,
+            ops_consts,
+            [(4, 1, None, {})],
+        )
+    )
     # The row top-k of the block selection: float64 scores in, int16 LUT out; one config per row width
     # the VGGT shapes use (32 / 128 frames at 64-token key blocks: 687 / 2,748 columns) and the maximum.
     from . import sla_topk_rows

@@ -7,7 +7,7 @@ the sparse-linear forward need:
 * per key block S_j = φ(K_j)ᵀV_j and z_j = Σφ(K_j) (only for the complement linear branch, which
   subtracts the selected blocks' states from the totals);
 * per-program partial sums of S, z and k, reduced to the totals S_tot, z_tot and the sequence mean of
-  k by a tiny torch sum (no atomics, so results are deterministic).
+  k by a small fixed-order sum (``sla_sum_rows``; no atomics, so results are deterministic).
 
 Each program handles a contiguous run of key blocks and of query blocks of one (batch, head). The
 reference is :func:`prepare_reference` below.
@@ -19,6 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import sla_sum_rows as _sum_rows
 from .sla_reference import SLAGeometry, block_states_reference, pool_blocks, virtual_key_order
 from .sla_triton_common import FEATURE_CODES, LINEAR_CODES, SIZE_ARGS, feature_map, virtual_to_physical
 
@@ -195,9 +196,11 @@ def sla_prepare(
         DOT_PRECISION=dot_precision_for(q.dtype), TOTALS=totals,
         **({"num_warps": 4 if D <= 64 else 8, **(launch or {})} if q.is_cuda else {}),
     )  # fmt: skip
-    kmean = kpart.sum(2) / N
+    BH = B * H
+    kmean = _sum_rows.sum_rows(kpart.view(BH, n_chunks, D), 1.0 / N).view(B, H, D)
     if totals:
-        s_tot, z_tot = spart.sum(2), zpart.sum(2)
+        s_tot = _sum_rows.sum_rows(spart.view(BH, n_chunks, D * D)).view(B, H, D, D)
+        z_tot = _sum_rows.sum_rows(zpart.view(BH, n_chunks, D)).view(B, H, D)
     else:
         s_tot, z_tot = (torch.empty(0, device=dev, dtype=f32) for _ in range(2))
     return pq, pk, kmean, s_blk, z_blk, s_tot, z_tot
