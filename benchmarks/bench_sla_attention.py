@@ -26,7 +26,8 @@ Per frame count and kept fraction:
 - the same module/kernel split without launch gaps: ``sla_pipelined_ms`` / ``outside_pipelined_pct``
   (20 back-to-back calls, one synchronisation: eager inside a model) and ``sla_graph_ms`` /
   ``outside_graph_pct`` / ``speedup_graph`` (CUDA-graph replays: the deployed Lite3R path), each
-  against the kernel alone timed the same way; ``gpu_kernels_us``: device time per kernel of one
+  against the kernel alone timed the same way (``kernel_graph_tflops``: its FLOPs over that device time);
+  ``gpu_kernels_us``: device time per kernel of one
   module call (torch.profiler) and ``gpu_busy_ms`` their sum (``sla_ms`` minus it is idle GPU time);
 - backward (``--backward-frames``): dense SDPA backward vs the SLA backward (autograd of the module,
   dQ + dK/dV kernels, inverse LUT), forward not included; ``--backward-breakdown`` adds the time of
@@ -268,6 +269,8 @@ def _forward_one(frames: int, keep: float, q, k, v, dense_ms: float, repeats: in
             row["kernel_graph_ms"] = graph_ms(kernel, repeats)
             row["outside_graph_pct"] = 100.0 * (1 - row["kernel_graph_ms"] / row["sla_graph_ms"])
             row["speedup_graph"] = dense_ms / row["sla_graph_ms"]
+            # the kernel's device time alone (a single synchronised call also counts its launch latency)
+            row["kernel_graph_tflops"] = flops / row["kernel_graph_ms"] / 1e9
         except RuntimeError as e:  # recorded, never hidden: the graph columns stay empty
             row["graph_error"] = f"{type(e).__name__}: {str(e)[:300]}"
         row["gpu_kernels_us"] = gpu_kernel_us(module)
@@ -506,6 +509,9 @@ def check_targets(fwd, bwd, sel) -> dict:
     if r64:
         out["speedup_at_64_frames_10pct"] = r64[0]["speedup"]
         out["speedup_graph_at_64_frames_10pct"] = r64[0].get("speedup_graph")
+    graph_tflops = {str(r["frames"]): r["kernel_graph_tflops"] for r in fwd if "kernel_graph_tflops" in r}
+    if graph_tflops:
+        out["kernel_graph_tflops_per_frames"] = graph_tflops
     for name in ("kernel", "kernel_stored", "kernel_recomputed", "kernel_all", "sparse_only"):
         big = [r[f"{name}_tflops"] for r in fwd if r["frames"] >= 32]
         if big:
@@ -574,7 +580,7 @@ def main(argv=None) -> int:
              "speedup_recomputed", "speedup_stored", "kernel_tflops", "kernel_stored_tflops",
              "kernel_recomputed_tflops", "kernel_all_tflops", "sparse_only_tflops", "prepare_ms", "select_ms", "sums_ms", "select_streamed_ms", "select_dense_map_ms", "outside_pct",
              "outside_recomputed_pct", "sla_pipelined_ms", "outside_pipelined_pct", "sla_graph_ms", "speedup_graph",
-             "outside_graph_pct", "gpu_busy_ms"],
+             "outside_graph_pct", "kernel_graph_tflops", "gpu_busy_ms"],
         )  # fmt: skip
         if bwd:
             table += "\n## Backward\n\n" + markdown_table(bwd)
