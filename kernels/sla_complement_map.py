@@ -88,7 +88,9 @@ def padded_columns(n: int) -> int:
     return -(-n // 8) * 8
 
 
-def _launch(lut, offsets, n_list_rows, n_valid, topk, G, dtype, z_blk, z_tot, rows, n_rows, n_cols):
+def _launch(
+    lut, offsets, n_list_rows, n_valid, topk, G, dtype, z_blk, z_tot, rows, n_rows, n_cols, z_out=None
+):
     r0, r1 = rows or (0, n_rows)
     R = r1 - r0
     # Rows padded to a multiple of 8 elements (16 bytes): the GEMM reads the map through a view whose
@@ -102,7 +104,14 @@ def _launch(lut, offsets, n_list_rows, n_valid, topk, G, dtype, z_blk, z_tot, ro
     if with_z:
         D = z_blk.shape[-1]
         z_blk, z_tot = z_blk.float().contiguous(), z_tot.float().contiguous()
-        zq = torch.empty(G, R, D, device=lut.device, dtype=torch.float32)
+        if z_out is None:
+            zq = torch.empty(G, R, D, device=lut.device, dtype=torch.float32)
+        elif z_out.shape != (G, R, D) or z_out.dtype != torch.float32 or not z_out.is_contiguous():
+            raise ValueError(
+                f"z_out must be a contiguous float32 {(G, R, D)} tensor, got {z_out.dtype} {z_out.shape}"
+            )
+        else:
+            zq = z_out
     else:
         D = 16
         z_blk = z_tot = zq = torch.empty(0, device=lut.device, dtype=torch.float32)
@@ -131,13 +140,14 @@ def complement_map(
     z_tot: torch.Tensor | None = None,
     rows: tuple[int, int] | None = None,
     n_cols: int | None = None,
+    z_out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """C [G, R, n_cols] (``dtype``, contiguous; zero in the ``n_cols`` − N_k padding columns, default
     N_k rounded up to a multiple of 8) for look-up-table rows ``lut`` [G, M, T] (rows ``rows`` =
     (start, stop) of M, default all), and with ``z_blk`` [G, ≥N_k, D] / ``z_tot`` [G, D] (float32) the
-    complement sums of the vectors, [G, R, D] float32 (else None)."""
+    complement sums of the vectors, [G, R, D] float32 (else None), written into ``z_out`` if given."""
     G, M, T = lut.shape
-    return _launch(lut, None, 0, n_kblocks, T, G, dtype, z_blk, z_tot, rows, M, n_cols)
+    return _launch(lut, None, 0, n_kblocks, T, G, dtype, z_blk, z_tot, rows, M, n_cols, z_out)
 
 
 def complement_map_transposed(

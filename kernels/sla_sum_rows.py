@@ -15,8 +15,10 @@ import torch
 import triton
 import triton.language as tl
 
-_ROWS = 32
-_COLS = 64
+# 128 rows × 16 columns per step: [16, 687, 64] runs as 64 programs of 6 steps (32 × 64: 16 programs of
+# 22 steps took 9 µs on the H100).
+_ROWS = 128
+_COLS = 16
 
 
 @triton.jit(do_not_specialize=["R", "C"])

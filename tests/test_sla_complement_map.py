@@ -40,6 +40,12 @@ def test_complement_map_matches_reference(G, M, Nk, T, rows, dtype):
     assert torch.equal(c, ref_c[:, r0:r1]) and not c[:, :, Nk:].any()
     assert zq.dtype == torch.float32
     torch.testing.assert_close(zq, ref_z[:, r0:r1], rtol=1e-5, atol=1e-3)
+    # the vector sums written into a given tensor (the complement sums' output, no copy)
+    dst = torch.full_like(zq, float("nan"))
+    _, z_in_place = cmap.complement_map(lut, Nk, dtype, z, z.sum(1), rows=rows, z_out=dst)
+    assert z_in_place is dst and torch.equal(dst, zq)
+    with pytest.raises(ValueError, match="z_out"):
+        cmap.complement_map(lut, Nk, dtype, z, z.sum(1), rows=rows, z_out=dst.double())
     # without vectors: the map only
     c_only, none = cmap.complement_map(lut, Nk, dtype, rows=rows)
     assert none is None and torch.equal(c_only, c)
