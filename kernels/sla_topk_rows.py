@@ -9,10 +9,9 @@ rows × key blocks: ~1 ms at 32 VGGT frames, a quarter of the whole SLA layer. H
 1. rounds the float64 scores to float32 once (the reference's rounding) and maps them to
    order-preserving uint32 keys (-0.0 ties with +0.0, as in ``torch.topk``; forced columns, the special
    tokens' key blocks, score +inf);
-2. builds, two bits at a time from the top of the unsigned key, a threshold with exactly k keys at or
-   above it (row-wise counts per step: exact, no sorting; it stops as soon as every row of the program
-   has one, typically after ~20 bits, and falls back to the k-th largest key itself when ties straddle
-   it);
+2. builds, bit by bit from the top of the unsigned key, a threshold with exactly k keys at or above it
+   (a row-wise count per bit: exact, no sorting; it stops as soon as every row of the program has one,
+   typically after ~20 bits, and falls back to the k-th largest key itself when ties straddle it);
 3. selects every entry above it plus the first ties in column order (so ties go to the lower block,
    as in the reference) and writes their column indices at their prefix-sum positions.
 
@@ -59,30 +58,18 @@ def _topk_rows_kernel(
     # count(key ≥ t) ≥ k. A row is finished once count(key ≥ t) = k exactly (t then separates its top k
     # from the rest; typically after ~20 of the 32 bits), so the loop stops when every row is; with ties
     # at the boundary it runs all 32 bits and t is the k-th largest key. Padding columns never count.
-    # Two bits per step (bits b and b−1, b odd): the three candidates t|01, t|10, t|11 are counted in one
-    # step and the largest with ≥ k keys at or above it is kept, which is what two one-bit steps would
-    # keep; the counts are independent, so their cross-warp reductions overlap (16 steps instead of 32
-    # dependent ones; the loop is latency-bound).
     t = tl.zeros([ROWS], dtype=tl.uint32)
     cnt_t = tl.where(rmask, tl.minimum(n_cols, BLOCK_C), topk)  # count(key ≥ 0): every valid column
     bit = tl.full([], 31, dtype=tl.int32)
     n_open = tl.sum((cnt_t != topk).to(tl.int32), axis=0)
-    while (bit >= 1) & (n_open > 0):
-        low = (bit - 1).to(tl.uint32)
-        one = tl.full([ROWS], 1, dtype=tl.uint32)
-        c1 = t | (one << low)
-        c2 = t | ((one * 2) << low)
-        c3 = t | ((one * 3) << low)
-        n1 = tl.sum(((key >= c1[:, None]) & cmask[None, :]).to(tl.int32), axis=1)
-        n2 = tl.sum(((key >= c2[:, None]) & cmask[None, :]).to(tl.int32), axis=1)
-        n3 = tl.sum(((key >= c3[:, None]) & cmask[None, :]).to(tl.int32), axis=1)
-        ok1 = n1 >= topk
-        ok2 = n2 >= topk
-        ok3 = n3 >= topk
-        t = tl.where(ok3, c3, tl.where(ok2, c2, tl.where(ok1, c1, t)))
-        cnt_t = tl.where(ok3, n3, tl.where(ok2, n2, tl.where(ok1, n1, cnt_t)))
+    while (bit >= 0) & (n_open > 0):
+        cand = t | (tl.full([ROWS], 1, dtype=tl.uint32) << bit.to(tl.uint32))
+        cnt = tl.sum(((key >= cand[:, None]) & cmask[None, :]).to(tl.int32), axis=1)
+        ok = cnt >= topk
+        t = tl.where(ok, cand, t)
+        cnt_t = tl.where(ok, cnt, cnt_t)
         n_open = tl.sum((rmask & (cnt_t != topk)).to(tl.int32), axis=0)
-        bit -= 2
+        bit -= 1
     # Every key above t, plus the first ties in column order (all of them when count(key ≥ t) = k).
     above = (key > t[:, None]) & cmask[None, :]
     tied = (key == t[:, None]) & cmask[None, :]
