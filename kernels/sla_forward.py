@@ -98,6 +98,38 @@ def _add_block_state(
 
 
 @triton.jit
+def _attend_block(
+    q, k_base, v_base, stride_kn, stride_vn, j, m_i, l_i, acc, s_sel, z_sel, SBLK, ZBLK, sbase,
+    N, n_special, frame_len, n_special_total, qk_scale,
+    BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, FEATURE: tl.constexpr, LINEAR: tl.constexpr,
+    HAS_SPECIAL: tl.constexpr, RECOMPUTE_STATES: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    PATCH_MAP: tl.constexpr, MASK: tl.constexpr,
+):  # fmt: skip
+    """One selected key block j: the online-softmax step and, for the complement branch, its state.
+    ``PATCH_MAP``: a patch-only block, mapped once per block; ``MASK``: it may be the trailing partial
+    block (key columns ≥ N masked)."""
+    cols = j * BLOCK_N + tl.arange(0, BLOCK_N)
+    if PATCH_MAP:
+        phys = patch_pair_rows(j, j, n_special, frame_len, n_special_total, BLOCK_N, 1)
+    else:
+        phys = virtual_to_physical(cols, n_special, frame_len, n_special_total, HAS_SPECIAL)
+    m_i, l_i, acc, k, v = _attend_cols(
+        q, k_base, v_base, stride_kn, stride_vn, cols, phys, m_i, l_i, acc, N, qk_scale, HEAD_DIM, MASK,
+        DOT_PRECISION,
+    )  # fmt: skip
+    if LINEAR == 2:
+        if MASK:
+            cmask = cols < N
+        else:
+            cmask = tl.full([BLOCK_N], 1, dtype=tl.int1)
+        s_sel, z_sel = _add_block_state(
+            s_sel, z_sel, SBLK, ZBLK, sbase + j, k, v, cmask, FEATURE, RECOMPUTE_STATES, HEAD_DIM,
+            DOT_PRECISION,
+        )  # fmt: skip
+    return m_i, l_i, acc, s_sel, z_sel
+
+
+@triton.jit
 def _walk_blocks(
     q, k_base, v_base, stride_kn, stride_vn, lut, t0, n, m_i, l_i, acc, s_sel, z_sel, SBLK, ZBLK, sbase,
     N, n_special, frame_len, n_special_total, qk_scale,
@@ -139,22 +171,11 @@ def _walk_blocks(
                     )  # fmt: skip
         n_single = n % 2
     for t in range(n - n_single, n):
-        j = tl.load(lut + t0 + t).to(tl.int32)
-        cols = j * BLOCK_N + tl.arange(0, BLOCK_N)
-        if PATCH_MAP:
-            phys = patch_pair_rows(j, j, n_special, frame_len, n_special_total, BLOCK_N, 1)
-        else:
-            phys = virtual_to_physical(cols, n_special, frame_len, n_special_total, HAS_SPECIAL)
-        m_i, l_i, acc, k, v = _attend_cols(
-            q, k_base, v_base, stride_kn, stride_vn, cols, phys, m_i, l_i, acc, N, qk_scale, HEAD_DIM, False,
-            DOT_PRECISION,
+        m_i, l_i, acc, s_sel, z_sel = _attend_block(
+            q, k_base, v_base, stride_kn, stride_vn, tl.load(lut + t0 + t).to(tl.int32), m_i, l_i, acc,
+            s_sel, z_sel, SBLK, ZBLK, sbase, N, n_special, frame_len, n_special_total, qk_scale, BLOCK_N,
+            HEAD_DIM, FEATURE, LINEAR, HAS_SPECIAL, RECOMPUTE_STATES, DOT_PRECISION, PATCH_MAP, False,
         )  # fmt: skip
-        if LINEAR == 2:
-            full = tl.full([BLOCK_N], 1, dtype=tl.int1)
-            s_sel, z_sel = _add_block_state(
-                s_sel, z_sel, SBLK, ZBLK, sbase + j, k, v, full, FEATURE, RECOMPUTE_STATES, HEAD_DIM,
-                DOT_PRECISION,
-            )  # fmt: skip
     return m_i, l_i, acc, s_sel, z_sel
 
 
@@ -223,18 +244,11 @@ def _sla_forward_kernel(
     )  # fmt: skip
     # the last entry: possibly partial, and possibly a special block (when topk ≤ n_forced), so it always
     # takes the general mapping (one block per program)
-    j = tl.load(lut + topk - 1).to(tl.int32)
-    cols = j * BLOCK_N + tl.arange(0, BLOCK_N)
-    phys = virtual_to_physical(cols, n_special, frame_len, n_special_total, HAS_SPECIAL)
-    m_i, l_i, acc, k, v = _attend_cols(
-        q, k_base, v_base, stride_kn, stride_vn, cols, phys, m_i, l_i, acc, N, qk_scale, HEAD_DIM, True,
-        DOT_PRECISION,
+    m_i, l_i, acc, s_sel, z_sel = _attend_block(
+        q, k_base, v_base, stride_kn, stride_vn, tl.load(lut + topk - 1).to(tl.int32), m_i, l_i, acc, s_sel,
+        z_sel, SBLK, ZBLK, sbase, N, n_special, frame_len, n_special_total, qk_scale, BLOCK_N, HEAD_DIM,
+        FEATURE, LINEAR, HAS_SPECIAL, RECOMPUTE_STATES, DOT_PRECISION, False, True,
     )  # fmt: skip
-    if LINEAR == 2:
-        s_sel, z_sel = _add_block_state(
-            s_sel, z_sel, SBLK, ZBLK, sbase + j, k, v, cols < N, FEATURE, RECOMPUTE_STATES,
-            HEAD_DIM, DOT_PRECISION,
-        )  # fmt: skip
     out = acc / l_i[:, None]
 
     o_offs = b * stride_ob + h * stride_oh + rows.to(tl.int64)[:, None] * stride_on + d[None, :]

@@ -25,8 +25,10 @@ each exponential costs in accuracy as well as in time.
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib.util
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -99,7 +101,8 @@ VARIANTS = {
     ],
 }
 
-_TMP = tempfile.mkdtemp(prefix="sla_softmax_probe_")
+_TMP = tempfile.mkdtemp(prefix="sla_softmax_probe_")  # the variant sources (Triton reads them back)
+atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
 
 
 def variant_module(name: str):
