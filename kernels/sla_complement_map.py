@@ -29,6 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .sla_triton_common import kernel_runs_on
+
 _BLOCK_C = 1024  # columns written per step
 _BLOCK_T = 64  # look-up table entries per step
 
@@ -80,7 +82,7 @@ def _complement_map_kernel(
 
 def runs_here(x: torch.Tensor) -> bool:
     """CUDA, or CPU under the Triton interpreter."""
-    return x.is_cuda or type(_complement_map_kernel).__name__ == "InterpretedFunction"
+    return kernel_runs_on(_complement_map_kernel, x)
 
 
 def padded_columns(n: int) -> int:

@@ -138,15 +138,15 @@ def complement_sums(
                         qlist, offsets[g0 * n_kblocks : g1 * n_kblocks + 1], Mq, n_kblocks, states.dtype,
                         *z_args, rows=(o0, o1), n_cols=n_cols,
                     )  # fmt: skip
+                    z_out[g0:g1, o0:o1] = z_part
                 else:
-                    z_dst = z_out[g0:g1, o0:o1]  # written in place when the tile is contiguous
-                    c, z_part = _map.complement_map(
+                    # the map writes its vector sums straight into the output tile (contiguous: a
+                    # tile is whole groups or rows of one group, _row_chunk)
+                    c, _ = _map.complement_map(
                         lut3[g0:g1], n_kblocks, states.dtype, *z_args, rows=(o0, o1), n_cols=n_cols,
-                        z_out=z_dst if z_dst.is_contiguous() else None,
+                        z_out=z_out[g0:g1, o0:o1],
                     )  # fmt: skip
                 _bmm_aligned_k(c[..., :n_red], s_in[g0:g1, :n_red], s_out[g0:g1, o0:o1])
-                if z_part.data_ptr() != z_out[g0:g1, o0:o1].data_ptr():
-                    z_out[g0:g1, o0:o1] = z_part
                 continue
             if transpose:  # C[:, :, o0:o1]ᵀ: [G, Nk-tile, Mq]
                 c32 = _complement_tile(lut3[g0:g1], o0, o1, torch.float32).transpose(1, 2)

@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .sla_triton_common import kernel_runs_on
+
 # 128 rows × 16 columns per step: [16, 687, 64] runs as 64 programs of 6 steps (32 × 64: 16 programs of
 # 22 steps took 9 µs on the H100).
 _ROWS = 128
@@ -39,7 +41,7 @@ def _sum_rows_kernel(X, Y, R, C, stride_g, stride_r, scale, BLOCK_R: tl.constexp
 
 def runs_here(x: torch.Tensor) -> bool:
     """Whether the kernel can run on ``x``'s device: CUDA, or CPU under the Triton interpreter."""
-    return x.is_cuda or type(_sum_rows_kernel).__name__ == "InterpretedFunction"
+    return kernel_runs_on(_sum_rows_kernel, x)
 
 
 def sum_rows(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
@@ -48,14 +50,14 @@ def sum_rows(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         raise ValueError(
             f"sum_rows takes a float32 [G, R, C] tensor with unit last stride, got {x.dtype} {x.shape}"
         )
+    if not runs_here(x):
+        return sum_rows_reference(x, scale)
     G, R, C = x.shape
     y = torch.empty(G, C, device=x.device, dtype=torch.float32)
     if G == 0 or C == 0:
         return y
     if R == 0:
         return y.zero_()
-    if not runs_here(x):
-        return sum_rows_reference(x, scale)
     _sum_rows_kernel[(G, triton.cdiv(C, _COLS))](
         x, y, R, C, x.stride(0), x.stride(1), float(scale), BLOCK_R=_ROWS, BLOCK_C=_COLS
     )

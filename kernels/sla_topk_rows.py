@@ -26,6 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .sla_triton_common import kernel_runs_on
+
 MAX_COLS = 8192
 
 
@@ -119,4 +121,4 @@ def topk_rows_reference(scores: torch.Tensor, topk: int, n_forced: int = 0) -> t
 
 def runs_here(x: torch.Tensor) -> bool:
     """Whether the kernel can run on ``x``'s device: CUDA, or CPU under the Triton interpreter."""
-    return x.is_cuda or type(_topk_rows_kernel).__name__ == "InterpretedFunction"
+    return kernel_runs_on(_topk_rows_kernel, x)

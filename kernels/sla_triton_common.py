@@ -39,6 +39,12 @@ def use_autotuner(x) -> bool:
     return x.is_cuda
 
 
+def kernel_runs_on(kernel, x) -> bool:
+    """Whether the jitted ``kernel`` can run on ``x``'s device: CUDA, or CPU when it was built by the
+    Triton interpreter (the kernels' ``runs_here``; elsewhere their callers use the PyTorch path)."""
+    return x.is_cuda or type(kernel).__name__ == "InterpretedFunction"
+
+
 def _pick(warps_stages, **meta):
     """Configs from (num_warps, num_stages[, maxnreg]) tuples; ``meta``: constexpr values they all set."""
     return [

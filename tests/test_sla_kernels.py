@@ -464,7 +464,8 @@ def test_kernels_compile_for_hopper():
 def test_sass_mix_probe_counts_the_forward_loops(tmp_path):
     """benchmarks/probes/sla_sass_mix.py (sm_90a SASS, no GPU) finds the forward's MMA loops and counts
     one exponential per score: 128 × 128 scores over 256 threads = 64 per thread per pair iteration (plus
-    the rescale factors); the per-block mapping issues fewer instructions than the per-column one."""
+    the rescale factors); the per-block mapping issues fewer instructions than the per-column one and no
+    integer division."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = tmp_path / "mix.json"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -485,6 +486,10 @@ def test_sass_mix_probe_counts_the_forward_loops(tmp_path):
     )
     per_column = hot["special, per-column mapping"]["instructions"]
     assert per_block < per_column
+    # the per-block division is a multiply-shift whose constant the compiler hoists: no integer-division
+    # sequence (I2F + MUFU.RCP) or division call is left in the patch-mapped pair loop
+    fast = next(v for v in loops["special, per-block patch mapping"] if v["instructions"] == per_block)
+    assert not any(fast["opcodes"].get(op) for op in ("I2F", "F2I", "CALL"))
 
 
 # ------------------------------------------------------------------------------------------- GPU
