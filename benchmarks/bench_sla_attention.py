@@ -12,13 +12,16 @@ complement linear branch with the fused projection (the inference path).
 Per frame count and kept fraction:
 - ``dense_ms``: cuDNN SDPA forward; ``sla_ms``: the SLA module's ``attend`` (prepare + select + fused
   kernel, everything the module runs); ``speedup``;
+- ``key_loads``: how the module reads the selected key blocks (``SLAConfig.key_loads``: "tma" on a
+  Hopper-class GPU, as ``lite3r.convert`` chooses; ``sla_gather_ms`` is the module with "gather");
 - ``kernel_ms`` / ``kernel_tflops``: the fused sparse-linear forward kernel alone as the module runs it
-  (complement states summed per query block beforehand: ``SLAConfig.complement_states="summed"``), with
-  FLOPs counted on the blocks it computes (4·BM·BN·D per selected block pair); variants:
-  ``kernel_stored`` (the selected blocks' states read back in the loop), ``kernel_recomputed`` (the
+  (complement states summed per query block beforehand: ``SLAConfig.complement_states="summed"``; the
+  TMA kernel on the H100), with FLOPs counted on the blocks it computes (4·BM·BN·D per selected block
+  pair); variants of the gather kernel: ``kernel_gather`` (the same inputs), ``kernel_stored`` (the selected blocks' states read back in the loop), ``kernel_recomputed`` (the
   states recomputed from K/V in the loop), ``kernel_all`` (linear branch over all tokens: no per-block
   states) and ``sparse_only`` (no linear branch);
-  ``outside_ms`` / ``outside_pct``: module time outside the kernel, split into ``prepare_ms``,
+  ``outside_ms`` / ``outside_pct``: module time outside the kernel, split into ``prepare_ms`` (with the
+  virtual K/V copies under TMA key loads; ``prepare_gather_ms`` without),
   ``select_ms`` (``select_dense_map_ms``: the same selection through a dense score map + torch.topk, for
   comparison) and ``sums_ms`` (the complement sums, one batched GEMM); ``sla_stored_ms`` /
   ``sla_recomputed_ms``, ``speedup_stored`` / ``speedup_recomputed`` / ``outside_recomputed_pct``: the
@@ -64,7 +67,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import markdown_table, write_result
 
 from lite3r.attention.sla import SLAConfig, SparseLinearAttention
-from lite3r.kernels import sla_backward_dkdv, sla_backward_dq, sla_forward, sla_linear_domain, sla_ops
+from lite3r.kernels import (
+    sla_backward_dkdv,
+    sla_backward_dq,
+    sla_forward,
+    sla_forward_tma,
+    sla_linear_domain,
+    sla_ops,
+)
 
 TOKENS, SPECIAL, HEADS, HEAD_DIM = 1374, 5, 16, 64
 BLOCK_Q, BLOCK_K = 128, 64
@@ -178,12 +188,25 @@ def qkv_views(frames: int, requires_grad: bool = False):
     return qkv, q, k, v
 
 
+def product_key_loads() -> str:
+    """The key loads the product runs here (lite3r.convert's default): TMA on Hopper-class GPUs."""
+    return "tma" if sla_forward_tma.tma_supported(torch.device(DEVICE)) else "gather"
+
+
 def sla_module(
-    keep: float, linear: str = "complement", complement_states: str = "summed", special: int = SPECIAL
+    keep: float,
+    linear: str = "complement",
+    complement_states: str = "summed",
+    special: int = SPECIAL,
+    key_loads: str | None = None,
 ) -> SparseLinearAttention:
+    """The module as the product builds it (``key_loads`` None: convert's default for this GPU)."""
+    if key_loads is None:
+        summed = linear != "complement" or complement_states == "summed"
+        key_loads = product_key_loads() if summed else "gather"
     cfg = SLAConfig(
         keep_ratio=keep, block_q=BLOCK_Q, block_k=BLOCK_K, linear=linear, backend="triton",
-        complement_states=complement_states,
+        complement_states=complement_states, key_loads=key_loads,
     )  # fmt: skip
     m = SparseLinearAttention(HEADS * HEAD_DIM, HEADS, config=cfg, special_tokens_per_frame=special)
     m = m.to(DEVICE).eval()
@@ -211,19 +234,24 @@ def _forward_one(frames: int, keep: float, q, k, v, dense_ms: float, repeats: in
     g = sla_ops.geom_to_list(geom)
     eps, scale, w = m.config.eps, m.scale, m.proj_lin.weight
     none = q.new_empty(0, dtype=torch.float32)
-    row = {}
+    tma = m.config.key_loads == "tma"
+    row = {"key_loads": m.config.key_loads}
     with torch.no_grad():
         row["sla_ms"] = median_ms(partial(m.attend, q, k, v, frame_len=TOKENS), repeats)
+        m_ga = sla_module(keep, key_loads="gather")
+        row["sla_gather_ms"] = median_ms(partial(m_ga.attend, q, k, v, frame_len=TOKENS), repeats)
         m_st = sla_module(keep, complement_states="stored")
         row["sla_stored_ms"] = median_ms(partial(m_st.attend, q, k, v, frame_len=TOKENS), repeats)
         m_re = sla_module(keep, complement_states="recomputed")
         row["sla_recomputed_ms"] = median_ms(partial(m_re.attend, q, k, v, frame_len=TOKENS), repeats)
         prepare = partial(sla_ops.sla_prepare_op, q, k, v, g, "elu", "complement", True)
-        pq, pk, km, sb, zb, st, zt = prepare()
-        # as the module runs it ("summed" complement states: no running totals), and with the totals
-        row["prepare_ms"] = median_ms(
-            partial(sla_ops.sla_prepare_op, q, k, v, g, "elu", "complement", True, False), repeats
-        )
+        pq, pk, km, sb, zb, st, zt, *_ = prepare()
+        # as the module runs it ("summed" complement states: no running totals; the virtual K/V copies
+        # with TMA key loads), without the copies, and with the totals
+        lean = partial(sla_ops.sla_prepare_op, q, k, v, g, "elu", "complement", True, False)
+        kv_virt = lean(tma)[7:]
+        row["prepare_ms"] = median_ms(partial(lean, tma), repeats)
+        row["prepare_gather_ms"] = median_ms(partial(lean, False), repeats)
         row["prepare_totals_ms"] = median_ms(prepare, repeats)
         row["prepare_no_states_ms"] = median_ms(
             partial(sla_ops.sla_prepare_op, q, k, v, g, "elu", "complement", False), repeats
@@ -240,8 +268,17 @@ def _forward_one(frames: int, keep: float, q, k, v, dense_ms: float, repeats: in
         s_q, z_q = sums()
         row["sums_ms"] = median_ms(sums, repeats)  # the complement sums of the "summed" states
         fwd = partial(sla_ops.sla_forward_op, q, k, v, lut)
-        variants = {  # the fused kernel alone, per linear-branch variant (the module's first)
-            "kernel": (none, none, s_q, z_q, w, "complement", False, True),
+        if tma:  # the kernel the module runs, alone
+            kernel = partial(
+                sla_ops.sla_forward_tma_op, q, *kv_virt, lut, s_q, z_q, w, g, "elu", "complement", eps, scale
+            )
+        else:
+            kernel = partial(
+                fwd, none, none, s_q, z_q, w, g, "elu", "complement", eps, scale, True, False, True
+            )
+        row["kernel_ms"] = median_ms(kernel, repeats)
+        variants = {  # the fused gather kernel alone, per linear-branch variant
+            "kernel_gather": (none, none, s_q, z_q, w, "complement", False, True),
             "kernel_stored": (sb, zb, st, zt, w, "complement", False, False),
             "kernel_recomputed": (none, none, st, zt, w, "complement", True, False),
             "kernel_all": (none, none, st, zt, w, "all", False, False),
@@ -251,7 +288,7 @@ def _forward_one(frames: int, keep: float, q, k, v, dense_ms: float, repeats: in
             call = partial(fwd, s_b, z_b, s_t, z_t, wt, g, "elu", lin, eps, scale, True, recompute, summed)
             row[f"{name}_ms"] = median_ms(call, repeats)
     flops = 4 * HEADS * geom.n_qblocks * geom.topk * geom.block_q * geom.block_k * HEAD_DIM
-    for name in variants:
+    for name in ("kernel", *variants):
         row[f"{name}_tflops"] = flops / row[f"{name}_ms"] / 1e9
     row["outside_ms"] = row["sla_ms"] - row["kernel_ms"]
     row["outside_pct"] = 100.0 * row["outside_ms"] / row["sla_ms"]
@@ -260,7 +297,6 @@ def _forward_one(frames: int, keep: float, q, k, v, dense_ms: float, repeats: in
         # calls (eager inside a model) and CUDA-graph replays (the deployed Lite3R path), each against
         # the kernel alone timed the same way; plus the device time of every kernel of one module call.
         module = partial(m.attend, q, k, v, frame_len=TOKENS)
-        kernel = partial(fwd, none, none, s_q, z_q, w, g, "elu", "complement", eps, scale, True, False, True)
         row["sla_pipelined_ms"] = pipelined_ms(module)
         row["kernel_pipelined_ms"] = pipelined_ms(kernel)
         row["outside_pipelined_pct"] = 100.0 * (1 - row["kernel_pipelined_ms"] / row["sla_pipelined_ms"])
@@ -368,7 +404,7 @@ def _backward_parts(frames: int, keep: float, q, k, v, repeats: int) -> dict:
     code = sla_ops.effective_linear_code("complement", geom)
     with torch.no_grad():
         q, k, v = q.detach(), k.detach(), v.detach()
-        pq, pk, km, sb, zb, st, zt = sla_ops.sla_prepare_op(q, k, v, g, "elu", "complement", True)
+        pq, pk, km, sb, zb, st, zt, *_ = sla_ops.sla_prepare_op(q, k, v, g, "elu", "complement", True)
         lut = sla_ops.sla_block_select_op(pq, pk, km, g)
         o_s, o_l, lse = sla_ops.sla_forward_op(
             q, k, v, lut, sb, zb, st, zt, None, g, "elu", "complement", eps, scale, False
@@ -512,7 +548,14 @@ def check_targets(fwd, bwd, sel) -> dict:
     graph_tflops = {str(r["frames"]): r["kernel_graph_tflops"] for r in fwd if "kernel_graph_tflops" in r}
     if graph_tflops:
         out["kernel_graph_tflops_per_frames"] = graph_tflops
-    for name in ("kernel", "kernel_stored", "kernel_recomputed", "kernel_all", "sparse_only"):
+    for name in (
+        "kernel",
+        "kernel_gather",
+        "kernel_stored",
+        "kernel_recomputed",
+        "kernel_all",
+        "sparse_only",
+    ):
         big = [r[f"{name}_tflops"] for r in fwd if r["frames"] >= 32]
         if big:
             out[f"{name}_tflops_median_32_frames_up"] = statistics.median(big)
@@ -576,9 +619,10 @@ def main(argv=None) -> int:
         results.update(skipped=budget.skipped, part_end_s=part_end_s, autotune=autotune_choices())
         table = "## Forward (global attention)\n\n" + markdown_table(
             fwd,
-            ["frames", "keep", "kept_blocks", "dense_ms", "sla_ms", "speedup", "sla_recomputed_ms",
-             "speedup_recomputed", "speedup_stored", "kernel_tflops", "kernel_stored_tflops",
-             "kernel_recomputed_tflops", "kernel_all_tflops", "sparse_only_tflops", "prepare_ms", "select_ms", "sums_ms", "select_streamed_ms", "select_dense_map_ms", "outside_pct",
+            ["frames", "keep", "kept_blocks", "key_loads", "dense_ms", "sla_ms", "speedup", "sla_gather_ms",
+             "sla_recomputed_ms", "speedup_recomputed", "speedup_stored", "kernel_tflops",
+             "kernel_gather_tflops", "kernel_stored_tflops",
+             "kernel_recomputed_tflops", "kernel_all_tflops", "sparse_only_tflops", "prepare_ms", "prepare_gather_ms", "select_ms", "sums_ms", "select_streamed_ms", "select_dense_map_ms", "outside_pct",
              "outside_recomputed_pct", "sla_pipelined_ms", "outside_pipelined_pct", "sla_graph_ms", "speedup_graph",
              "outside_graph_pct", "kernel_graph_tflops", "gpu_busy_ms"],
         )  # fmt: skip

@@ -114,6 +114,7 @@ def variants(head_dims=(64,), quick=False):
         sla_backward_dq,
         sla_block_select,
         sla_forward,
+        sla_forward_tma,
         sla_prepare,
         sla_triton_common,
     )
@@ -129,6 +130,7 @@ def variants(head_dims=(64,), quick=False):
         QLIST="*i32", QOFF="*i64", DSK=bf, DZK=f32,
     )  # fmt: skip
     prep_ptrs = dict(Q=bf, K=bf, V=bf, PQ=f32, PK=f32, SBLK=bf, ZBLK=f32, SPART=f32, ZPART=f32, KPART=f32)
+    prep_ptrs.update(KVIRT=bf, VVIRT=bf)
     sel_ptrs = dict(PQ=f32, PK=f32, KMEAN=f32, LUT=lut)
 
     def cfgs(kernel: str, D: int, linear: int = 1) -> list[tuple[int, int, int | None, dict]]:
@@ -160,6 +162,19 @@ def variants(head_dims=(64,), quick=False):
             consts = {**common, "LINEAR": lin, "FUSE_PROJ": fuse, "STORE_LSE": lse}
             consts.update(RECOMPUTE_STATES=recompute, FEATURE=feature, FAST_MAP=True)
             out.append((f"{name} D{D}", fwd, fwd_ptrs, consts, cfgs("forward", D, lin)))
+        # the TMA forward (inference; the descriptors are 2-D boxes of one key block)
+        desc = f"tensordesc<bf16[64, {D}]>"
+        tma_ptrs = dict(Q=bf, k_desc=desc, v_desc=desc, O=bf, LUT=lut, STOT=f32, ZTOT=f32, W=f32)
+        tma_consts = dict(BLOCK_M=128, BLOCK_N=64, HEAD_DIM=D, FEATURE=0, LINEAR=3, DOT_PRECISION="tf32")
+        out.append(
+            (
+                f"forward TMA complement summed D{D}",
+                sla_forward_tma._sla_forward_tma_kernel,
+                tma_ptrs,
+                tma_consts,
+                cfgs("forward_tma", D, 3),
+            )
+        )
         bwd_kinds = {"complement": (2, True), "all": (1, False), "sparse only": (0, False)}
         for kind, (lin, in_quick) in bwd_kinds.items():
             if quick and not in_quick:
@@ -172,7 +187,7 @@ def variants(head_dims=(64,), quick=False):
                 (f"backward dK/dV {kind} D{D}", dkdv, dkdv_ptrs, consts, cfgs("backward_dkdv", D, lin))
             )
         prep = dict(BLOCK_Q=128, BLOCK_K=64, HEAD_DIM=D, FEATURE=0, LINEAR=2, STORE_STATES=True)
-        prep.update(HAS_SPECIAL=True, DOT_PRECISION="tf32", TOTALS=False)
+        prep.update(HAS_SPECIAL=True, DOT_PRECISION="tf32", TOTALS=False, WRITE_VIRTUAL=True)
         prep_cfg = [(4 if D <= 64 else 8, 3, None, {})]
         out.append((f"prepare complement D{D}", sla_prepare._sla_prepare_kernel, prep_ptrs, prep, prep_cfg))
         sel = dict(ROWS=sla_block_select.ROWS, CHUNK=32, HEAD_DIM=D, RADIX_BITS=4, PASSES=8, NB=16)

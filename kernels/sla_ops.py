@@ -17,6 +17,7 @@ from . import sla_backward_dkdv as _dkdv_mod
 from . import sla_backward_dq as _dq_mod
 from . import sla_block_select as _select_mod
 from . import sla_forward as _forward_mod
+from . import sla_forward_tma as _forward_tma_mod
 from . import sla_linear_domain as _domain_mod
 from . import sla_prepare as _prepare_mod
 from .sla_reference import SLAGeometry
@@ -26,6 +27,10 @@ _GEOM_FIELDS = (
     "n_tokens", "block_q", "block_k", "n_qblocks", "n_kblocks", "n_special", "frame_len",
     "n_special_total", "n_forced", "topk",
 )  # fmt: skip
+
+
+# How the sparse forward reads the selected key blocks at inference (see sla_attention).
+KEY_LOADS = ("gather", "tma")
 
 
 def geom_to_list(geom: SLAGeometry) -> list[int]:
@@ -75,12 +80,15 @@ def sla_prepare_op(
     linear: str,
     store_states: bool = True,
     totals: bool = True,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return _prepare_mod.sla_prepare(q, k, v, geom_from_list(geom), feature, linear, store_states, totals)
+    virtual_kv: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _prepare_mod.sla_prepare(
+        q, k, v, geom_from_list(geom), feature, linear, store_states, totals, virtual_kv=virtual_kv
+    )
 
 
 @sla_prepare_op.register_fake
-def _(q, k, v, geom, feature, linear, store_states=True, totals=True):
+def _(q, k, v, geom, feature, linear, store_states=True, totals=True, virtual_kv=False):
     g = geom_from_list(geom)
     B, H, _, D = q.shape
     f32 = torch.float32
@@ -99,7 +107,12 @@ def _(q, k, v, geom, feature, linear, store_states=True, totals=True):
         s_tot, z_tot = q.new_empty(B, H, D, D, dtype=f32), q.new_empty(B, H, D, dtype=f32)
     else:
         s_tot, z_tot = q.new_empty(0, dtype=f32), q.new_empty(0, dtype=f32)
-    return pq, pk, kmean, s_blk, z_blk, s_tot, z_tot
+    if virtual_kv:
+        rows = B * H * g.n_kblocks * g.block_k
+        k_virt, v_virt = q.new_empty(rows, D), q.new_empty(rows, D)
+    else:
+        k_virt, v_virt = q.new_empty(0), q.new_empty(0)
+    return pq, pk, kmean, s_blk, z_blk, s_tot, z_tot, k_virt, v_virt
 
 
 SELECT_METHODS = ("gemm", "streamed")
@@ -181,6 +194,34 @@ def _(
     o_l = _bnhd(B, H, N, D, q) if (code or (LINEAR_CODES[linear] and not fuse_proj)) else q.new_empty(0)
     lse = q.new_empty(0, dtype=torch.float32) if fuse_proj else q.new_empty(B, H, N, dtype=torch.float32)
     return o, o_l, lse
+
+
+@torch.library.custom_op("lite3r::sla_forward_tma", mutates_args=())
+def sla_forward_tma_op(
+    q: Tensor,
+    k_virtual: Tensor,
+    v_virtual: Tensor,
+    lut: Tensor,
+    s_tot: Tensor,
+    z_tot: Tensor,
+    proj_weight: Tensor | None,
+    geom: list[int],
+    feature: str,
+    linear: str,
+    eps: float,
+    scale: float,
+) -> Tensor:
+    """Inference forward with TMA key loads from the prepare pass's virtual-order K/V copies."""
+    return _forward_tma_mod.sla_forward_tma(
+        q, k_virtual, v_virtual, lut, s_tot, z_tot, proj_weight, geom_from_list(geom),
+        feature=feature, linear=linear, eps=eps, scale=scale,
+    )  # fmt: skip
+
+
+@sla_forward_tma_op.register_fake
+def _(q, k_virtual, v_virtual, lut, s_tot, z_tot, proj_weight, geom, feature, linear, eps, scale):
+    B, H, N, D = q.shape
+    return _bnhd(B, H, N, D, q)
 
 
 @torch.library.custom_op("lite3r::sla_backward", mutates_args=())
@@ -299,6 +340,7 @@ def sla_attention(
     scale: float,
     complement_states: str = "summed",
     select: str = "gemm",
+    key_loads: str = "gather",
 ) -> Tensor:
     """Block sparse-linear attention with the Triton kernels: [B, H, N, D] → [B, H, N, D].
 
@@ -306,12 +348,18 @@ def sla_attention(
     ``complement_states`` (complement branch, inference): "summed" sums the states of each query block's
     non-selected key blocks with one batched GEMM before the kernel (sla_linear_domain), "stored" reads
     the selected blocks' states inside the loop and subtracts them from the totals, "recomputed"
-    recomputes them from K/V in the loop (no per-block state memory). With gradients it runs the
-    autograd function (stored states) and projects o_l in PyTorch, so the projection weight gets its
-    gradient from autograd.
+    recomputes them from K/V in the loop (no per-block state memory). ``key_loads`` (inference):
+    "gather" reads the selected key blocks from q/k/v's own storage (cp.async gathers, any GPU); "tma"
+    has the prepare pass write K and V in virtual key order (one more K- and V-sized buffer while the
+    layer runs) and loads each selected block with one TMA copy (Hopper; ``sla_forward_tma``; the
+    complement branch needs "summed" states). With gradients it runs the autograd function (stored
+    states, gather loads) and projects o_l in PyTorch, so the projection weight gets its gradient from
+    autograd.
     """
     if complement_states not in ("stored", "recomputed", "summed"):
         raise ValueError(f"complement_states {complement_states!r} is not stored, recomputed or summed")
+    if key_loads not in KEY_LOADS:
+        raise ValueError(f"key_loads {key_loads!r} is not one of {KEY_LOADS}")
     q, k, v = _unit_last_stride(q), _unit_last_stride(k), _unit_last_stride(v)
     g = geom_to_list(geom)
     grad = torch.is_grad_enabled()
@@ -320,14 +368,21 @@ def sla_attention(
     inference = not (qkv_grad or w_grad)
     recompute = complement_states == "recomputed" and inference
     summed = inference and complement_states == "summed" and effective_linear_code(linear, geom) == 2
-    pq, pk, kmean, s_blk, z_blk, s_tot, z_tot = sla_prepare_op(
-        q.detach(), k.detach(), v.detach(), g, feature, linear, not recompute, not summed
+    tma = inference and key_loads == "tma"
+    if tma and effective_linear_code(linear, geom) == 2 and not summed:
+        raise ValueError("TMA key loads need the complement states summed per query block")
+    pq, pk, kmean, s_blk, z_blk, s_tot, z_tot, k_virt, v_virt = sla_prepare_op(
+        q.detach(), k.detach(), v.detach(), g, feature, linear, not recompute, not summed, tma
     )
     lut = sla_block_select_op(pq, pk, kmean, g, select)
     if inference:
         if summed:
             s_tot, z_tot = sla_complement_sums_op(lut, s_blk, z_blk, geom.n_kblocks)
             s_blk = z_blk = s_tot.new_empty(0)
+        if tma:
+            return sla_forward_tma_op(
+                q, k_virt, v_virt, lut, s_tot, z_tot, proj_weight, g, feature, linear, eps, scale
+            )
         return sla_forward_op(
             q, k, v, lut, s_blk, z_blk, s_tot, z_tot, proj_weight, g, feature, linear, eps, scale, True,
             recompute, summed,

@@ -7,7 +7,10 @@ the sparse-linear forward need:
 * per key block S_j = φ(K_j)ᵀV_j and z_j = Σφ(K_j) (only for the complement linear branch, which
   subtracts the selected blocks' states from the totals);
 * per-program partial sums of S, z and k, reduced to the totals S_tot, z_tot and the sequence mean of
-  k by a small fixed-order sum (``sla_sum_rows``; no atomics, so results are deterministic).
+  k by a small fixed-order sum (``sla_sum_rows``; no atomics, so results are deterministic);
+* optionally, copies of K and V in virtual key order, zero-padded to whole key blocks
+  ([B·H·n_kblocks·block_k, D], contiguous), for the forward kernel that loads key blocks with TMA
+  (``sla_forward_tma``): this pass reads every key and value anyway, so the copy costs only its writes.
 
 Each program handles a contiguous run of key blocks and of query blocks of one (batch, head). The
 reference is :func:`prepare_reference` below.
@@ -34,12 +37,12 @@ def _sla_prepare_kernel(
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
-    PQ, PK, SBLK, ZBLK, SPART, ZPART, KPART,
+    PQ, PK, SBLK, ZBLK, SPART, ZPART, KPART, KVIRT, VVIRT,
     H, N, n_qblocks, n_kblocks, n_srows, n_chunks, qb_per_prog, kb_per_prog,
     n_special, frame_len, n_special_total,
     BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, HEAD_DIM: tl.constexpr,
     FEATURE: tl.constexpr, LINEAR: tl.constexpr, STORE_STATES: tl.constexpr, HAS_SPECIAL: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, TOTALS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, TOTALS: tl.constexpr, WRITE_VIRTUAL: tl.constexpr,
 ):  # fmt: skip
     c = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)  # int64 offsets: 1,000 frames of qkv views exceed 2**31 elements
@@ -80,10 +83,15 @@ def _sla_prepare_kernel(
         count = tl.minimum(N - j * BLOCK_K, BLOCK_K).to(tl.float32)
         tl.store(PK + (bh * n_kblocks + j) * HEAD_DIM + d, ksum / count)
         k_acc += ksum
-        if LINEAR != 0:
+        if LINEAR != 0 or WRITE_VIRTUAL:
             vx = tl.load(
                 v_base + phys.to(tl.int64)[:, None] * stride_vn + d[None, :], mask=cmask[:, None], other=0.0
             )
+        if WRITE_VIRTUAL:  # rows past N are written as zeros (the loads' fill value)
+            vrows = (bh * n_kblocks + j) * BLOCK_K + tl.arange(0, BLOCK_K)
+            tl.store(KVIRT + vrows[:, None] * HEAD_DIM + d[None, :], kx)
+            tl.store(VVIRT + vrows[:, None] * HEAD_DIM + d[None, :], vx)
+        if LINEAR != 0:
             phi = tl.where(cmask[:, None], feature_map(kf, FEATURE), 0.0)
             s_j = tl.dot(tl.trans(phi.to(vx.dtype)), vx, input_precision=DOT_PRECISION)
             z_j = tl.sum(phi, axis=0)
@@ -148,6 +156,7 @@ def sla_prepare(
     store_states: bool = True,
     totals: bool = True,
     launch: dict | None = None,
+    virtual_kv: bool = False,
 ) -> tuple[torch.Tensor, ...]:
     """Launch the preparation kernel (``launch``: num_warps / num_stages other than the defaults, for
     the prepare probe).
@@ -157,7 +166,9 @@ def sla_prepare(
     the complement-sums GEMM reduces over a 16-byte aligned length (``padded_kblocks``); both empty unless linear is "complement" and ``store_states`` (the
     forward can recompute the selected blocks' states from K/V instead) —, s_tot [B,H,D,D] f32,
     z_tot [B,H,D] f32 (both empty when linear is "none", or without ``totals``: the complement sums
-    per query block need only the per-block states, and dropping the running D×D sum frees registers)).
+    per query block need only the per-block states, and dropping the running D×D sum frees registers)),
+    and with ``virtual_kv`` the virtual-order copies k_virtual, v_virtual [B·H·n_kblocks·block_k, D]
+    (empty otherwise).
     """
     if launch and not set(launch) <= {"num_warps", "num_stages"}:
         raise ValueError(f"launch takes num_warps and num_stages, got {sorted(launch)}")
@@ -183,17 +194,22 @@ def sla_prepare(
         zpart = torch.empty(B, H, n_chunks, D, device=dev, dtype=f32)
     else:
         spart = zpart = torch.empty(0, device=dev, dtype=f32)
+    if virtual_kv:
+        rows = B * H * geom.n_kblocks * geom.block_k
+        k_virt, v_virt = (torch.empty(rows, D, device=dev, dtype=q.dtype) for _ in range(2))
+    else:
+        k_virt, v_virt = (torch.empty(0, device=dev, dtype=q.dtype) for _ in range(2))  # distinct: op outputs
     _sla_prepare_kernel[(n_chunks, B * H)](
         q, k, v,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
-        pq, pk, s_blk, z_blk, spart, zpart, kpart,
+        pq, pk, s_blk, z_blk, spart, zpart, kpart, k_virt, v_virt,
         H, N, geom.n_qblocks, geom.n_kblocks, n_srows, n_chunks, qb, kb,
         max(geom.n_special, 1), geom.frame_len, geom.n_special_total,
         BLOCK_Q=geom.block_q, BLOCK_K=geom.block_k, HEAD_DIM=D,
         FEATURE=FEATURE_CODES[feature], LINEAR=lin, STORE_STATES=store, HAS_SPECIAL=geom.n_special > 0,
-        DOT_PRECISION=dot_precision_for(q.dtype), TOTALS=totals,
+        DOT_PRECISION=dot_precision_for(q.dtype), TOTALS=totals, WRITE_VIRTUAL=bool(virtual_kv),
         **({"num_warps": 4 if D <= 64 else 8, **(launch or {})} if q.is_cuda else {}),
     )  # fmt: skip
     BH = B * H
@@ -203,7 +219,7 @@ def sla_prepare(
         z_tot = _sum_rows.sum_rows(zpart.view(BH, n_chunks, D)).view(B, H, D)
     else:
         s_tot, z_tot = (torch.empty(0, device=dev, dtype=f32) for _ in range(2))
-    return pq, pk, kmean, s_blk, z_blk, s_tot, z_tot
+    return pq, pk, kmean, s_blk, z_blk, s_tot, z_tot, k_virt, v_virt
 
 
 def prepare_reference(q, k, v, geom: SLAGeometry, feature: str, linear: str):

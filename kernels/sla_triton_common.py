@@ -81,6 +81,15 @@ CONFIGS = {
         "d64_sparse": _pick([(4, 3), (8, 3), (8, 4)], PAIR=1) + _pick([(8, 2), (8, 3)], PAIR=2),
         "d128": _pick([(8, 2), (8, 3)], PAIR=1),
     },
+    # The TMA forward (sla_forward_tma, inference only): PAIR = 2 issues two QKᵀ and two P·V MMAs per
+    # step on two 64-key TMA boxes. At 8 warps the 128-register cap (two programs per SM) is what makes
+    # it faster than the gather kernel (sla_tma_probe: 438 vs 405 TFLOP/s at 64 frames; uncapped 315).
+    "forward_tma": {
+        "small": _pick([(4, 3), (8, 3)], PAIR=1),
+        "d64": _pick([(8, 3, 128), (8, 2, 128), (4, 3)], PAIR=2) + _pick([(8, 3, 128)], PAIR=1),
+        "d64_sparse": _pick([(8, 3, 128), (8, 2, 128), (4, 3)], PAIR=2) + _pick([(8, 3, 128)], PAIR=1),
+        "d128": _pick([(8, 2), (8, 3)], PAIR=1),
+    },
     "backward_dq": {
         "small": _pick([(4, 3), (8, 3)]),
         "d64": _pick([(8, 2), (8, 3), (8, 3, 168), (8, 3, 128)]),

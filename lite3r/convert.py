@@ -32,7 +32,7 @@ _log = logging.getLogger(__name__)
 # Fields of Lite3RConfig that choose how the same maths runs (speed / memory of Triton inference), not
 # what was trained: they are not saved with adapters, and an adapter that recorded one (saved before
 # this rule) does not pin it (lite3r.adapters.load_adapter).
-RUNTIME_FIELDS = ("complement_states",)
+RUNTIME_FIELDS = ("complement_states", "key_loads")
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,10 @@ class Lite3RConfig:
     # Triton inference of the complement branch: "summed" / "stored" / "recomputed" (see SLAConfig).
     # Same maths, a runtime choice (RUNTIME_FIELDS): not saved with adapters.
     complement_states: str = "summed"
+    # Triton inference key loads: "gather" / "tma" (see SLAConfig); None → chosen at conversion: "tma"
+    # on a Hopper-class GPU when the complement states are summed (the TMA kernel's only complement
+    # path), else "gather". A runtime choice (RUNTIME_FIELDS).
+    key_loads: str | None = None
     # "triton" | "torch"; None → chosen once at conversion from the model's device (CUDA → triton)
     # and recorded in every module's SLAConfig and in the conversion report.
     backend: str | None = None
@@ -74,6 +78,7 @@ class Lite3RConfig:
                 "keep_special_tokens",
                 "eps",
                 "complement_states",
+                "key_loads",
             )
             defaults = {f.name: f.default for f in dataclasses.fields(self)}
             changed = [n for n in fixed if getattr(self, n) != defaults[n]]
@@ -86,8 +91,9 @@ class Lite3RConfig:
                 )
         self.sla_config("torch")  # validate the SLA fields now, not at conversion
 
-    def sla_config(self, backend: str) -> SLAConfig:
-        """The per-module :class:`SLAConfig` for ``backend``."""
+    def sla_config(self, backend: str, key_loads: str | None = None) -> SLAConfig:
+        """The per-module :class:`SLAConfig` for ``backend`` (``key_loads``: the resolved choice when
+        ``self.key_loads`` is None; "gather" if neither is given)."""
         if self.compat:
             return SLAConfig.token_topk(self.keep_ratio if self.keep_ratio is not None else 0.3)
         keep = self.keep_ratio
@@ -107,6 +113,7 @@ class Lite3RConfig:
             eps=self.eps,
             backend=backend,
             complement_states=self.complement_states,
+            key_loads=self.key_loads or key_loads or "gather",
         )
 
     def to_dict(self) -> dict:
@@ -197,6 +204,17 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _default_key_loads(config: Lite3RConfig, backend: str, run_on: torch.device) -> str:
+    """TMA key loads where they run (Triton on a Hopper-class GPU) and the config allows them."""
+    if config.compat or backend != "triton" or run_on.type != "cuda":
+        return "gather"
+    if config.linear == "complement" and config.complement_states != "summed":
+        return "gather"
+    if not torch.cuda.is_available():  # converting for a GPU this process cannot see
+        return "gather"
+    return "tma" if torch.cuda.get_device_capability(run_on) >= (9, 0) else "gather"
+
+
 def convert(
     model: nn.Module, config: Lite3RConfig | None = None, *, device: str | torch.device | None = None
 ) -> nn.Module:
@@ -210,9 +228,11 @@ def convert(
     config = config or Lite3RConfig()
     run_on = torch.device(device) if device is not None else _model_device(model)
     backend = config.backend or ("triton" if run_on.type == "cuda" else "torch")
-    sla = config.sla_config(backend)
+    sla = config.sla_config(backend, _default_key_loads(config, backend, run_on))
     if backend == "triton":
-        _log.info("SLA conversion: Triton inference with %s", config.runtime_path())
+        _log.info(
+            "SLA conversion: Triton inference with %s (key loads: %s)", config.runtime_path(), sla.key_loads
+        )
     for site in _chosen_sites(model, config):
         for name in site.modules:
             attn = model.get_submodule(name)

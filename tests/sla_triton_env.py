@@ -28,6 +28,7 @@ SLA_KERNEL_MODULES = (
     "lite3r.kernels.sla_complement_map",
     "lite3r.kernels.sla_block_select",
     "lite3r.kernels.sla_forward",
+    "lite3r.kernels.sla_forward_tma",
     "lite3r.kernels.sla_backward_dq",
     "lite3r.kernels.sla_backward_dkdv",
 )

@@ -207,7 +207,7 @@ def test_gpu_backward_with_aligned_transposed_sums_matches_the_dense_map(frames)
     eps, scale = 1e-6, D**-0.5
     args = ("elu", "complement", eps, scale)
     with torch.no_grad():
-        pq, pk, km, sb, zb, st, zt = ops.sla_prepare_op(q, k, v, g, "elu", "complement", True)
+        pq, pk, km, sb, zb, st, zt, *_ = ops.sla_prepare_op(q, k, v, g, "elu", "complement", True)
         lut = ops.sla_block_select_op(pq, pk, km, g)
         o_s, o_l, lse = ops.sla_forward_op(q, k, v, lut, sb, zb, st, zt, None, g, *args, False)
         do = torch.randn(o_s.shape, device="cuda", generator=gen).to(o_s.dtype)

@@ -229,13 +229,13 @@ def test_forward_matches_reference(case):
     q, k, v = _qkv(B, H, N, D, dt)
     w = torch.randn(D, D) * 0.2
     g = _geom(N, bq, bk, keep, s, L)
-    pq, pk, km, sb, zb, st, zt = prepare.sla_prepare(q, k, v, g, feat, lin)
+    pq, pk, km, sb, zb, st, zt, *_ = prepare.sla_prepare(q, k, v, g, feat, lin)
     lut = select.sla_block_select(pq, pk, km, g)
     kw = dict(feature=feat, linear=lin, eps=1e-6, scale=D**-0.5)
     o, _, _ = forward.sla_forward(q, k, v, lut, sb, zb, st, zt, w, g, fuse_proj=True, **kw)
     o_s, o_l, lse = forward.sla_forward(q, k, v, lut, sb, zb, st, zt, w, g, fuse_proj=False, **kw)
     if lin == "complement":  # the selected blocks' states recomputed in the loop instead of read back
-        _, _, _, no_sb, no_zb, _, _ = prepare.sla_prepare(q, k, v, g, feat, lin, store_states=False)
+        _, _, _, no_sb, no_zb, *_ = prepare.sla_prepare(q, k, v, g, feat, lin, store_states=False)
         assert no_sb.numel() == 0 and no_zb.numel() == 0
         o_re, _, _ = forward.sla_forward(
             q, k, v, lut, no_sb, no_zb, st, zt, w, g, fuse_proj=True, recompute_states=True, **kw
@@ -305,7 +305,7 @@ def test_forward_two_blocks_per_step_matches_reference(case):
     q, k, v = _qkv(B, H, N, D, seed=3)
     w = torch.randn(D, D) * 0.2
     g = _geom(N, bq, bk, special=s, frame_len=L, top_k=top_k)
-    pq, pk, km, sb, zb, st, zt = prepare.sla_prepare(q, k, v, g, "elu", lin, store_states=not recompute)
+    pq, pk, km, sb, zb, st, zt, *_ = prepare.sla_prepare(q, k, v, g, "elu", lin, store_states=not recompute)
     lut = select.sla_block_select(pq, pk, km, g)
     kw = dict(feature="elu", linear=lin, eps=1e-6, scale=D**-0.5, recompute_states=recompute)
     o1, ol1, lse1 = forward.sla_forward(q, k, v, lut, sb, zb, st, zt, w, g, fuse_proj=False, pair=1, **kw)

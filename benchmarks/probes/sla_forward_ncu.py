@@ -48,7 +48,7 @@ def main(argv=None) -> int:
             geom = m.geometry(n, TOKENS)
             g = sla_ops.geom_to_list(geom)
             none = q.new_empty(0, dtype=torch.float32)
-            pq, pk, km, sb, zb, _, _ = sla_ops.sla_prepare_op(q, k, v, g, "elu", "complement", True, False)
+            pq, pk, km, sb, zb, *_ = sla_ops.sla_prepare_op(q, k, v, g, "elu", "complement", True, False)
             lut = sla_ops.sla_block_select_op(pq, pk, km, g)
             s_q, z_q = sla_linear_domain.complement_sums(lut, sb, zb, geom.n_kblocks, transpose=False)
 

@@ -49,7 +49,7 @@ def _cell(frames: int, special: int, layout: str, keep: float, repeats: int) -> 
     g = sla_ops.geom_to_list(geom)
     none = q.new_empty(0, dtype=torch.float32)
     with torch.no_grad():
-        pq, pk, km, sb, zb, _, _ = sla_ops.sla_prepare_op(q, k, v, g, "elu", "complement", True, False)
+        pq, pk, km, sb, zb, *_ = sla_ops.sla_prepare_op(q, k, v, g, "elu", "complement", True, False)
         lut = sla_ops.sla_block_select_op(pq, pk, km, g)
         s_q, z_q = sla_linear_domain.complement_sums(lut, sb, zb, geom.n_kblocks, transpose=False)
         fwd = partial(sla_ops.sla_forward_op, q, k, v, lut)

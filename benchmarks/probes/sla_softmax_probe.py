@@ -161,7 +161,7 @@ def _time_variants(frames: int, names: list[str], keep: float, repeats: int) -> 
     flops = 4 * HEADS * geom.n_qblocks * geom.topk * geom.block_q * geom.block_k * HEAD_DIM
     rows, ref = [], None
     with torch.no_grad():
-        pq, pk, km, sb, zb, _, _ = sla_ops.sla_prepare_op(q, k, v, g, "elu", "complement", True, False)
+        pq, pk, km, sb, zb, *_ = sla_ops.sla_prepare_op(q, k, v, g, "elu", "complement", True, False)
         lut = sla_ops.sla_block_select_op(pq, pk, km, g)
         s_q, z_q = sla_linear_domain.complement_sums(lut, sb, zb, geom.n_kblocks, transpose=False)
         for name in names:

@@ -46,6 +46,7 @@ MODES = ("block", "token_topk")
 BACKENDS = ("triton", "torch")
 PROJ_INITS = ("normal", "zero")
 COMPLEMENT_STATES = ("summed", "stored", "recomputed")
+KEY_LOADS = ("gather", "tma")  # lite3r.kernels.sla_ops.KEY_LOADS (not imported: no triton needed here)
 # head_dim the Triton kernels compile for (power of two, tl.dot needs ≥ 16).
 TRITON_HEAD_DIMS = (16, 32, 64, 128)
 _BLOCK_SIZES = (16, 32, 64, 128)
@@ -79,6 +80,11 @@ class SLAConfig:
     # Triton inference/training: block selection by cuBLAS + torch.topk on bounded score tiles ("gemm",
     # faster on the H100) or by the streamed radix-select kernel ("streamed", no workspace). Same table.
     select: str = "gemm"
+    # Triton inference: how the sparse forward reads the selected key blocks. "gather": cp.async
+    # gathers from q/k/v's own storage (any CUDA GPU, no extra memory); "tma": the prepare pass writes
+    # K and V in virtual key order (one more K- and V-sized buffer while the layer runs) and each block
+    # arrives by one TMA copy (Hopper, sm90+; 8 % faster at 64 VGGT frames). Training always gathers.
+    key_loads: str = "gather"
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> None:
@@ -96,6 +102,13 @@ class SLAConfig:
             bad(f"proj_init {self.proj_init!r} is not one of {PROJ_INITS}")
         if self.select not in ("gemm", "streamed"):
             bad(f"select {self.select!r} is not one of ('gemm', 'streamed')")
+        if self.key_loads not in KEY_LOADS:
+            bad(f"key_loads {self.key_loads!r} is not one of {KEY_LOADS}")
+        if self.key_loads == "tma" and self.linear == "complement" and self.complement_states != "summed":
+            raise UnsupportedError(
+                f"TMA key loads need the complement states summed per query block, not {self.complement_states!r}",
+                "use complement_states='summed' or key_loads='gather'",
+            )
         if self.complement_states not in COMPLEMENT_STATES:
             bad(f"complement_states {self.complement_states!r} is not one of {COMPLEMENT_STATES}")
         if (self.keep_ratio is None) == (self.top_k_blocks is None):
@@ -141,7 +154,8 @@ class SLAConfig:
             return f"token top-k {self.keep_ratio:.0%} + ELU linear (published Lite3R, torch)"
         kept = f"{self.keep_ratio:.0%} kept" if self.keep_ratio is not None else f"top-{self.top_k_blocks}"
         lin = "no linear" if self.linear == "none" else f"{self.feature_map} linear on {self.linear}"
-        return f"SLA {self.backend} · {kept} · blocks {self.block_q}×{self.block_k} · {lin}"
+        loads = " · TMA key loads" if self.backend == "triton" and self.key_loads == "tma" else ""
+        return f"SLA {self.backend} · {kept} · blocks {self.block_q}×{self.block_k} · {lin}{loads}"
 
 
 class SparseLinearAttention(MultiHeadAttention):
@@ -262,6 +276,7 @@ class SparseLinearAttention(MultiHeadAttention):
             geom,
             complement_states=cfg.complement_states,
             select=cfg.select,
+            key_loads=cfg.key_loads,
             **kwargs,
         )
 
@@ -304,6 +319,14 @@ class SparseLinearAttention(MultiHeadAttention):
             )
         if q.dtype not in (torch.bfloat16, torch.float16, torch.float32):
             raise UnsupportedError(f"the SLA Triton kernels do not take {q.dtype} inputs")
+        if self.config.key_loads == "tma" and q.device.type == "cuda":
+            cap = torch.cuda.get_device_capability(q.device)
+            if cap < (9, 0):
+                raise UnsupportedError(
+                    f"TMA key loads need a Hopper-class GPU (compute capability ≥ 9.0), this one is "
+                    f"{cap[0]}.{cap[1]}",
+                    "use SLAConfig(key_loads='gather')",
+                )
 
     def extra_repr(self) -> str:
         return f"{self.config.describe()}, special_tokens_per_frame={self.special_tokens_per_frame}"
