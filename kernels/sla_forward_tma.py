@@ -188,6 +188,7 @@ def sla_forward_tma(
     scale: float,
     pair: int | None = None,
     launch: dict | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """o = o_s + o_l·Wᵀ [B, H, N, D] (a view of a [B, N, H, D] tensor, like ``sla_forward``).
 
@@ -195,7 +196,8 @@ def sla_forward_tma(
     totals [B, H, D, D] / [B, H, D] for linear "all", the complement sums per query block
     [B, H, Mq, D, D] / [B, H, Mq, D] for "complement", unused for "none". ``pair``: key blocks per loop
     step for the plain (interpreted) kernel; autotuned on CUDA. ``launch`` (probes): run the plain kernel
-    with these num_warps / num_stages / maxnreg and ``pair`` instead of the autotuner.
+    with these num_warps / num_stages / maxnreg and ``pair`` instead of the autotuner. ``out``: write o
+    there (a [B, H, N, D] view with unit last stride, e.g. a head slice of a larger output).
     """
     from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -217,7 +219,12 @@ def sla_forward_tma(
             raise ValueError("the TMA forward takes the complement states summed per query block")
     if lin and proj_weight is None:
         raise ValueError("a linear branch needs the projection weight (the TMA forward always fuses it)")
-    o = torch.empty(B, N, H, D, device=q.device, dtype=q.dtype).transpose(1, 2)
+    if out is None:
+        o = torch.empty(B, N, H, D, device=q.device, dtype=q.dtype).transpose(1, 2)
+    elif out.shape != q.shape or out.dtype != q.dtype or out.stride(-1) != 1:
+        raise ValueError(f"out must be a {tuple(q.shape)} {q.dtype} tensor with unit last stride")
+    else:
+        o = out
     k_desc = TensorDescriptor.from_tensor(k_virtual, [geom.block_k, D])
     v_desc = TensorDescriptor.from_tensor(v_virtual, [geom.block_k, D])
     none = q.new_empty(0)

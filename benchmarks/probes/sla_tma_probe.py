@@ -138,6 +138,80 @@ def _module_ab(frames: int, keep: float, repeats: int, rounds: int) -> list[dict
     return rows
 
 
+def _pipelined(m, q, k, v, groups: int, streams):
+    """The module's inference path split into ``groups`` head groups: prepare, selection and complement
+    sums of group g+1 (memory-bound, high-priority stream) run while the TMA kernel of group g
+    (compute-bound, low-priority stream) runs; everything joins the caller's stream at the end."""
+    import torch
+    from bench_sla_attention import TOKENS
+
+    from lite3r.kernels import sla_forward_tma, sla_linear_domain, sla_ops
+
+    B, H, N, D = q.shape
+    geom = m.geometry(N, TOKENS)
+    g = sla_ops.geom_to_list(geom)
+    w = m.proj_lin.weight
+    main = torch.cuda.current_stream()
+    prep_s, kern_s = streams
+    o = torch.empty(B, N, H, D, device=q.device, dtype=q.dtype).transpose(1, 2)
+    prep_s.wait_stream(main)
+    kern_s.wait_stream(main)
+    hg = H // groups
+    keep_alive = []  # every group's tensors live until the join: they were allocated on prep_s, and a
+    # tensor freed early could be reused by the next group's prepare while its kernel still reads it
+    for i in range(groups):
+        sl = slice(i * hg, (i + 1) * hg)
+        qg, kg, vg = q[:, sl], k[:, sl], v[:, sl]
+        with torch.cuda.stream(prep_s):
+            pq, pk, km, sb, zb, _, _, kv, vv = sla_ops.sla_prepare_op(
+                qg, kg, vg, g, "elu", "complement", True, False, True
+            )
+            lut = sla_ops.sla_block_select_op(pq, pk, km, g)
+            s_q, z_q = sla_linear_domain.complement_sums(lut, sb, zb, geom.n_kblocks, transpose=False)
+            ready = torch.cuda.Event()
+            ready.record(prep_s)
+            keep_alive.append((pq, pk, km, sb, zb, kv, vv, lut, s_q, z_q))
+        with torch.cuda.stream(kern_s):
+            kern_s.wait_event(ready)
+            sla_forward_tma.sla_forward_tma(
+                qg, kv, vv, lut, s_q, z_q, w, geom, feature="elu", linear="complement", eps=m.config.eps,
+                scale=m.scale, out=o[:, sl],
+            )  # fmt: skip
+    main.wait_stream(prep_s)
+    main.wait_stream(kern_s)
+    return o
+
+
+def _pipeline_ab(frames: int, keep: float, repeats: int, rounds: int) -> list[dict]:
+    """The module (TMA key loads) against the head-group pipeline with 2 and 4 groups, alternating."""
+    from functools import partial
+
+    import torch
+    from bench_sla_attention import DEVICE, DTYPE, HEAD_DIM, HEADS, TOKENS, graph_ms, sla_module
+
+    torch.manual_seed(0)
+    qkv = torch.randn(1, frames * TOKENS, 3, HEADS, HEAD_DIM, device=DEVICE, dtype=DTYPE)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    m = sla_module(keep, special=5, key_loads="tma")
+    lo, hi = torch.cuda.Stream.priority_range()
+    streams = (torch.cuda.Stream(priority=hi), torch.cuda.Stream(priority=lo))
+    rows = []
+    with torch.no_grad():
+        ref = m.attend(q, k, v, frame_len=TOKENS).float()
+        calls = {"module, tma": partial(m.attend, q, k, v, frame_len=TOKENS)}
+        for groups in (2, 4):
+            calls[f"pipelined, {groups} head groups"] = partial(_pipelined, m, q, k, v, groups, streams)
+        for name, fn in calls.items():
+            err = ((fn().float() - ref).abs().max() / ref.abs().max()).item()
+            rows.append({"frames": frames, "what": name, "max_rel_err": err})
+            print(rows[-1], flush=True)
+        for r in range(rounds):
+            for name, fn in calls.items():
+                rows.append({"frames": frames, "what": name, "round": r, "ms": graph_ms(fn, repeats)})
+                print(rows[-1], flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, nargs="*", default=[32, 64, 128])
@@ -145,6 +219,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=40)
     ap.add_argument("--settings", nargs="*", default=SETTINGS, help="PAIR,warps,stages[,maxnreg] per launch")
     ap.add_argument("--module-rounds", type=int, default=0, help="only the module A/B, this many rounds")
+    ap.add_argument("--pipeline-rounds", type=int, default=0, help="only the head-group pipeline A/B")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
@@ -155,13 +230,21 @@ def main(argv=None) -> int:
         raise SystemExit("sla_tma_probe needs a CUDA GPU")
     rows = []
     for frames in args.frames:
-        if args.module_rounds:
+        if args.pipeline_rounds:
+            rows += _pipeline_ab(frames, args.keep, args.repeats, args.pipeline_rounds)
+        elif args.module_rounds:
             rows += _module_ab(frames, args.keep, args.repeats, args.module_rounds)
         else:
             rows += _time(frames, args.keep, args.repeats, args.settings)
     out = Path(args.out or "benchmarks/results") / "sla"
     table = markdown_table([r for r in rows if "ms" in r], ["frames", "what", "ms", "tflops", "max_rel_err"])
-    name = "sla_tma_module_ab" if args.module_rounds else "sla_tma_probe"
+    name = (
+        "sla_tma_pipeline_ab"
+        if args.pipeline_rounds
+        else "sla_tma_module_ab"
+        if args.module_rounds
+        else "sla_tma_probe"
+    )
     write_result(out / f"{name}.json", {"rows": rows, "keep": args.keep}, table)
     print(table)
     return 0
