@@ -240,10 +240,10 @@ def variants(head_dims=(64,), quick=False):
     for cols in (1024,) if quick else (1024, 4096, sla_topk_rows.MAX_COLS):
         rows = sla_topk_rows._rows_per_program(cols)
         warps = 4 if cols * rows <= 4096 else 8
-        for radix in (False, True):
-            consts = dict(ROWS=rows, BLOCK_C=cols, RADIX=radix)
-            name = f"topk rows C{cols}" + (" radix" if radix else "")
-            out.append((name, sla_topk_rows._topk_rows_kernel, topk_ptrs, consts, [(warps, 1, None, {})]))
+        consts = dict(ROWS=rows, BLOCK_C=cols)
+        out.append(
+            (f"topk rows C{cols}", sla_topk_rows._topk_rows_kernel, topk_ptrs, consts, [(warps, 1, None, {})])
+        )
     return out
 
 

@@ -42,42 +42,11 @@ def _order_keys(s):
     return flipped.to(tl.uint32, bitcast=True)
 
 
-@triton.jit
-def _radix_threshold(key, valid, topk, ROWS: tl.constexpr, BLOCK_C: tl.constexpr):
-    """The k-th largest key per row by an exact radix select, 8 bits per pass from the top (4 passes):
-    a per-row histogram of the next digit among the keys that match the digits found so far, and the
-    largest digit with at least the remaining count at or above it. Returns (t, ties): t is the k-th
-    largest key, ``ties`` how many keys equal to t belong to the top k."""
-    rl = tl.arange(0, ROWS)
-    dig = tl.arange(0, 256)
-    prefix = tl.zeros([ROWS], dtype=tl.uint32)
-    remaining = tl.zeros([ROWS], dtype=tl.int32) + topk
-    for p in tl.static_range(4):
-        shift = 24 - 8 * p
-        digit = ((key >> shift) & 255).to(tl.int32)
-        if p == 0:
-            match = valid
-        else:
-            match = valid & ((key >> (shift + 8)) == (prefix >> (shift + 8))[:, None])
-        bins = rl[:, None] * 256 + digit
-        hist = tl.histogram(
-            tl.reshape(bins, [ROWS * BLOCK_C]), ROWS * 256, mask=tl.reshape(match, [ROWS * BLOCK_C])
-        )
-        hist = tl.reshape(hist, [ROWS, 256])
-        at_or_above = tl.sum(hist, axis=1)[:, None] - tl.cumsum(hist, axis=1) + hist
-        d = tl.sum((at_or_above >= remaining[:, None]).to(tl.int32), axis=1) - 1
-        here = dig[None, :] == d[:, None]
-        above = tl.sum(tl.where(here, at_or_above - hist, 0), axis=1)
-        remaining -= above
-        prefix = prefix | (d.to(tl.uint32) << shift)
-    return prefix, remaining
-
-
 @triton.jit(do_not_specialize=("n_rows", "n_cols", "topk", "n_forced"))
 def _topk_rows_kernel(
     S, LUT, n_rows, n_cols, topk, n_forced,
     stride_sr, stride_lr,
-    ROWS: tl.constexpr, BLOCK_C: tl.constexpr, RADIX: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     c = tl.arange(0, BLOCK_C)
@@ -91,21 +60,18 @@ def _topk_rows_kernel(
     # count(key ≥ t) ≥ k. A row is finished once count(key ≥ t) = k exactly (t then separates its top k
     # from the rest; typically after ~20 of the 32 bits), so the loop stops when every row is; with ties
     # at the boundary it runs all 32 bits and t is the k-th largest key. Padding columns never count.
-    if RADIX:
-        t, _ = _radix_threshold(key, mask, topk, ROWS, BLOCK_C)
-    else:
-        t = tl.zeros([ROWS], dtype=tl.uint32)
-        cnt_t = tl.where(rmask, tl.minimum(n_cols, BLOCK_C), topk)  # count(key ≥ 0): every valid column
-        bit = tl.full([], 31, dtype=tl.int32)
-        n_open = tl.sum((cnt_t != topk).to(tl.int32), axis=0)
-        while (bit >= 0) & (n_open > 0):
-            cand = t | (tl.full([ROWS], 1, dtype=tl.uint32) << bit.to(tl.uint32))
-            cnt = tl.sum(((key >= cand[:, None]) & cmask[None, :]).to(tl.int32), axis=1)
-            ok = cnt >= topk
-            t = tl.where(ok, cand, t)
-            cnt_t = tl.where(ok, cnt, cnt_t)
-            n_open = tl.sum((rmask & (cnt_t != topk)).to(tl.int32), axis=0)
-            bit -= 1
+    t = tl.zeros([ROWS], dtype=tl.uint32)
+    cnt_t = tl.where(rmask, tl.minimum(n_cols, BLOCK_C), topk)  # count(key ≥ 0): every valid column
+    bit = tl.full([], 31, dtype=tl.int32)
+    n_open = tl.sum((cnt_t != topk).to(tl.int32), axis=0)
+    while (bit >= 0) & (n_open > 0):
+        cand = t | (tl.full([ROWS], 1, dtype=tl.uint32) << bit.to(tl.uint32))
+        cnt = tl.sum(((key >= cand[:, None]) & cmask[None, :]).to(tl.int32), axis=1)
+        ok = cnt >= topk
+        t = tl.where(ok, cand, t)
+        cnt_t = tl.where(ok, cnt, cnt_t)
+        n_open = tl.sum((rmask & (cnt_t != topk)).to(tl.int32), axis=0)
+        bit -= 1
     # Every key above t, plus the first ties in column order (all of them when count(key ≥ t) = k).
     above = (key > t[:, None]) & cmask[None, :]
     tied = (key == t[:, None]) & cmask[None, :]
@@ -121,9 +87,7 @@ def _rows_per_program(block_c: int) -> int:
     return max(1, min(16, 4096 // block_c))
 
 
-def topk_rows(
-    scores: torch.Tensor, topk: int, out: torch.Tensor, n_forced: int = 0, radix: bool = False
-) -> torch.Tensor:
+def topk_rows(scores: torch.Tensor, topk: int, out: torch.Tensor, n_forced: int = 0) -> torch.Tensor:
     """Write the ``topk`` largest entries of each row of ``scores`` [R, C] (float64 or float32; rounded
     to float32 first) as ascending column indices into ``out`` [R, topk] (int16/int32). Columns below
     ``n_forced`` count as +inf. Needs C ≤ ``MAX_COLS`` and 1 ≤ topk ≤ C."""
@@ -140,7 +104,7 @@ def topk_rows(
     rows = _rows_per_program(block_c)
     _topk_rows_kernel[(triton.cdiv(R, rows),)](
         scores, out, R, C, topk, n_forced, scores.stride(0), out.stride(0),
-        ROWS=rows, BLOCK_C=block_c, RADIX=radix, num_warps=4 if block_c * rows <= 4096 else 8,
+        ROWS=rows, BLOCK_C=block_c, num_warps=4 if block_c * rows <= 4096 else 8,
     )  # fmt: skip
     return out
 
