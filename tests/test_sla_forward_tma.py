@@ -187,3 +187,16 @@ def test_gpu_tma_forward_matches_gather_kernel_bf16(D, linear):
         o_gather = ops.sla_attention(q, k, v, w, g, key_loads="gather", **kw)
     err = ((o_tma.float() - o_gather.float()).norm() / o_gather.float().norm()).item()
     assert err < 5e-3, err
+
+
+def test_variant_token_chooses_the_key_loads():
+    """``keys=tma|gather`` in a bench/eval variant reaches the conversion config; no token: the
+    conversion's default."""
+    from lite3r.errors import InputError
+    from lite3r.eval.variants import parse_variant
+
+    assert parse_variant("lite3r:fp8:sla0.1:keys=gather").sla_config().key_loads == "gather"
+    assert parse_variant("lite3r:keys=tma").sla_config().key_loads == "tma"
+    assert parse_variant("lite3r:sla0.1").sla_config().key_loads is None
+    with pytest.raises(InputError, match="keys=tma"):
+        parse_variant("lite3r:keys=fast")

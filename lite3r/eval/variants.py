@@ -15,7 +15,10 @@ A variant is written ``LABEL[:TOKEN…]``, e.g. ``dense:bf16`` or ``lite3r:fp8:s
 * ``mlpchunk=<n>`` — run every trunk MLP on at most n tokens at a time (default: unchunked);
 * ``heads=fp32|bf16`` — precision of the DPT heads (default fp32; the camera head stays fp32);
 * ``qk=torch|triton`` — qk-norm + RoPE as PyTorch ops or the fused Triton kernel (default: the
-  engine's, triton on CUDA).
+  engine's, triton on CUDA);
+* ``keys=tma|gather`` — how the SLA forward reads the selected key blocks (``SLAConfig.key_loads``;
+  default: the conversion's choice, tma on Hopper-class GPUs; gather saves one K- and V-sized buffer
+  per global layer).
 
 Every variant of one run uses the same base model and weights; the engine (``Reconstructor``) applies
 precision (``lite3r.quant.precision``), attention (``lite3r.convert``) and compile settings.
@@ -53,6 +56,7 @@ class VariantSpec:
     mlp_chunk_tokens: int | None = None
     head_precision: str = "fp32"
     qk_kernel: str | None = None
+    key_loads: str | None = None
 
     def sla_config(self):
         """The ``lite3r.convert.Lite3RConfig`` for a bare conversion (None: dense, or an adapter, whose
@@ -61,7 +65,7 @@ class VariantSpec:
             return None
         from lite3r.convert import Lite3RConfig
 
-        return Lite3RConfig(keep_ratio=self.keep)
+        return Lite3RConfig(keep_ratio=self.keep, key_loads=self.key_loads)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,7 +78,7 @@ def parse_variant(text: str) -> VariantSpec:
     if not label:
         raise InputError(f"variant {text!r} has no label", "write e.g. dense:bf16 or lite3r:fp8:sla0.1")
     precision, attention, keep, adapter, compile_mode, sdpa, chunk = "bf16", None, None, None, "none", None, 8
-    feature_storage, mlp_chunk, heads, qk = "native", None, "fp32", None
+    feature_storage, mlp_chunk, heads, qk, keys = "native", None, "fp32", None, None
     for tok in parts[1:]:
         key, _, val = tok.partition("=")
         if tok in PRECISIONS:
@@ -107,11 +111,14 @@ def parse_variant(text: str) -> VariantSpec:
             heads = val
         elif key == "qk" and val in ("torch", "triton"):
             qk = val
+        elif key == "keys" and val in ("tma", "gather"):
+            keys = val
         else:
             raise InputError(
                 f"unknown token {tok!r} in variant {text!r}",
                 "tokens: fp32|bf16|fp8, dense|sla|sla<keep>|keep=F|adapter=PATH, compile[=MODE]|cudagraphs, "
-                "sdpa=BACKEND, chunk=N, feat=native|fp8, mlpchunk=N, heads=fp32|bf16, qk=torch|triton",
+                "sdpa=BACKEND, chunk=N, feat=native|fp8, mlpchunk=N, heads=fp32|bf16, qk=torch|triton, "
+                "keys=tma|gather",
             )
     if attention is None:
         attention = "sla" if label.lower().startswith("lite3r") else "dense"
@@ -133,6 +140,7 @@ def parse_variant(text: str) -> VariantSpec:
         mlp_chunk,
         heads,
         qk,
+        keys,
     )
 
 
