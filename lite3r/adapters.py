@@ -228,6 +228,7 @@ def load_adapter(
     device: str | torch.device | None = None,
     *,
     complement_states: str | None = None,
+    key_loads: str | None = None,
 ) -> nn.Module:
     """Convert dense ``model`` per the adapter's conversion config and load the trained tensors.
 
@@ -238,6 +239,7 @@ def load_adapter(
     picks the SLA backend from it; default: the model's current device). ``complement_states``: the
     SLA inference path to run ("summed" / "stored" / "recomputed", same maths); None → the current
     default, whatever an older adapter recorded (it is a runtime choice, not part of what was trained).
+    ``key_loads``: "tma" / "gather" for the SLA forward (None → the conversion's choice for the device).
     Logs the path that runs. Returns the converted model.
     """
     adapter = read_adapter(path)
@@ -257,6 +259,8 @@ def load_adapter(
     recorded = {k: conversion.pop(k) for k in RUNTIME_FIELDS if k in conversion}
     if complement_states is not None:
         conversion["complement_states"] = complement_states
+    if key_loads is not None:
+        conversion["key_loads"] = key_loads
     config = Lite3RConfig(**conversion)
     if complement_states is not None:
         why = "asked for"

@@ -57,7 +57,8 @@ class Lite3RConfig:
     complement_states: str = "summed"
     # Triton inference key loads: "gather" / "tma" (see SLAConfig); None → chosen at conversion: "tma"
     # on a Hopper-class GPU when the complement states are summed (the TMA kernel's only complement
-    # path), else "gather". A runtime choice (RUNTIME_FIELDS).
+    # path), else "gather" (the engine asks for "gather" when a memory option is on:
+    # lite3r.engine.policy.apply_attention). A runtime choice (RUNTIME_FIELDS).
     key_loads: str | None = None
     # "triton" | "torch"; None → chosen once at conversion from the model's device (CUDA → triton)
     # and recorded in every module's SLAConfig and in the conversion report.

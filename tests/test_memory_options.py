@@ -274,3 +274,22 @@ def test_cli_reconstruct_memory_flags():
     assert (args.features, args.mlp_chunk) == ("fp8", 16384)
     default = p.parse_args(["photos"])
     assert (default.features, default.mlp_chunk) == ("native", None)
+
+
+def _key_loads(rc) -> set[str]:
+    from lite3r.attention.sla import SparseLinearAttention
+
+    return {m.config.key_loads for m in rc.model.modules() if isinstance(m, SparseLinearAttention)}
+
+
+def test_memory_options_keep_sla_key_loads_lean(monkeypatch):
+    """With a memory option on, SLA gathers its key blocks (TMA key loads hold one more K- and V-sized
+    buffer per global layer, where the lean trunk peaks) unless the config names its key loads."""
+    import lite3r.convert as convert_mod
+
+    monkeypatch.setattr(convert_mod, "_default_key_loads", lambda *a: "tma")  # as on a Hopper GPU
+    kw = dict(precision="fp32", device="cpu", attention="sla", input_size=SIZE)
+    assert _key_loads(Reconstructor(small_vggt(), **kw)) == {"tma"}
+    assert _key_loads(Reconstructor(small_vggt(), mlp_chunk_tokens=64, **kw)) == {"gather"}
+    explicit = convert_mod.Lite3RConfig(key_loads="tma")
+    assert _key_loads(Reconstructor(small_vggt(), mlp_chunk_tokens=64, sla=explicit, **kw)) == {"tma"}

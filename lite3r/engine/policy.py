@@ -261,12 +261,15 @@ def apply_attention(
     sdpa_backend: str | None = None,
     adapter: str | os.PathLike | None = None,
     qk_kernel: str | None = None,
+    memory_lean: bool = False,
 ) -> str:
     """Set the attention path; returns its description (what the app and the CLI summary show).
 
     ``sla`` is a ``lite3r.convert.Lite3RConfig``, a dict of its fields, a keep ratio, or None (the
     defaults); ``adapter`` is a trained adapter file (attention must be "sla"), whose own conversion
-    config is used.
+    config is used. ``memory_lean`` (a memory option is on): SLA reads its key blocks by gathers unless
+    the config names its key loads, since TMA key loads hold one more K- and V-sized buffer per global
+    layer, where the lean trunk's memory peaks (benchmarks/results/memory).
     """
     from lite3r.attention.dense import SDPA_BACKENDS, set_sdpa_backend
 
@@ -321,7 +324,7 @@ def apply_attention(
             )
         from lite3r.adapters import load_adapter
 
-        load_adapter(model, adapter, device=device)
+        load_adapter(model, adapter, device=device, key_loads="gather" if memory_lean else None)
         result = model
     else:
         config = sla
@@ -331,6 +334,8 @@ def apply_attention(
             config = convert_mod.Lite3RConfig(keep_ratio=float(config))
         elif isinstance(config, dict):
             config = convert_mod.Lite3RConfig(**config)
+        if memory_lean and config.key_loads is None:
+            config = dataclasses.replace(config, key_loads="gather")
         result = convert_mod.convert(model, config, device=device)
     desc = getattr(result, "description", None)
     if callable(desc):

@@ -110,6 +110,7 @@ class Reconstructor:
             sdpa_backend,
             adapter=adapter,
             qk_kernel=self.qk_kernel,
+            memory_lean=feature_storage != "native" or mlp_chunk_tokens is not None,
         )
         self.attention_mode = attention
         self.precision_setup = apply_precision(

@@ -17,8 +17,8 @@ A variant is written ``LABEL[:TOKEN…]``, e.g. ``dense:bf16`` or ``lite3r:fp8:s
 * ``qk=torch|triton`` — qk-norm + RoPE as PyTorch ops or the fused Triton kernel (default: the
   engine's, triton on CUDA);
 * ``keys=tma|gather`` — how the SLA forward reads the selected key blocks (``SLAConfig.key_loads``;
-  default: the conversion's choice, tma on Hopper-class GPUs; gather saves one K- and V-sized buffer
-  per global layer).
+  default: tma on Hopper-class GPUs, gather when a memory option (feat=fp8, mlpchunk) is on: gather
+  saves one K- and V-sized buffer per global layer).
 
 Every variant of one run uses the same base model and weights; the engine (``Reconstructor``) applies
 precision (``lite3r.quant.precision``), attention (``lite3r.convert``) and compile settings.
