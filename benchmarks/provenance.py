@@ -98,6 +98,17 @@ def write_result(path: str | os.PathLike, results, table_md: str | None = None, 
     return path
 
 
+def write_rows(
+    path: str | os.PathLike, rows: list[dict], columns: list[str], table_rows=None, **extra
+) -> str:
+    """A probe's usual output: ``{"rows": rows, **extra}`` as ``path`` (.json), the table of ``columns``
+    over ``table_rows`` (default ``rows``) beside it (.md) and on stdout; returns the table."""
+    table = markdown_table(rows if table_rows is None else table_rows, columns)
+    write_result(path, {"rows": rows, **extra}, table)
+    print(table)
+    return table
+
+
 def markdown_table(rows: list[dict], columns: list[str] | None = None, floatfmt: str = "{:.3g}") -> str:
     if not rows:
         return "(no rows)\n"

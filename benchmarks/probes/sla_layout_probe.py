@@ -33,7 +33,7 @@ from bench_sla_attention import (
     median_ms,
     sla_module,
 )
-from provenance import markdown_table, write_result
+from provenance import write_rows
 
 from lite3r.kernels import sla_linear_domain, sla_ops
 
@@ -95,12 +95,7 @@ def main(argv=None) -> int:
         "sparse_only_ms",
         "sparse_only_tflops",
     ]
-    write_result(
-        out / "sla_layout_probe.json",
-        {"rows": rows, "keep": args.keep, "blocks": [BLOCK_Q, BLOCK_K]},
-        markdown_table(rows, cols),
-    )
-    print(markdown_table(rows, cols))
+    write_rows(out / "sla_layout_probe.json", rows, cols, keep=args.keep, blocks=[BLOCK_Q, BLOCK_K])
     return 0
 
 

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_sla_attention import DEVICE, DTYPE, HEAD_DIM, HEADS, TOKENS, median_ms, sla_module
-from provenance import markdown_table, write_result
+from provenance import write_rows
 
 from lite3r.kernels import sla_ops, sla_prepare
 
@@ -77,10 +77,7 @@ def main(argv=None) -> int:
         row = _cell(frames, args.repeats)
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
         rows.append(row)
-    cols = list(rows[0])
-    write_result(Path(args.out or "benchmarks/results") / "sla" / "sla_prepare_probe.json", {"rows": rows},
-                 markdown_table(rows, cols))  # fmt: skip
-    print(markdown_table(rows, cols))
+    write_rows(Path(args.out or "benchmarks/results") / "sla" / "sla_prepare_probe.json", rows, list(rows[0]))
     return 0
 
 

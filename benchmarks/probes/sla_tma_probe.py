@@ -224,7 +224,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import torch
-    from provenance import markdown_table, write_result
+    from provenance import write_rows
 
     if not torch.cuda.is_available():
         raise SystemExit("sla_tma_probe needs a CUDA GPU")
@@ -237,7 +237,6 @@ def main(argv=None) -> int:
         else:
             rows += _time(frames, args.keep, args.repeats, args.settings)
     out = Path(args.out or "benchmarks/results") / "sla"
-    table = markdown_table([r for r in rows if "ms" in r], ["frames", "what", "ms", "tflops", "max_rel_err"])
     name = (
         "sla_tma_pipeline_ab"
         if args.pipeline_rounds
@@ -245,8 +244,8 @@ def main(argv=None) -> int:
         if args.module_rounds
         else "sla_tma_probe"
     )
-    write_result(out / f"{name}.json", {"rows": rows, "keep": args.keep}, table)
-    print(table)
+    cols = ["frames", "what", "ms", "tflops", "max_rel_err"]
+    write_rows(out / f"{name}.json", rows, cols, table_rows=[r for r in rows if "ms" in r], keep=args.keep)
     return 0
 
 
