@@ -53,13 +53,22 @@ def _attend_cols(
     phys = phys.to(tl.int64)
     k_ptrs = k_base + phys[:, None] * stride_kn + d[None, :]
     v_ptrs = v_base + phys[:, None] * stride_vn + d[None, :]
+    cmask = cols < N
     if MASK:
-        cmask = cols < N
         k = tl.load(k_ptrs, mask=cmask[:, None], other=0.0)
         v = tl.load(v_ptrs, mask=cmask[:, None], other=0.0)
     else:
         k = tl.load(k_ptrs)
         v = tl.load(v_ptrs)
+    m_i, l_i, acc = softmax_step(q, k, v, m_i, l_i, acc, cmask, qk_scale, MASK, DOT_PRECISION)
+    return m_i, l_i, acc, k, v
+
+
+@triton.jit
+def softmax_step(q, k, v, m_i, l_i, acc, cmask, qk_scale, MASK: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """One online-softmax step of the query tile over one key/value tile, base 2 with the scale folded
+    into the exponent; ``MASK``: key columns where ``cmask`` is false are left out (also used by the
+    TMA forward)."""
     qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
     if MASK:
         qk = tl.where(cmask[None, :], qk, float("-inf"))
@@ -68,7 +77,23 @@ def _attend_cols(
     p = tl.exp2(qk * qk_scale - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
     acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
-    return m_new, l_i, acc, k, v
+    return m_new, l_i, acc
+
+
+@triton.jit
+def linear_readout(phiq, s_i, z_i, eps, dot_dtype, DOT_PRECISION: tl.constexpr):
+    """The linear branch's output rows φ(q)·S / (φ(q)·z + eps), S in the MMA dtype ``dot_dtype``."""
+    num = tl.dot(phiq.to(dot_dtype), s_i.to(dot_dtype), input_precision=DOT_PRECISION)
+    den = tl.sum(phiq * z_i[None, :], axis=1) + eps
+    return num / den[:, None]
+
+
+@triton.jit
+def add_projected(out, o_l, W, dot_dtype, HEAD_DIM: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """out + o_l·Wᵀ: the head_dim × head_dim projection of the linear branch, fused at inference."""
+    d = tl.arange(0, HEAD_DIM)
+    w_t = tl.load(W + d[None, :] * HEAD_DIM + d[:, None])  # Wᵀ[in, out] = W[out, in]
+    return out + tl.dot(o_l.to(dot_dtype), w_t.to(dot_dtype), input_precision=DOT_PRECISION)
 
 
 @triton.jit
@@ -275,12 +300,9 @@ def _sla_forward_kernel(
         if LINEAR == 2:
             s_i = s_i - s_sel
             z_i = z_i - z_sel
-        num = tl.dot(phiq.to(q.dtype), s_i.to(q.dtype), input_precision=DOT_PRECISION)
-        den = tl.sum(phiq * z_i[None, :], axis=1) + eps
-        o_l = num / den[:, None]
+        o_l = linear_readout(phiq, s_i, z_i, eps, q.dtype, DOT_PRECISION)
         if FUSE_PROJ:
-            w_t = tl.load(W + d[None, :] * HEAD_DIM + d[:, None])  # Wᵀ[in, out] = W[out, in]
-            out += tl.dot(o_l.to(q.dtype), w_t.to(q.dtype), input_precision=DOT_PRECISION)
+            out = add_projected(out, o_l, W, q.dtype, HEAD_DIM, DOT_PRECISION)
         else:
             tl.store(OL + o_offs, o_l.to(OL.dtype.element_ty), mask=rmask[:, None])
     tl.store(O + o_offs, out.to(O.dtype.element_ty), mask=rmask[:, None])

@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from . import sla_triton_common as _common
+from .sla_forward import add_projected, linear_readout, softmax_step
 from .sla_reference import SLAGeometry, virtual_key_order
 from .sla_triton_common import (
     FEATURE_CODES,
@@ -42,20 +43,6 @@ def virtual_kv(x: torch.Tensor, geom: SLAGeometry) -> torch.Tensor:
     out = x.new_zeros(B, H, geom.n_kblocks * geom.block_k, D)
     out[:, :, :N] = x if order is None else x.index_select(2, order)
     return out.view(-1, D)
-
-
-@triton.jit
-def _softmax_step(q, k, v, m_i, l_i, acc, cols, N, qk_scale, MASK: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """One online-softmax step over one key tile (base 2, the scale folded into the exponent)."""
-    qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-    if MASK:
-        qk = tl.where((cols < N)[None, :], qk, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(qk, axis=1) * qk_scale)
-    alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(qk * qk_scale - m_new[:, None])
-    l_i = l_i * alpha + tl.sum(p, axis=1)
-    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
-    return m_new, l_i, acc
 
 
 @triton.jit
@@ -116,23 +103,12 @@ def _sla_forward_tma_kernel(
     cols = tl.arange(0, BLOCK_N)
     for t in range(n - n_single, n):
         r = (base + tl.load(lut + t).to(tl.int32)) * BLOCK_N
-        m_i, l_i, acc = _softmax_step(
-            q,
-            k_desc.load([r, 0]),
-            v_desc.load([r, 0]),
-            m_i,
-            l_i,
-            acc,
-            cols,
-            N,
-            qk_scale,
-            False,
-            DOT_PRECISION,
-        )
+        k, v = k_desc.load([r, 0]), v_desc.load([r, 0])
+        m_i, l_i, acc = softmax_step(q, k, v, m_i, l_i, acc, cols < N, qk_scale, False, DOT_PRECISION)
     j = tl.load(lut + n).to(tl.int32)
     r = (base + j) * BLOCK_N
-    m_i, l_i, acc = _softmax_step(
-        q, k_desc.load([r, 0]), v_desc.load([r, 0]), m_i, l_i, acc, j * BLOCK_N + cols, N, qk_scale, True,
+    m_i, l_i, acc = softmax_step(
+        q, k_desc.load([r, 0]), v_desc.load([r, 0]), m_i, l_i, acc, j * BLOCK_N + cols < N, qk_scale, True,
         DOT_PRECISION,
     )  # fmt: skip
     out = acc / l_i[:, None]
@@ -147,11 +123,8 @@ def _sla_forward_tma_kernel(
             s_row = bh
         s_i = tl.load(STOT + (s_row * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :])
         z_i = tl.load(ZTOT + s_row * HEAD_DIM + d)
-        num = tl.dot(phiq.to(q.dtype), s_i.to(q.dtype), input_precision=DOT_PRECISION)
-        den = tl.sum(phiq * z_i[None, :], axis=1) + eps
-        o_l = num / den[:, None]
-        w_t = tl.load(W + d[None, :] * HEAD_DIM + d[:, None])  # Wᵀ[in, out] = W[out, in]
-        out += tl.dot(o_l.to(q.dtype), w_t.to(q.dtype), input_precision=DOT_PRECISION)
+        o_l = linear_readout(phiq, s_i, z_i, eps, q.dtype, DOT_PRECISION)
+        out = add_projected(out, o_l, W, q.dtype, HEAD_DIM, DOT_PRECISION)
     o_offs = b * stride_ob + h * stride_oh + rows.to(tl.int64)[:, None] * stride_on + d[None, :]
     tl.store(O + o_offs, out.to(O.dtype.element_ty), mask=rmask[:, None])
 
