@@ -66,12 +66,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import markdown_table, write_result
 
-from lite3r.attention.sla import SLAConfig, SparseLinearAttention
+from lite3r.attention.sla import SLAConfig, SparseLinearAttention, tma_capable
 from lite3r.kernels import (
     sla_backward_dkdv,
     sla_backward_dq,
     sla_forward,
-    sla_forward_tma,
     sla_linear_domain,
     sla_ops,
 )
@@ -190,7 +189,7 @@ def qkv_views(frames: int, requires_grad: bool = False):
 
 def product_key_loads() -> str:
     """The key loads the product runs here (lite3r.convert's default): TMA on Hopper-class GPUs."""
-    return "tma" if sla_forward_tma.tma_supported(torch.device(DEVICE)) else "gather"
+    return "tma" if tma_capable(DEVICE) else "gather"
 
 
 def sla_module(

@@ -140,11 +140,6 @@ def autotune_choices() -> dict:
     return _common.tuning_report(_sla_forward_tma_kernel_tuned)
 
 
-def tma_supported(device: torch.device) -> bool:
-    """TMA needs a Hopper-class GPU (compute capability ≥ 9.0)."""
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
-
-
 def sla_forward_tma(
     q: torch.Tensor,
     k_virtual: torch.Tensor,

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from lite3r.attention.dense import MultiHeadAttention
-from lite3r.attention.sla import SLAConfig, SparseLinearAttention
+from lite3r.attention.sla import SLAConfig, SparseLinearAttention, tma_capable
 from lite3r.errors import UnsupportedError
 
 _DEFAULT_KEEP = {"block": 0.1, "token_topk": 0.3}
@@ -207,13 +207,11 @@ def _model_device(model: nn.Module) -> torch.device:
 
 def _default_key_loads(config: Lite3RConfig, backend: str, run_on: torch.device) -> str:
     """TMA key loads where they run (Triton on a Hopper-class GPU) and the config allows them."""
-    if config.compat or backend != "triton" or run_on.type != "cuda":
+    if config.compat or backend != "triton" or not tma_capable(run_on):
         return "gather"
     if config.linear == "complement" and config.complement_states != "summed":
         return "gather"
-    if not torch.cuda.is_available():  # converting for a GPU this process cannot see
-        return "gather"
-    return "tma" if torch.cuda.get_device_capability(run_on) >= (9, 0) else "gather"
+    return "tma"
 
 
 def convert(

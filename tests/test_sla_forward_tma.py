@@ -13,7 +13,7 @@ sla_triton_env.set_interpret_env()  # before anything imports triton (collection
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from lite3r.attention.sla import SLAConfig, SparseLinearAttention  # noqa: E402
+from lite3r.attention.sla import SLAConfig, SparseLinearAttention, tma_capable  # noqa: E402
 from lite3r.errors import UnsupportedError  # noqa: E402
 from lite3r.kernels.sla_reference import sla_attention_reference, sla_geometry  # noqa: E402
 
@@ -172,7 +172,7 @@ VGGT_FRAME = 1374
 def test_gpu_tma_forward_matches_gather_kernel_bf16(D, linear):
     """VGGT shapes (5 special + 37·37 tokens per frame, 4 frames), bf16: the TMA module path vs the
     gather kernel on the same selection, and the kernel-level TMA copies vs their reference."""
-    if not tma.tma_supported(torch.device("cuda")):
+    if not tma_capable("cuda"):
         pytest.skip("TMA needs compute capability ≥ 9.0")
     frames, H = 4, 1024 // D
     N = frames * VGGT_FRAME

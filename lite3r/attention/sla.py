@@ -158,6 +158,16 @@ class SLAConfig:
         return f"SLA {self.backend} · {kept} · blocks {self.block_q}×{self.block_k} · {lin}{loads}"
 
 
+def tma_capable(device: torch.device) -> bool:
+    """Whether ``device`` can run the TMA key loads: a visible CUDA GPU of compute capability ≥ 9.0."""
+    device = torch.device(device)
+    return (
+        device.type == "cuda"
+        and torch.cuda.is_available()
+        and torch.cuda.get_device_capability(device) >= (9, 0)
+    )
+
+
 class SparseLinearAttention(MultiHeadAttention):
     """Multi-head attention whose :meth:`attend` is sparse-linear attention (see the module doc)."""
 
@@ -319,14 +329,12 @@ class SparseLinearAttention(MultiHeadAttention):
             )
         if q.dtype not in (torch.bfloat16, torch.float16, torch.float32):
             raise UnsupportedError(f"the SLA Triton kernels do not take {q.dtype} inputs")
-        if self.config.key_loads == "tma" and q.device.type == "cuda":
+        if self.config.key_loads == "tma" and q.device.type == "cuda" and not tma_capable(q.device):
             cap = torch.cuda.get_device_capability(q.device)
-            if cap < (9, 0):
-                raise UnsupportedError(
-                    f"TMA key loads need a Hopper-class GPU (compute capability ≥ 9.0), this one is "
-                    f"{cap[0]}.{cap[1]}",
-                    "use SLAConfig(key_loads='gather')",
-                )
+            raise UnsupportedError(
+                f"TMA key loads need a Hopper-class GPU (compute capability ≥ 9.0), this one is {cap[0]}.{cap[1]}",
+                "use SLAConfig(key_loads='gather')",
+            )
 
     def extra_repr(self) -> str:
         return f"{self.config.describe()}, special_tokens_per_frame={self.special_tokens_per_frame}"
@@ -361,4 +369,5 @@ __all__ = [
     "SparseLinearAttention",
     "count_proj_lin_parameters",
     "set_sla_backend",
+    "tma_capable",
 ]
