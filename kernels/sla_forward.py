@@ -35,7 +35,6 @@ from .sla_triton_common import (
     patch_pair_rows,
     tuning_report,
     virtual_to_physical,
-    work_bucket,
 )
 
 LOG2E = 1.4426950408889634
@@ -384,14 +383,7 @@ def sla_forward(
     )
     lse_strides = lse.stride() if store_lse else (0, 0, 0)
     w = proj_weight if fuse else q.new_empty(0)
-    if _common.use_autotuner(q):
-        if pair is not None:
-            raise ValueError("pair is an autotuned parameter; give it only to the plain (interpreted) kernel")
-        kernel, meta = _sla_forward_kernel_tuned[work_bucket(geom.topk)], {}
-    else:
-        if pair not in (None, 1, 2):
-            raise ValueError(f"pair must be 1 or 2 (key blocks per loop step), got {pair}")
-        kernel, meta = _sla_forward_kernel, {"PAIR": pair or 1}
+    kernel, meta = _common.forward_launch(_sla_forward_kernel_tuned, _sla_forward_kernel, q, geom.topk, pair)
     kernel[(geom.n_qblocks, B * H)](
         q, k, v, o, o_l, lse,
         q.stride(0), q.stride(1), q.stride(2),

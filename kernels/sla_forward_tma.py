@@ -30,7 +30,6 @@ from .sla_triton_common import (
     SIZE_ARGS,
     bucketed_autotune,
     feature_map,
-    work_bucket,
 )
 
 LOG2E = 1.4426950408889634
@@ -200,14 +199,10 @@ def sla_forward_tma(
         if not set(launch) <= {"num_warps", "num_stages", "maxnreg"}:
             raise ValueError(f"launch takes num_warps, num_stages and maxnreg, got {sorted(launch)}")
         kernel, meta = _sla_forward_tma_kernel, {"PAIR": pair or 1, **launch}
-    elif _common.use_autotuner(q):
-        if pair is not None:
-            raise ValueError("pair is an autotuned parameter; give it only to the plain (interpreted) kernel")
-        kernel, meta = _sla_forward_tma_kernel_tuned[work_bucket(geom.topk)], {}
     else:
-        if pair not in (None, 1, 2):
-            raise ValueError(f"pair must be 1 or 2 (key blocks per loop step), got {pair}")
-        kernel, meta = _sla_forward_tma_kernel, {"PAIR": pair or 1}
+        kernel, meta = _common.forward_launch(
+            _sla_forward_tma_kernel_tuned, _sla_forward_tma_kernel, q, geom.topk, pair
+        )
     kernel[(geom.n_qblocks, B * H)](
         q, k_desc, v_desc, o, lut,
         s_tot if lin else none, z_tot if lin else none, proj_weight if lin else none,

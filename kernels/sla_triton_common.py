@@ -45,6 +45,18 @@ def kernel_runs_on(kernel, x) -> bool:
     return x.is_cuda or type(kernel).__name__ == "InterpretedFunction"
 
 
+def forward_launch(tuners: list, plain, x, topk: int, pair: int | None):
+    """(kernel, meta) of a forward launch: the work bucket's autotuner on CUDA (PAIR is tuned), else the
+    plain kernel with ``pair`` key blocks per loop step (1 or 2; default 1)."""
+    if use_autotuner(x):
+        if pair is not None:
+            raise ValueError("pair is an autotuned parameter; give it only to the plain (interpreted) kernel")
+        return tuners[work_bucket(topk)], {}
+    if pair not in (None, 1, 2):
+        raise ValueError(f"pair must be 1 or 2 (key blocks per loop step), got {pair}")
+    return plain, {"PAIR": pair or 1}
+
+
 def _pick(warps_stages, **meta):
     """Configs from (num_warps, num_stages[, maxnreg]) tuples; ``meta``: constexpr values they all set."""
     return [
