@@ -66,7 +66,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import markdown_table, write_result
 
-from lite3r.attention.sla import SLAConfig, SparseLinearAttention, tma_capable
+from lite3r.attention.sla import SLAConfig, SparseLinearAttention
+from lite3r.convert import Lite3RConfig, default_key_loads
 from lite3r.kernels import (
     sla_backward_dkdv,
     sla_backward_dq,
@@ -187,11 +188,6 @@ def qkv_views(frames: int, requires_grad: bool = False):
     return qkv, q, k, v
 
 
-def product_key_loads() -> str:
-    """The key loads the product runs here (lite3r.convert's default): TMA on Hopper-class GPUs."""
-    return "tma" if tma_capable(DEVICE) else "gather"
-
-
 def sla_module(
     keep: float,
     linear: str = "complement",
@@ -199,10 +195,10 @@ def sla_module(
     special: int = SPECIAL,
     key_loads: str | None = None,
 ) -> SparseLinearAttention:
-    """The module as the product builds it (``key_loads`` None: convert's default for this GPU)."""
+    """The module as the product builds it (``key_loads`` None: lite3r.convert's choice for this GPU)."""
     if key_loads is None:
-        summed = linear != "complement" or complement_states == "summed"
-        key_loads = product_key_loads() if summed else "gather"
+        product = Lite3RConfig(linear=linear, complement_states=complement_states)
+        key_loads = default_key_loads(product, "triton", torch.device(DEVICE))
     cfg = SLAConfig(
         keep_ratio=keep, block_q=BLOCK_Q, block_k=BLOCK_K, linear=linear, backend="triton",
         complement_states=complement_states, key_loads=key_loads,

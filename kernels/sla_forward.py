@@ -15,6 +15,10 @@ training it writes o_s, o_l and the base-2 log-sum-exp for the backward.
 
 Inputs are strided [B, H, N, D] views (last stride 1); the output is written through its strides, so
 the module allocates it as [B, N, H, D] and the head merge after attention is a free view.
+
+The online-softmax step, the linear read-out and the fused projection (``softmax_step``,
+``linear_readout``, ``add_projected``) are shared with the TMA forward (``sla_forward_tma``), which
+reads its key blocks from virtual-order copies instead of gathering them.
 """
 
 from __future__ import annotations

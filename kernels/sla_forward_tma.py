@@ -7,7 +7,8 @@ values from copies in *virtual* key order (every frame's special tokens first, t
 the order the look-up table indexes), [B·H·n_kblocks·block_k, D], zero-padded to whole blocks, which the
 prepare pass writes while it reads K and V anyway (``sla_prepare(..., virtual_kv=True)``). Selected
 block j of head bh is then one 2-D TMA box at row (bh·n_kblocks + j)·block_k, and the loop does no
-address mapping at all (``benchmarks/probes/sla_tma_probe.py``: 438 against 405 TFLOP/s at 64 frames).
+address mapping at all (``benchmarks/probes/sla_tma_probe.py``: autotuned, 425 against 390–397 TFLOP/s
+for the gather kernel at 64 VGGT frames, in one process).
 
 Inference only: o = o_s + o_l·Wᵀ with the linear branch over all keys (totals [B, H, D, D]), over the
 complement (states summed per query block outside, ``sla_linear_domain``: [B, H, Mq, D, D]), or none.
@@ -22,7 +23,7 @@ import triton
 import triton.language as tl
 
 from . import sla_triton_common as _common
-from .sla_forward import add_projected, linear_readout, softmax_step
+from .sla_forward import LOG2E, add_projected, empty_bnhd, linear_readout, softmax_step
 from .sla_reference import SLAGeometry, virtual_key_order
 from .sla_triton_common import (
     FEATURE_CODES,
@@ -31,8 +32,6 @@ from .sla_triton_common import (
     bucketed_autotune,
     feature_map,
 )
-
-LOG2E = 1.4426950408889634
 
 
 def virtual_kv(x: torch.Tensor, geom: SLAGeometry) -> torch.Tensor:
@@ -176,7 +175,9 @@ def sla_forward_tma(
             f"{tuple(k_virtual.shape)} and {tuple(v_virtual.shape)}"
         )
     if rows >= 1 << 31:
-        raise ValueError(f"{rows} key rows exceed the 32-bit TMA coordinates; use the gather kernel")
+        raise ValueError(
+            f"{rows} key rows exceed the 32-bit TMA coordinates; use SLAConfig(key_loads='gather')"
+        )
     lin = LINEAR_CODES[linear]
     if lin == 2 and geom.topk >= geom.n_kblocks:
         lin = 0  # every block is selected: the complement is empty and o_l is exactly 0
@@ -187,7 +188,7 @@ def sla_forward_tma(
     if lin and proj_weight is None:
         raise ValueError("a linear branch needs the projection weight (the TMA forward always fuses it)")
     if out is None:
-        o = torch.empty(B, N, H, D, device=q.device, dtype=q.dtype).transpose(1, 2)
+        o = empty_bnhd(B, H, N, D, q)
     elif out.shape != q.shape or out.dtype != q.dtype or out.stride(-1) != 1:
         raise ValueError(f"out must be a {tuple(q.shape)} {q.dtype} tensor with unit last stride")
     else:

@@ -205,7 +205,7 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _default_key_loads(config: Lite3RConfig, backend: str, run_on: torch.device) -> str:
+def default_key_loads(config: Lite3RConfig, backend: str, run_on: torch.device) -> str:
     """TMA key loads where they run (Triton on a Hopper-class GPU) and the config allows them."""
     if config.compat or backend != "triton" or not tma_capable(run_on):
         return "gather"
@@ -227,7 +227,7 @@ def convert(
     config = config or Lite3RConfig()
     run_on = torch.device(device) if device is not None else _model_device(model)
     backend = config.backend or ("triton" if run_on.type == "cuda" else "torch")
-    sla = config.sla_config(backend, _default_key_loads(config, backend, run_on))
+    sla = config.sla_config(backend, default_key_loads(config, backend, run_on))
     if backend == "triton":
         _log.info(
             "SLA conversion: Triton inference with %s (key loads: %s)", config.runtime_path(), sla.key_loads
@@ -279,5 +279,6 @@ __all__ = [
     "Lite3RConfig",
     "SiteConversion",
     "convert",
+    "default_key_loads",
     "describe_conversion",
 ]

@@ -287,7 +287,7 @@ def test_memory_options_keep_sla_key_loads_lean(monkeypatch):
     buffer per global layer, where the lean trunk peaks) unless the config names its key loads."""
     import lite3r.convert as convert_mod
 
-    monkeypatch.setattr(convert_mod, "_default_key_loads", lambda *a: "tma")  # as on a Hopper GPU
+    monkeypatch.setattr(convert_mod, "default_key_loads", lambda *a: "tma")  # as on a Hopper GPU
     kw = dict(precision="fp32", device="cpu", attention="sla", input_size=SIZE)
     assert _key_loads(Reconstructor(small_vggt(), **kw)) == {"tma"}
     assert _key_loads(Reconstructor(small_vggt(), mlp_chunk_tokens=64, **kw)) == {"gather"}

@@ -150,15 +150,15 @@ def test_tma_key_loads_config_is_checked():
 
 def test_conversion_chooses_gather_loads_off_hopper():
     """convert() resolves key_loads=None from the device: gather on CPU (TMA needs sm90+)."""
-    from lite3r.convert import Lite3RConfig, _default_key_loads
+    from lite3r.convert import Lite3RConfig, default_key_loads
 
     cpu = torch.device("cpu")
-    assert _default_key_loads(Lite3RConfig(), "torch", cpu) == "gather"
-    assert _default_key_loads(Lite3RConfig(), "triton", cpu) == "gather"
+    assert default_key_loads(Lite3RConfig(), "torch", cpu) == "gather"
+    assert default_key_loads(Lite3RConfig(), "triton", cpu) == "gather"
     assert Lite3RConfig().sla_config("triton", "tma").key_loads == "tma"
     assert Lite3RConfig(key_loads="gather").sla_config("triton", "tma").key_loads == "gather"
     assert Lite3RConfig().sla_config("triton").key_loads == "gather"
-    assert _default_key_loads(Lite3RConfig(complement_states="stored"), "triton", cpu) == "gather"
+    assert default_key_loads(Lite3RConfig(complement_states="stored"), "triton", cpu) == "gather"
 
 
 # ------------------------------------------------------------------------------------------- GPU

@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="checkpoint (default: random weights, seeded)")
     p.add_argument("--variant", action="append", metavar="SPEC",
                    help="LABEL[:fp32|bf16|fp8][:dense|sla<keep>][:compile[=MODE]|cudagraphs][:sdpa=B][:chunk=N]"
-                   "[:feat=native|fp8][:mlpchunk=N]; "
+                   "[:feat=native|fp8][:mlpchunk=N][:heads=fp32|bf16][:qk=torch|triton][:keys=tma|gather]; "
                    "repeat; the first is the baseline (default: dense:bf16 and lite3r:bf16:sla)")  # fmt: skip
     p.add_argument("--frames", type=int, nargs="+", default=[2, 8, 32, 64, 128], help="frame counts S")
     p.add_argument("--image-size", type=int, nargs="+", default=None, metavar="PX",

@@ -75,7 +75,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--weights", help="checkpoint file / folder / HF repo id (default: the registry's)")
     m.add_argument("--random-weights", action="store_true", help="random weights (pipeline checks only)")
     m.add_argument("--variant", action="append", metavar="SPEC",
-                   help="LABEL[:fp32|bf16|fp8][:dense|sla<keep>][:adapter=PATH][:compile[=MODE]|cudagraphs][:sdpa=B]; "
+                   help="LABEL[:fp32|bf16|fp8][:dense|sla<keep>][:adapter=PATH][:compile[=MODE]|cudagraphs][:sdpa=B]"
+                   "[:keys=tma|gather] (all tokens: lite3r.eval.variants); "
                    "give two to compare (default dense:bf16)")  # fmt: skip
     m.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     m.add_argument("--input-size", type=int, help="model input size (default: the model's)")
