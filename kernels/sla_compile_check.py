@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 
-_FLOATS = {"qk_scale", "eps", "sm_scale", "scale", "z_guess"}
+_FLOATS = {"qk_scale", "eps", "sm_scale", "scale"}
 
 
 # The forward kernel's pointer arguments at VGGT shapes (bf16 q/k/v/o, int16 look-up table).

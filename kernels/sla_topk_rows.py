@@ -9,11 +9,9 @@ rows × key blocks: ~1 ms at 32 VGGT frames, a quarter of the whole SLA layer. H
 1. rounds the float64 scores to float32 once (the reference's rounding) and maps them to
    order-preserving uint32 keys (-0.0 ties with +0.0, as in ``torch.topk``; forced columns, the special
    tokens' key blocks, score +inf);
-2. searches a threshold with exactly k keys at or above it (a row-wise count per probe: exact, no
-   sorting), starting from the row's Gaussian quantile and closing the bracket by the secant on the
-   scores, with a midpoint of the keys every fourth probe; it stops as soon as every row of the program
-   has one, typically after ~6 probes (a bit-by-bit search took ~18), and ends on the k-th largest key
-   itself when ties straddle it;
+2. builds, bit by bit from the top of the unsigned key, a threshold with exactly k keys at or above it
+   (a row-wise count per bit: exact, no sorting; it stops as soon as every row of the program has one,
+   typically after ~20 bits, and falls back to the k-th largest key itself when ties straddle it);
 3. selects every entry above it plus the first ties in column order (so ties go to the lower block,
    as in the reference) and writes their column indices at their prefix-sum positions.
 
@@ -23,8 +21,6 @@ same table.
 """
 
 from __future__ import annotations
-
-import statistics
 
 import torch
 import triton
@@ -46,16 +42,9 @@ def _order_keys(s):
     return flipped.to(tl.uint32, bitcast=True)
 
 
-@triton.jit
-def _key_value(key):
-    """The float32 whose order key ``key`` is (inverse of :func:`_order_keys`; -0.0 comes back as +0.0)."""
-    bits = key.to(tl.int32, bitcast=True)
-    return tl.where(bits < 0, bits & 2147483647, ~bits).to(tl.float32, bitcast=True)
-
-
 @triton.jit(do_not_specialize=("n_rows", "n_cols", "topk", "n_forced"))
 def _topk_rows_kernel(
-    S, LUT, n_rows, n_cols, topk, n_forced, z_guess,
+    S, LUT, n_rows, n_cols, topk, n_forced,
     stride_sr, stride_lr,
     ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
@@ -65,57 +54,24 @@ def _topk_rows_kernel(
     cmask = c < n_cols
     mask = rmask[:, None] & cmask[None, :]
     s = tl.load(S + r.to(tl.int64)[:, None] * stride_sr + c[None, :], mask=mask, other=0.0).to(tl.float32)
-    forced = (c < n_forced)[None, :]
-    s = tl.where(forced, float("inf"), s)
+    s = tl.where((c < n_forced)[None, :], float("inf"), s)
     key = _order_keys(s)
-    # The threshold is a key t with count(key ≥ t) = k, or, with ties at the boundary, the k-th largest
-    # key itself. Search it on a bracket lo < hi with count(key ≥ lo) = f_lo ≥ k > f_hi = count(key ≥
-    # hi), each step one counting pass: the first probe is the row's Gaussian quantile
-    # mean + z·std (z for the kept fraction of the competing columns, from the host), then the secant
-    # between the bracket's values and counts (regula falsi on the scores), every fourth step the
-    # midpoint of the keys (bounds the steps: ≤ 4·32). A row is finished when f_lo = k (t = lo) or
-    # when no key lies strictly between lo and hi (t = lo, the k-th largest). On VGGT-like rows this
-    # takes ~6 passes against ~18 for a bit-by-bit search.
-    free = mask & ~forced  # the competing columns
-    n_free = tl.maximum(n_cols - n_forced, 1).to(tl.float32)
-    sf = tl.where(free, s, 0.0)
-    mean = tl.sum(sf, axis=1) / n_free
-    std = tl.sqrt(tl.maximum(tl.sum(sf * sf, axis=1) / n_free - mean * mean, 0.0))
-    lo = _order_keys(tl.min(tl.where(free, s, float("inf")), axis=1))
-    hi = _order_keys(tl.max(tl.where(free, s, float("-inf")), axis=1)) + 1
-    f_lo = tl.zeros([ROWS], dtype=tl.int32) + n_cols  # count(key ≥ lo): every valid column
-    f_hi = tl.zeros([ROWS], dtype=tl.int32) + n_forced  # only the forced columns lie above the free max
-    # k forced columns or fewer kept than forced: the threshold is the forced columns' key
-    inf_key = _order_keys(tl.full([ROWS], float("inf"), dtype=tl.float32))
-    take_forced = f_hi >= topk
-    lo = tl.where(take_forced, inf_key, lo)
-    hi = tl.where(take_forced, inf_key + 1, hi)
-    f_lo = tl.where(take_forced, f_hi, f_lo)
-    open_rows = rmask & (f_lo != topk) & (hi - lo > 1)
-    n_open = tl.sum(open_rows.to(tl.int32), axis=0)
-    step = 0
-    while n_open > 0:
-        lo_v, hi_v = _key_value(lo), _key_value(hi)
-        if step == 0:
-            guess = mean + z_guess * std
-        else:
-            guess = lo_v + (hi_v - lo_v) * ((f_lo - topk).to(tl.float32) / (f_lo - f_hi).to(tl.float32))
-        mid = lo + ((hi - lo) >> 1)
-        # the secant's probe when it lies strictly inside the bracket (a NaN or ±inf one does not)
-        use_guess = (guess > lo_v) & (guess < hi_v) & (step % 4 != 3)
-        probe = tl.where(use_guess, _order_keys(guess), mid)
-        probe = tl.minimum(tl.maximum(probe, lo + 1), hi - 1)
-        cnt = tl.sum(((key >= probe[:, None]) & cmask[None, :]).to(tl.int32), axis=1)
-        up = open_rows & (cnt >= topk)
-        down = open_rows & (cnt < topk)
-        lo = tl.where(up, probe, lo)
-        f_lo = tl.where(up, cnt, f_lo)
-        hi = tl.where(down, probe, hi)
-        f_hi = tl.where(down, cnt, f_hi)
-        open_rows = rmask & (f_lo != topk) & (hi - lo > 1)
-        n_open = tl.sum(open_rows.to(tl.int32), axis=0)
-        step += 1
-    t = lo
+    # Threshold t built bit by bit from the top: keep bit b when count(key ≥ t | b) ≥ k. Invariant:
+    # count(key ≥ t) ≥ k. A row is finished once count(key ≥ t) = k exactly (t then separates its top k
+    # from the rest; typically after ~20 of the 32 bits), so the loop stops when every row is; with ties
+    # at the boundary it runs all 32 bits and t is the k-th largest key. Padding columns never count.
+    t = tl.zeros([ROWS], dtype=tl.uint32)
+    cnt_t = tl.where(rmask, tl.minimum(n_cols, BLOCK_C), topk)  # count(key ≥ 0): every valid column
+    bit = tl.full([], 31, dtype=tl.int32)
+    n_open = tl.sum((cnt_t != topk).to(tl.int32), axis=0)
+    while (bit >= 0) & (n_open > 0):
+        cand = t | (tl.full([ROWS], 1, dtype=tl.uint32) << bit.to(tl.uint32))
+        cnt = tl.sum(((key >= cand[:, None]) & cmask[None, :]).to(tl.int32), axis=1)
+        ok = cnt >= topk
+        t = tl.where(ok, cand, t)
+        cnt_t = tl.where(ok, cnt, cnt_t)
+        n_open = tl.sum((rmask & (cnt_t != topk)).to(tl.int32), axis=0)
+        bit -= 1
     # Every key above t, plus the first ties in column order (all of them when count(key ≥ t) = k).
     above = (key > t[:, None]) & cmask[None, :]
     tied = (key == t[:, None]) & cmask[None, :]
@@ -129,13 +85,6 @@ def _topk_rows_kernel(
 
 def _rows_per_program(block_c: int) -> int:
     return max(1, min(16, 4096 // block_c))
-
-
-def _gaussian_quantile(kept: int, competing: int) -> float:
-    """z with P(X > z) = kept / competing for a standard normal X: the search's first probe."""
-    if kept <= 0 or kept >= competing:
-        return 0.0
-    return statistics.NormalDist().inv_cdf(1.0 - kept / competing)
 
 
 def topk_rows(scores: torch.Tensor, topk: int, out: torch.Tensor, n_forced: int = 0) -> torch.Tensor:
@@ -154,8 +103,7 @@ def topk_rows(scores: torch.Tensor, topk: int, out: torch.Tensor, n_forced: int 
     block_c = triton.next_power_of_2(C)
     rows = _rows_per_program(block_c)
     _topk_rows_kernel[(triton.cdiv(R, rows),)](
-        scores, out, R, C, topk, n_forced, _gaussian_quantile(topk - n_forced, C - n_forced),
-        scores.stride(0), out.stride(0),
+        scores, out, R, C, topk, n_forced, scores.stride(0), out.stride(0),
         ROWS=rows, BLOCK_C=block_c, num_warps=4 if block_c * rows <= 4096 else 8,
     )  # fmt: skip
     return out
