@@ -87,3 +87,26 @@ def test_gpu_vggt_shape():
         pytest.skip("needs a CUDA GPU (run benchmarks/gpu_check.sh on the device)")
     g = torch.Generator().manual_seed(0)
     _check(torch.randn(16 * 687, 687, generator=g, dtype=torch.float64).cuda(), 68, n_forced=1)
+
+
+@pytest.mark.parametrize("dist", ["cauchy", "exponential", "bimodal", "constant", "few_values", "huge_range"])
+def test_awkward_rows(dist):
+    """Rows far from Gaussian (heavy tails, two clusters, one value, a few values, magnitudes from 1e-30
+    to 1e30) give the exact table, with and without forced columns."""
+    g = torch.Generator().manual_seed(7)
+    R, C, k = 6, 1374, 137
+    x = torch.randn(R, C, generator=g, dtype=torch.float64)
+    if dist == "cauchy":
+        s = torch.tan(torch.pi * (torch.rand(R, C, generator=g, dtype=torch.float64) - 0.5))
+    elif dist == "exponential":
+        s = -torch.log(torch.rand(R, C, generator=g, dtype=torch.float64))
+    elif dist == "bimodal":
+        s = x + 1e4 * (torch.rand(R, C, generator=g) < 0.05).double()
+    elif dist == "constant":
+        s = torch.full((R, C), 3.0, dtype=torch.float64)
+    elif dist == "few_values":
+        s = torch.randint(0, 3, (R, C), generator=g).double()
+    else:
+        s = torch.sign(x) * torch.pow(10.0, 60 * torch.rand(R, C, generator=g, dtype=torch.float64) - 30)
+    _check(s.to(DEV), k)
+    _check(s.to(DEV), k, n_forced=5)

@@ -154,7 +154,9 @@ class SLAConfig:
             return f"token top-k {self.keep_ratio:.0%} + ELU linear (published Lite3R, torch)"
         kept = f"{self.keep_ratio:.0%} kept" if self.keep_ratio is not None else f"top-{self.top_k_blocks}"
         lin = "no linear" if self.linear == "none" else f"{self.feature_map} linear on {self.linear}"
-        loads = " · TMA key loads" if self.backend == "triton" and self.key_loads == "tma" else ""
+        # TMA is inference-only: a training forward (gradients) gathers, and the description says so
+        tma = self.backend == "triton" and self.key_loads == "tma"
+        loads = " · TMA key loads at inference (training gathers)" if tma else ""
         return f"SLA {self.backend} · {kept} · blocks {self.block_q}×{self.block_k} · {lin}{loads}"
 
 
