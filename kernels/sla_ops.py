@@ -195,13 +195,7 @@ def sla_prepare_select(
             side.wait_stream(caller)
         with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
             select_into(*prepare(states=False)[:3])  # pooling + selection, high priority
-        # One program per SM: the states half streams k and v with long programs and leaves the other
-        # slots of every SM to the selection's kernels (block priority does not preempt running blocks).
-        # Not with totals (linear over all tokens): fewer partial sums would change their rounding.
-        programs = None
-        if q.is_cuda and code == 2:
-            programs = torch.cuda.get_device_properties(q.device).multi_processor_count
-        *_, s_blk, z_blk, s, z, k_virt, v_virt = prepare(pool=False, programs=programs)
+        *_, s_blk, z_blk, s, z, k_virt, v_virt = prepare(pool=False)
         if side is not None:
             caller.wait_stream(side)
     else:  # one fused launch, then the selection

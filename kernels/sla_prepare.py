@@ -142,9 +142,9 @@ def dot_precision_for(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def prepare_chunking(geom: SLAGeometry, max_chunks: int = _MAX_CHUNKS) -> tuple[int, int, int]:
+def prepare_chunking(geom: SLAGeometry) -> tuple[int, int, int]:
     """(n_chunks, query blocks per program, key blocks per program)."""
-    n_chunks = max(1, min(_MAX_CHUNKS, max_chunks, -(-geom.n_kblocks // _MIN_KBLOCKS_PER_PROGRAM)))
+    n_chunks = max(1, min(_MAX_CHUNKS, -(-geom.n_kblocks // _MIN_KBLOCKS_PER_PROGRAM)))
     kb = -(-geom.n_kblocks // n_chunks)
     n_chunks = -(-geom.n_kblocks // kb)
     qb = -(-geom.n_qblocks // n_chunks)
@@ -165,7 +165,6 @@ def sla_prepare(
     *,
     pool: bool = True,
     states: bool = True,
-    programs: int | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Launch the preparation kernel (``launch``: num_warps / num_stages other than the defaults, for
     the prepare probe).
@@ -182,9 +181,7 @@ def sla_prepare(
     The pass has two halves that can run as two launches: ``pool`` (pq, pk, kmean: what the block
     selection needs; reads q and k) and ``states`` (everything else; reads k and v). The outputs of a
     half that is off are empty. Split, the selection can run on another CUDA stream while the states
-    half streams k and v (``sla_ops.sla_prepare_select``). ``programs`` caps the launch's programs
-    (at least one per batch·head): fewer, longer programs leave SM slots free for kernels of other
-    streams.
+    half streams k and v (``sla_ops.sla_prepare_select``).
     """
     if launch and not set(launch) <= {"num_warps", "num_stages"}:
         raise ValueError(f"launch takes num_warps and num_stages, got {sorted(launch)}")
@@ -192,7 +189,7 @@ def sla_prepare(
         raise ValueError("sla_prepare needs pool or states")
     B, H, N, D = q.shape
     dev = q.device
-    n_chunks, qb, kb = prepare_chunking(geom, max(1, programs // (B * H)) if programs else _MAX_CHUNKS)
+    n_chunks, qb, kb = prepare_chunking(geom)
     lin = LINEAR_CODES[linear] if states else 0
     virtual_kv = bool(virtual_kv and states)
     f32 = torch.float32

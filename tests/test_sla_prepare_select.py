@@ -51,12 +51,6 @@ def test_prepare_halves_equal_the_fused_pass(linear, virtual_kv):
         assert torch.equal(pool[i], fused[i]) and states[i].numel() == 0
     for i in range(3, 9):  # s_blk, z_blk, s_tot, z_tot, k_virtual, v_virtual
         assert torch.equal(states[i], fused[i]) and pool[i].numel() == 0
-    # one program per (batch, head): longer programs, the same per-block states and copies
-    few = prepare.sla_prepare(q, k, v, g, "elu", linear, virtual_kv=virtual_kv, pool=False, programs=4)
-    for i in (3, 4, 7, 8):
-        assert torch.equal(few[i], fused[i])
-    for i in (5, 6):  # totals: other partial sums, the same values up to rounding
-        torch.testing.assert_close(few[i], fused[i])
     with pytest.raises(ValueError, match="pool or states"):
         prepare.sla_prepare(q, k, v, g, "elu", linear, pool=False, states=False)
 
