@@ -31,13 +31,7 @@ Per frame count and kept fraction:
   ``outside_graph_pct`` / ``speedup_graph`` (CUDA-graph replays: the deployed Lite3R path), each
   against the kernel alone timed the same way (``kernel_graph_tflops``: its FLOPs over that device time);
   ``gpu_kernels_us``: device time per kernel of one
-  module call (torch.profiler) and ``gpu_busy_ms`` their sum (``sla_ms`` minus it is idle GPU time;
-  kernels on the selection stream overlap others, so the sum can exceed the module's time);
-- the overlapped selection (``SLAConfig.overlap_selection``): ``sla_serial_graph_ms`` /
-  ``outside_serial_graph_pct`` is the module with it off (one fused prepare launch, then the
-  selection), timed between ``sla_graph_ms`` and ``sla_graph_again_ms`` (the module again: the
-  clock drifts within a run); ``prepare_pool_ms`` / ``prepare_states_ms``: the two halves of the
-  prepare pass the overlapped module launches on two streams, each alone;
+  module call (torch.profiler) and ``gpu_busy_ms`` their sum (``sla_ms`` minus it is idle GPU time);
 - backward (``--backward-frames``): dense SDPA backward vs the SLA backward (autograd of the module,
   dQ + dK/dV kernels, inverse LUT), forward not included; ``--backward-breakdown`` adds the time of
   each piece of the backward op (complement sums, dQ kernel, inverse LUT, dK/dV kernel) with the
@@ -80,7 +74,6 @@ from lite3r.kernels import (
     sla_forward,
     sla_linear_domain,
     sla_ops,
-    sla_prepare,
 )
 
 TOKENS, SPECIAL, HEADS, HEAD_DIM = 1374, 5, 16, 64
@@ -201,7 +194,6 @@ def sla_module(
     complement_states: str = "summed",
     special: int = SPECIAL,
     key_loads: str | None = None,
-    overlap_selection: bool = True,
 ) -> SparseLinearAttention:
     """The module as the product builds it (``key_loads`` None: lite3r.convert's choice for this GPU)."""
     if key_loads is None:
@@ -209,7 +201,7 @@ def sla_module(
         key_loads = default_key_loads(product, "triton", torch.device(DEVICE))
     cfg = SLAConfig(
         keep_ratio=keep, block_q=BLOCK_Q, block_k=BLOCK_K, linear=linear, backend="triton",
-        complement_states=complement_states, key_loads=key_loads, overlap_selection=overlap_selection,
+        complement_states=complement_states, key_loads=key_loads,
     )  # fmt: skip
     m = SparseLinearAttention(HEADS * HEAD_DIM, HEADS, config=cfg, special_tokens_per_frame=special)
     m = m.to(DEVICE).eval()
@@ -259,10 +251,6 @@ def _forward_one(frames: int, keep: float, q, k, v, dense_ms: float, repeats: in
         row["prepare_no_states_ms"] = median_ms(
             partial(sla_ops.sla_prepare_op, q, k, v, g, "elu", "complement", False), repeats
         )
-        # the two halves the overlapped module launches on two streams (sla_ops.sla_prepare_select)
-        half = partial(sla_prepare.sla_prepare, q, k, v, geom, "elu", "complement", totals=False)
-        row["prepare_pool_ms"] = median_ms(partial(half, states=False), repeats)
-        row["prepare_states_ms"] = median_ms(partial(half, pool=False, virtual_kv=tma), repeats)
         select = partial(sla_ops.sla_block_select_op, pq, pk, km, g)
         lut = select()
         row["select_ms"] = median_ms(select, repeats)  # the module's selection (SLAConfig.select)
@@ -307,16 +295,9 @@ def _forward_one(frames: int, keep: float, q, k, v, dense_ms: float, repeats: in
         row["sla_pipelined_ms"] = pipelined_ms(module)
         row["kernel_pipelined_ms"] = pipelined_ms(kernel)
         row["outside_pipelined_pct"] = 100.0 * (1 - row["kernel_pipelined_ms"] / row["sla_pipelined_ms"])
-        serial = partial(sla_module(keep, overlap_selection=False).attend, q, k, v, frame_len=TOKENS)
         try:
-            # module, the module without the overlapped selection, module again (A/B/A: the clock drifts)
             row["sla_graph_ms"] = graph_ms(module, repeats)
-            row["sla_serial_graph_ms"] = graph_ms(serial, repeats)
-            row["sla_graph_again_ms"] = graph_ms(module, repeats)
             row["kernel_graph_ms"] = graph_ms(kernel, repeats)
-            row["outside_serial_graph_pct"] = 100.0 * (
-                1 - row["kernel_graph_ms"] / row["sla_serial_graph_ms"]
-            )
             row["outside_graph_pct"] = 100.0 * (1 - row["kernel_graph_ms"] / row["sla_graph_ms"])
             row["speedup_graph"] = dense_ms / row["sla_graph_ms"]
             # the kernel's device time alone (a single synchronised call also counts its launch latency)
@@ -637,8 +618,8 @@ def main(argv=None) -> int:
              "sla_recomputed_ms", "speedup_recomputed", "speedup_stored", "kernel_tflops",
              "kernel_gather_tflops", "kernel_stored_tflops",
              "kernel_recomputed_tflops", "kernel_all_tflops", "sparse_only_tflops", "prepare_ms", "prepare_gather_ms", "select_ms", "sums_ms", "select_streamed_ms", "select_dense_map_ms", "outside_pct",
-             "outside_recomputed_pct", "sla_pipelined_ms", "outside_pipelined_pct", "sla_graph_ms", "sla_serial_graph_ms", "sla_graph_again_ms", "speedup_graph",
-             "outside_graph_pct", "outside_serial_graph_pct", "prepare_pool_ms", "prepare_states_ms", "kernel_graph_tflops", "gpu_busy_ms"],
+             "outside_recomputed_pct", "sla_pipelined_ms", "outside_pipelined_pct", "sla_graph_ms", "speedup_graph",
+             "outside_graph_pct", "kernel_graph_tflops", "gpu_busy_ms"],
         )  # fmt: skip
         if bwd:
             table += "\n## Backward\n\n" + markdown_table(bwd)

@@ -132,32 +132,16 @@ def lut_dtype_for(n_kblocks: int) -> torch.dtype:
     return torch.int16 if n_kblocks < 2**15 else torch.int32
 
 
-def empty_lut(like: torch.Tensor, geom: SLAGeometry) -> torch.Tensor:
-    """An uninitialised look-up table for the batch and heads of ``like`` ([B, H, …]: q or pooled q)."""
-    B, H = like.shape[:2]
-    T = min(geom.topk, geom.n_kblocks)
-    return like.new_empty(B, H, geom.n_qblocks, T, dtype=lut_dtype_for(geom.n_kblocks))
-
-
-def _all_blocks(lut: torch.Tensor, n_k: int) -> torch.Tensor:
-    lut.copy_(torch.arange(n_k, device=lut.device, dtype=lut.dtype).expand_as(lut))
-    return lut
-
-
 def sla_block_select(
-    pq: torch.Tensor,
-    pk: torch.Tensor,
-    kmean: torch.Tensor,
-    geom: SLAGeometry,
-    out: torch.Tensor | None = None,
+    pq: torch.Tensor, pk: torch.Tensor, kmean: torch.Tensor, geom: SLAGeometry
 ) -> torch.Tensor:
-    """Look-up table [B, H, n_qblocks, topk] of selected key blocks, ascending (int16/int32), written
-    into ``out`` (from :func:`empty_lut`) when given."""
+    """Look-up table [B, H, n_qblocks, topk] of selected key blocks, ascending (int16/int32)."""
     B, H, M, D = pq.shape
     n_k = geom.n_kblocks
-    lut = empty_lut(pq, geom) if out is None else out
+    dtype = lut_dtype_for(n_k)
     if geom.topk >= n_k:  # everything is selected
-        return _all_blocks(lut, n_k)
+        return torch.arange(n_k, device=pq.device, dtype=dtype).expand(B, H, M, n_k).contiguous()
+    lut = torch.empty(B, H, M, geom.topk, device=pq.device, dtype=dtype)
     chunk = max(16, min(32, triton.next_power_of_2(n_k)))
     kwargs = {"num_warps": 8} if pq.is_cuda else {}
     _sla_block_select_kernel[(triton.cdiv(M, ROWS), B * H)](
@@ -184,11 +168,9 @@ def sla_block_select_gemm(
     kmean: torch.Tensor,
     geom: SLAGeometry,
     workspace_bytes: int = SELECT_WORKSPACE_BYTES,
-    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The look-up table of :func:`sla_block_select` (same ordering and tie rule: equal scores go to
-    the lower block) from score tiles of at most ``workspace_bytes`` (≈ 32 bytes per score), written
-    into ``out`` when given.
+    the lower block) from score tiles of at most ``workspace_bytes`` (≈ 32 bytes per score).
 
     Per chunk: scores = pq · (pk − k̄)ᵀ, the k-th largest score t per row (torch.topk), every block
     above t plus the first blocks equal to t in block order, written in ascending order by a scatter
@@ -200,12 +182,12 @@ def sla_block_select_gemm(
     B, H, M, _ = pq.shape
     n_k, k = geom.n_kblocks, geom.topk
     dtype = lut_dtype_for(n_k)
-    lut = empty_lut(pq, geom) if out is None else out
     if k >= n_k:
-        return _all_blocks(lut, n_k)
+        return torch.arange(n_k, device=pq.device, dtype=dtype).expand(B, H, M, n_k).contiguous()
     # Scores as in block_scores_reference: float64 dot products rounded once to float32, whatever the
     # autocast / TF32 state of the caller (under bf16 autocast a float32 matmul would run in bf16 and
     # flip the selection of ~4 % of the rows: measured on the H100).
+    lut = torch.empty(B, H, M, k, device=pq.device, dtype=dtype)
     if n_k <= _topk_rows.MAX_COLS and _topk_rows.runs_here(pq):
         pq64, keys64 = _operands.select_operands(pq, pk, kmean)  # one launch for both
         keys_t = keys64.transpose(-1, -2)  # [B, H, D, n_k]
@@ -214,11 +196,11 @@ def sla_block_select_gemm(
             with torch.autocast(pq.device.type, enabled=False):
                 s = torch.matmul(pq64[:, :, r0 : r0 + rows], keys_t)  # [B, H, r, n_k]
             r = s.shape[2]
-            tile = lut if r == M else torch.empty(B, H, r, k, device=pq.device, dtype=dtype)
-            _topk_rows.topk_rows(s.view(-1, n_k), k, tile.view(-1, k), geom.n_forced)
+            out = lut if r == M else torch.empty(B, H, r, k, device=pq.device, dtype=dtype)
+            _topk_rows.topk_rows(s.view(-1, n_k), k, out.view(-1, k), geom.n_forced)
             if r != M:
-                lut[:, :, r0 : r0 + r] = tile
-            del s, tile  # free this tile before the next GEMM allocates its own (one tile live at a time)
+                lut[:, :, r0 : r0 + r] = out
+            del s, out  # free this tile before the next GEMM allocates its own (one tile live at a time)
         return lut
     keys_t = (pk.float() - kmean.float()[:, :, None]).double().transpose(-1, -2)  # [B, H, D, n_k]
     rows = max(1, workspace_bytes // (SELECT_BYTES_PER_SCORE * B * H * n_k))
@@ -234,9 +216,9 @@ def sla_block_select_gemm(
         room = k - above.sum(-1, keepdim=True, dtype=torch.int32)
         sel = above | (tied & (tied.cumsum(-1, dtype=torch.int32) <= room))
         slot = torch.where(sel, sel.cumsum(-1, dtype=torch.int32) - 1, k).long()  # k: a discard slot
-        slots = torch.empty(*s.shape[:-1], k + 1, device=pq.device, dtype=torch.int32)
-        slots.scatter_(-1, slot, block_ids.expand_as(slot))
-        lut[:, :, r0 : r0 + rows] = slots[..., :k].to(dtype)
+        out = torch.empty(*s.shape[:-1], k + 1, device=pq.device, dtype=torch.int32)
+        out.scatter_(-1, slot, block_ids.expand_as(slot))
+        lut[:, :, r0 : r0 + rows] = out[..., :k].to(dtype)
     return lut
 
 

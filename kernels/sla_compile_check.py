@@ -187,14 +187,9 @@ def variants(head_dims=(64,), quick=False):
                 (f"backward dK/dV {kind} D{D}", dkdv, dkdv_ptrs, consts, cfgs("backward_dkdv", D, lin))
             )
         prep = dict(BLOCK_Q=128, BLOCK_K=64, HEAD_DIM=D, FEATURE=0, LINEAR=2, STORE_STATES=True)
-        prep.update(HAS_SPECIAL=True, DOT_PRECISION="tf32", TOTALS=False, WRITE_VIRTUAL=True, POOL=True)
+        prep.update(HAS_SPECIAL=True, DOT_PRECISION="tf32", TOTALS=False, WRITE_VIRTUAL=True)
         prep_cfg = [(4 if D <= 64 else 8, 3, None, {})]
-        kernel = sla_prepare._sla_prepare_kernel
-        out.append((f"prepare complement D{D}", kernel, prep_ptrs, prep, prep_cfg))
-        # the two halves sla_ops.sla_prepare_select launches on two streams
-        pool_half = {**prep, "LINEAR": 0, "STORE_STATES": False, "WRITE_VIRTUAL": False}
-        out.append((f"prepare pooling half D{D}", kernel, prep_ptrs, pool_half, prep_cfg))
-        out.append((f"prepare states half D{D}", kernel, prep_ptrs, {**prep, "POOL": False}, prep_cfg))
+        out.append((f"prepare complement D{D}", sla_prepare._sla_prepare_kernel, prep_ptrs, prep, prep_cfg))
         sel = dict(ROWS=sla_block_select.ROWS, CHUNK=32, HEAD_DIM=D, RADIX_BITS=4, PASSES=8, NB=16)
         sel.update(DOT_PRECISION="tf32x3")
         out.append(

@@ -9,9 +9,6 @@ names) so tests can re-import the kernels in interpreter mode.
 
 from __future__ import annotations
 
-import contextlib
-from functools import partial
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -139,108 +136,6 @@ def _(pq, pk, kmean, geom, method="gemm"):
     g = geom_from_list(geom)
     B, H, M, _ = pq.shape
     return pq.new_empty(B, H, M, g.topk, dtype=_select_mod.lut_dtype_for(g.n_kblocks))
-
-
-# CUDA streams of high priority for the block selection (one per device; sla_prepare_select).
-_SELECT_STREAMS: dict[int, torch.cuda.Stream] = {}
-
-
-def _select_stream(device: torch.device) -> torch.cuda.Stream:
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _SELECT_STREAMS:
-        _, greatest = torch.cuda.Stream.priority_range()  # (least, greatest): greatest is the lowest number
-        _SELECT_STREAMS[index] = torch.cuda.Stream(device=index, priority=greatest)
-    return _SELECT_STREAMS[index]
-
-
-def sla_prepare_select(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    geom: SLAGeometry,
-    feature: str,
-    linear: str,
-    select: str = "gemm",
-    virtual_kv: bool = False,
-    overlap: bool = True,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Inference preparation: (lut, s, z, k_virtual, v_virtual), where s, z are the linear states the
-    sparse forward reads per query block (complement branch: summed over the key blocks it did not
-    select; all tokens: the totals; otherwise empty) and the K/V copies are those of ``virtual_kv``.
-
-    The prepare pass runs as two launches: pooling (reads q, k; what the selection needs) and states
-    (reads k, v; the per-key-block states and the copies). With ``overlap`` on a CUDA device, pooling
-    and the selection (operands, float64 GEMM, top-k: small latency-bound kernels) run on a stream of
-    high priority while the bandwidth-bound states launch runs on the caller's stream; the complement
-    sums join both. Costs one more read of k; works inside CUDA-graph capture (fork/join by events).
-    """
-    code = effective_linear_code(linear, geom)
-    lin = ("none", "all", "complement")[code]
-    lut = _select_mod.empty_lut(q, geom)
-    states = code != 0 or virtual_kv
-    prepare = partial(
-        _prepare_mod.sla_prepare, q, k, v, geom, feature, lin, totals=code == 1, virtual_kv=virtual_kv
-    )
-
-    def select_into(pq: Tensor, pk: Tensor, kmean: Tensor) -> None:
-        if select == "gemm":
-            _select_mod.sla_block_select_gemm(pq, pk, kmean, geom, out=lut)
-        else:
-            _select_mod.sla_block_select(pq, pk, kmean, geom, out=lut)
-
-    if overlap and states:  # on CUDA two streams; elsewhere (the interpreter) the same launches in order
-        caller = torch.cuda.current_stream(q.device) if q.is_cuda else None
-        side = _select_stream(q.device) if q.is_cuda else None
-        if side is not None:
-            side.wait_stream(caller)
-        with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
-            select_into(*prepare(states=False)[:3])  # pooling + selection, high priority
-        *_, s_blk, z_blk, s, z, k_virt, v_virt = prepare(pool=False)
-        if side is not None:
-            caller.wait_stream(side)
-    else:  # one fused launch, then the selection
-        pq, pk, kmean, s_blk, z_blk, s, z, k_virt, v_virt = prepare()
-        select_into(pq, pk, kmean)
-    if code == 2:
-        s, z = _domain_mod.complement_sums(lut, s_blk, z_blk, geom.n_kblocks, transpose=False)
-    return lut, s, z, k_virt, v_virt
-
-
-@torch.library.custom_op("lite3r::sla_prepare_select", mutates_args=())
-def sla_prepare_select_op(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    geom: list[int],
-    feature: str,
-    linear: str,
-    select: str,
-    virtual_kv: bool,
-    overlap: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return sla_prepare_select(q, k, v, geom_from_list(geom), feature, linear, select, virtual_kv, overlap)
-
-
-@sla_prepare_select_op.register_fake
-def _(q, k, v, geom, feature, linear, select, virtual_kv, overlap):
-    g = geom_from_list(geom)
-    B, H, _, D = q.shape
-    code = effective_linear_code(linear, g)
-    lut = _select_mod.empty_lut(q, g)
-    f32 = torch.float32
-    if code == 2:
-        s = q.new_empty(B, H, g.n_qblocks, D, D, dtype=_prepare_mod.state_dtype_for(q.dtype))
-        z = q.new_empty(B, H, g.n_qblocks, D, dtype=f32)
-    elif code == 1:
-        s, z = q.new_empty(B, H, D, D, dtype=f32), q.new_empty(B, H, D, dtype=f32)
-    else:
-        s, z = q.new_empty(0, dtype=f32), q.new_empty(0, dtype=f32)
-    if virtual_kv:
-        rows = B * H * g.n_kblocks * g.block_k
-        k_virt, v_virt = q.new_empty(rows, D), q.new_empty(rows, D)
-    else:
-        k_virt, v_virt = q.new_empty(0), q.new_empty(0)
-    return lut, s, z, k_virt, v_virt
 
 
 @torch.library.custom_op("lite3r::sla_complement_sums", mutates_args=())
@@ -446,7 +341,6 @@ def sla_attention(
     complement_states: str = "summed",
     select: str = "gemm",
     key_loads: str = "gather",
-    overlap: bool = True,
 ) -> Tensor:
     """Block sparse-linear attention with the Triton kernels: [B, H, N, D] → [B, H, N, D].
 
@@ -458,9 +352,7 @@ def sla_attention(
     "gather" reads the selected key blocks from q/k/v's own storage (cp.async gathers, any GPU); "tma"
     has the prepare pass write K and V in virtual key order (one more K- and V-sized buffer while the
     layer runs) and loads each selected block with one TMA copy (Hopper; ``sla_forward_tma``; the
-    complement branch needs "summed" states). ``overlap`` (inference with summed states, or no
-    complement branch, on CUDA): the block selection runs on a high-priority stream beside the
-    states/copies half of the prepare pass (``sla_prepare_select``). With gradients it runs the autograd function (stored
+    complement branch needs "summed" states). With gradients it runs the autograd function (stored
     states, gather loads) and projects o_l in PyTorch, so the projection weight gets its gradient from
     autograd.
     """
@@ -477,29 +369,23 @@ def sla_attention(
     recompute = complement_states == "recomputed" and inference
     summed = inference and complement_states == "summed" and effective_linear_code(linear, geom) == 2
     tma = inference and key_loads == "tma"
-    code = effective_linear_code(linear, geom)
-    if tma and code == 2 and not summed:
+    if tma and effective_linear_code(linear, geom) == 2 and not summed:
         raise ValueError("TMA key loads need the complement states summed per query block")
-    if inference and (summed or code != 2):  # the per-query-block states come in summed (or are totals)
-        lut, s, z, k_virt, v_virt = sla_prepare_select_op(
-            q.detach(), k.detach(), v.detach(), g, feature, linear, select, tma, overlap
-        )
-        if tma:
-            return sla_forward_tma_op(
-                q, k_virt, v_virt, lut, s, z, proj_weight, g, feature, linear, eps, scale
-            )
-        none = s.new_empty(0)
-        return sla_forward_op(
-            q, k, v, lut, none, none, s, z, proj_weight, g, feature, linear, eps, scale, True, False, summed
-        )[0]  # fmt: skip
-    pq, pk, kmean, s_blk, z_blk, s_tot, z_tot, _, _ = sla_prepare_op(
-        q.detach(), k.detach(), v.detach(), g, feature, linear, not recompute, True, False
+    pq, pk, kmean, s_blk, z_blk, s_tot, z_tot, k_virt, v_virt = sla_prepare_op(
+        q.detach(), k.detach(), v.detach(), g, feature, linear, not recompute, not summed, tma
     )
     lut = sla_block_select_op(pq, pk, kmean, g, select)
-    if inference:  # complement branch with the states stored per key block, or recomputed in the loop
+    if inference:
+        if summed:
+            s_tot, z_tot = sla_complement_sums_op(lut, s_blk, z_blk, geom.n_kblocks)
+            s_blk = z_blk = s_tot.new_empty(0)
+        if tma:
+            return sla_forward_tma_op(
+                q, k_virt, v_virt, lut, s_tot, z_tot, proj_weight, g, feature, linear, eps, scale
+            )
         return sla_forward_op(
             q, k, v, lut, s_blk, z_blk, s_tot, z_tot, proj_weight, g, feature, linear, eps, scale, True,
-            recompute, False,
+            recompute, summed,
         )[0]  # fmt: skip
     if qkv_grad:
         o_s, o_l = SparseLinearAttentionFunction.apply(

@@ -42,7 +42,7 @@ def _sla_prepare_kernel(
     n_special, frame_len, n_special_total,
     BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, HEAD_DIM: tl.constexpr,
     FEATURE: tl.constexpr, LINEAR: tl.constexpr, STORE_STATES: tl.constexpr, HAS_SPECIAL: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, TOTALS: tl.constexpr, WRITE_VIRTUAL: tl.constexpr, POOL: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, TOTALS: tl.constexpr, WRITE_VIRTUAL: tl.constexpr,
 ):  # fmt: skip
     c = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)  # int64 offsets: 1,000 frames of qkv views exceed 2**31 elements
@@ -51,21 +51,18 @@ def _sla_prepare_kernel(
     d = tl.arange(0, HEAD_DIM)
 
     # Mean-pooled queries of this program's query blocks.
-    if POOL:
-        q_base = Q + b * stride_qb + h * stride_qh
-        q_lo = c * qb_per_prog
-        for i in range(q_lo, tl.minimum(q_lo + qb_per_prog, n_qblocks)):
-            rows = i * BLOCK_Q + tl.arange(0, BLOCK_Q)
-            x = tl.load(
-                q_base + rows.to(tl.int64)[:, None] * stride_qn + d[None, :],
-                mask=(rows < N)[:, None],
-                other=0.0,
-            )
-            count = tl.minimum(N - i * BLOCK_Q, BLOCK_Q).to(tl.float32)
-            tl.store(
-                PQ + (bh * n_qblocks + i) * HEAD_DIM + d,
-                tl.sum(x.to(tl.float32), axis=0) / count,
-            )
+    q_base = Q + b * stride_qb + h * stride_qh
+    q_lo = c * qb_per_prog
+    for i in range(q_lo, tl.minimum(q_lo + qb_per_prog, n_qblocks)):
+        rows = i * BLOCK_Q + tl.arange(0, BLOCK_Q)
+        x = tl.load(
+            q_base + rows.to(tl.int64)[:, None] * stride_qn + d[None, :], mask=(rows < N)[:, None], other=0.0
+        )
+        count = tl.minimum(N - i * BLOCK_Q, BLOCK_Q).to(tl.float32)
+        tl.store(
+            PQ + (bh * n_qblocks + i) * HEAD_DIM + d,
+            tl.sum(x.to(tl.float32), axis=0) / count,
+        )
 
     # Key blocks: pooled k, and the linear-branch states.
     k_base = K + b * stride_kb + h * stride_kh
@@ -82,11 +79,10 @@ def _sla_prepare_kernel(
             k_base + phys.to(tl.int64)[:, None] * stride_kn + d[None, :], mask=cmask[:, None], other=0.0
         )
         kf = kx.to(tl.float32)
-        if POOL:
-            ksum = tl.sum(kf, axis=0)
-            count = tl.minimum(N - j * BLOCK_K, BLOCK_K).to(tl.float32)
-            tl.store(PK + (bh * n_kblocks + j) * HEAD_DIM + d, ksum / count)
-            k_acc += ksum
+        ksum = tl.sum(kf, axis=0)
+        count = tl.minimum(N - j * BLOCK_K, BLOCK_K).to(tl.float32)
+        tl.store(PK + (bh * n_kblocks + j) * HEAD_DIM + d, ksum / count)
+        k_acc += ksum
         if LINEAR != 0 or WRITE_VIRTUAL:
             vx = tl.load(
                 v_base + phys.to(tl.int64)[:, None] * stride_vn + d[None, :], mask=cmask[:, None], other=0.0
@@ -118,8 +114,7 @@ def _sla_prepare_kernel(
             tl.store(ZBLK + blk * HEAD_DIM + d, tl.zeros([HEAD_DIM], dtype=tl.float32))
 
     part = bh * n_chunks + c
-    if POOL:
-        tl.store(KPART + part * HEAD_DIM + d, k_acc)
+    tl.store(KPART + part * HEAD_DIM + d, k_acc)
     if LINEAR != 0 and TOTALS:
         tl.store(SPART + (part * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :], s_acc)
         tl.store(ZPART + part * HEAD_DIM + d, z_acc)
@@ -162,65 +157,48 @@ def sla_prepare(
     totals: bool = True,
     launch: dict | None = None,
     virtual_kv: bool = False,
-    *,
-    pool: bool = True,
-    states: bool = True,
 ) -> tuple[torch.Tensor, ...]:
     """Launch the preparation kernel (``launch``: num_warps / num_stages other than the defaults, for
     the prepare probe).
 
     Returns (pq [B,H,Mq,D] f32, pk [B,H,Nk,D] f32, kmean [B,H,D] f32, s_blk [B,H,Nk',D,D] (state
     dtype), z_blk [B,H,Nk',D] f32 — Nk' = Nk rounded up to a multiple of 8, the rows past Nk zero, so
-    the complement-sums GEMM reduces over a 16-byte aligned length (``padded_kblocks``); both empty unless
-    linear is "complement" and ``store_states`` (the forward can recompute the selected blocks' states
-    from K/V instead) —, s_tot [B,H,D,D] f32, z_tot [B,H,D] f32 (both empty when linear is "none", or
-    without ``totals``: the complement sums per query block need only the per-block states, and dropping
-    the running D×D sum frees registers)), and with ``virtual_kv`` the virtual-order copies k_virtual,
-    v_virtual [B·H·n_kblocks·block_k, D] (empty otherwise).
-
-    The pass has two halves that can run as two launches: ``pool`` (pq, pk, kmean: what the block
-    selection needs; reads q and k) and ``states`` (everything else; reads k and v). The outputs of a
-    half that is off are empty. Split, the selection can run on another CUDA stream while the states
-    half streams k and v (``sla_ops.sla_prepare_select``).
+    the complement-sums GEMM reduces over a 16-byte aligned length (``padded_kblocks``); both empty unless linear is "complement" and ``store_states`` (the
+    forward can recompute the selected blocks' states from K/V instead) —, s_tot [B,H,D,D] f32,
+    z_tot [B,H,D] f32 (both empty when linear is "none", or without ``totals``: the complement sums
+    per query block need only the per-block states, and dropping the running D×D sum frees registers)),
+    and with ``virtual_kv`` the virtual-order copies k_virtual, v_virtual [B·H·n_kblocks·block_k, D]
+    (empty otherwise).
     """
     if launch and not set(launch) <= {"num_warps", "num_stages"}:
         raise ValueError(f"launch takes num_warps and num_stages, got {sorted(launch)}")
-    if not (pool or states):
-        raise ValueError("sla_prepare needs pool or states")
     B, H, N, D = q.shape
     dev = q.device
     n_chunks, qb, kb = prepare_chunking(geom)
-    lin = LINEAR_CODES[linear] if states else 0
-    virtual_kv = bool(virtual_kv and states)
+    lin = LINEAR_CODES[linear]
     f32 = torch.float32
-
-    def empty(dtype=f32):
-        return torch.empty(0, device=dev, dtype=dtype)
-
-    if pool:
-        pq = torch.empty(B, H, geom.n_qblocks, D, device=dev, dtype=f32)
-        pk = torch.empty(B, H, geom.n_kblocks, D, device=dev, dtype=f32)
-        kpart = torch.empty(B, H, n_chunks, D, device=dev, dtype=f32)
-    else:
-        pq, pk, kpart = empty(), empty(), empty()
+    pq = torch.empty(B, H, geom.n_qblocks, D, device=dev, dtype=f32)
+    pk = torch.empty(B, H, geom.n_kblocks, D, device=dev, dtype=f32)
+    kpart = torch.empty(B, H, n_chunks, D, device=dev, dtype=f32)
     store = lin == 2 and store_states
     n_srows = padded_kblocks(geom.n_kblocks)
     if store:
         s_blk = torch.empty(B, H, n_srows, D, D, device=dev, dtype=state_dtype_for(q.dtype))
         z_blk = torch.empty(B, H, n_srows, D, device=dev, dtype=f32)
     else:
-        s_blk, z_blk = empty(), empty()
+        s_blk = torch.empty(0, device=dev, dtype=f32)
+        z_blk = torch.empty(0, device=dev, dtype=f32)
     totals = bool(totals and lin)
     if totals:
         spart = torch.empty(B, H, n_chunks, D, D, device=dev, dtype=f32)
         zpart = torch.empty(B, H, n_chunks, D, device=dev, dtype=f32)
     else:
-        spart, zpart = empty(), empty()
+        spart = zpart = torch.empty(0, device=dev, dtype=f32)
     if virtual_kv:
         rows = B * H * geom.n_kblocks * geom.block_k
         k_virt, v_virt = (torch.empty(rows, D, device=dev, dtype=q.dtype) for _ in range(2))
     else:
-        k_virt, v_virt = empty(q.dtype), empty(q.dtype)  # distinct: op outputs
+        k_virt, v_virt = (torch.empty(0, device=dev, dtype=q.dtype) for _ in range(2))  # distinct: op outputs
     _sla_prepare_kernel[(n_chunks, B * H)](
         q, k, v,
         q.stride(0), q.stride(1), q.stride(2),
@@ -231,16 +209,16 @@ def sla_prepare(
         max(geom.n_special, 1), geom.frame_len, geom.n_special_total,
         BLOCK_Q=geom.block_q, BLOCK_K=geom.block_k, HEAD_DIM=D,
         FEATURE=FEATURE_CODES[feature], LINEAR=lin, STORE_STATES=store, HAS_SPECIAL=geom.n_special > 0,
-        DOT_PRECISION=dot_precision_for(q.dtype), TOTALS=totals, WRITE_VIRTUAL=virtual_kv, POOL=bool(pool),
+        DOT_PRECISION=dot_precision_for(q.dtype), TOTALS=totals, WRITE_VIRTUAL=bool(virtual_kv),
         **({"num_warps": 4 if D <= 64 else 8, **(launch or {})} if q.is_cuda else {}),
     )  # fmt: skip
     BH = B * H
-    kmean = _sum_rows.sum_rows(kpart.view(BH, n_chunks, D), 1.0 / N).view(B, H, D) if pool else empty()
+    kmean = _sum_rows.sum_rows(kpart.view(BH, n_chunks, D), 1.0 / N).view(B, H, D)
     if totals:
         s_tot = _sum_rows.sum_rows(spart.view(BH, n_chunks, D * D)).view(B, H, D, D)
         z_tot = _sum_rows.sum_rows(zpart.view(BH, n_chunks, D)).view(B, H, D)
     else:
-        s_tot, z_tot = empty(), empty()
+        s_tot, z_tot = (torch.empty(0, device=dev, dtype=f32) for _ in range(2))
     return pq, pk, kmean, s_blk, z_blk, s_tot, z_tot, k_virt, v_virt
 
 

@@ -85,11 +85,6 @@ class SLAConfig:
     # K and V in virtual key order (one more K- and V-sized buffer while the layer runs) and each block
     # arrives by one TMA copy (Hopper, sm90+; 8 % faster at 64 VGGT frames). Training always gathers.
     key_loads: str = "gather"
-    # Triton inference on CUDA (summed complement states, or no complement branch): the block selection
-    # (pooling, float64 score GEMM, top-k: small latency-bound kernels) runs on a high-priority CUDA
-    # stream while the bandwidth-bound pass that writes the linear states (and the TMA copies) runs on
-    # the caller's stream. Costs one more read of k; False runs the single fused prepare pass first.
-    overlap_selection: bool = True
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> None:
@@ -294,7 +289,6 @@ class SparseLinearAttention(MultiHeadAttention):
             complement_states=cfg.complement_states,
             select=cfg.select,
             key_loads=cfg.key_loads,
-            overlap=cfg.overlap_selection,
             **kwargs,
         )
 
