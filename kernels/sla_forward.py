@@ -31,9 +31,9 @@ from . import sla_triton_common as _common
 from .sla_reference import SLAGeometry
 from .sla_triton_common import (
     FEATURE_CODES,
-    LINEAR_CODES,
     SIZE_ARGS,
     bucketed_autotune,
+    effective_linear_code,
     fast_patch_map,
     feature_map,
     patch_pair_rows,
@@ -368,9 +368,7 @@ def sla_forward(
     are unused. ``pair``: key blocks per loop step for the plain (interpreted) kernel; autotuned on CUDA.
     """
     B, H, N, D = q.shape
-    lin = LINEAR_CODES[linear]
-    if lin == 2 and geom.topk >= geom.n_kblocks:
-        lin = 0  # every block is selected: the complement is empty and o_l is exactly 0
+    lin = effective_linear_code(linear, geom)
     if summed_states and recompute_states:
         raise ValueError("give the complement states summed per query block or recompute them, not both")
     # Kernel code 3: the complement branch with its states already summed per query block (s_tot, z_tot

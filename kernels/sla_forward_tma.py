@@ -27,9 +27,9 @@ from .sla_forward import LOG2E, add_projected, empty_bnhd, linear_readout, softm
 from .sla_reference import SLAGeometry, virtual_key_order
 from .sla_triton_common import (
     FEATURE_CODES,
-    LINEAR_CODES,
     SIZE_ARGS,
     bucketed_autotune,
+    effective_linear_code,
     feature_map,
 )
 
@@ -178,9 +178,7 @@ def sla_forward_tma(
         raise ValueError(
             f"{rows} key rows exceed the 32-bit TMA coordinates; use SLAConfig(key_loads='gather')"
         )
-    lin = LINEAR_CODES[linear]
-    if lin == 2 and geom.topk >= geom.n_kblocks:
-        lin = 0  # every block is selected: the complement is empty and o_l is exactly 0
+    lin = effective_linear_code(linear, geom)
     if lin == 2:
         lin = 3
         if s_tot.dim() != 5:

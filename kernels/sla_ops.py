@@ -21,7 +21,7 @@ from . import sla_forward_tma as _forward_tma_mod
 from . import sla_linear_domain as _domain_mod
 from . import sla_prepare as _prepare_mod
 from .sla_reference import SLAGeometry
-from .sla_triton_common import LINEAR_CODES
+from .sla_triton_common import LINEAR_CODES, effective_linear_code
 
 _GEOM_FIELDS = (
     "n_tokens", "block_q", "block_k", "n_qblocks", "n_kblocks", "n_special", "frame_len",
@@ -39,12 +39,6 @@ def geom_to_list(geom: SLAGeometry) -> list[int]:
 
 def geom_from_list(values) -> SLAGeometry:
     return SLAGeometry(**dict(zip(_GEOM_FIELDS, (int(x) for x in values))))
-
-
-def effective_linear_code(linear: str, geom: SLAGeometry) -> int:
-    """0 when every block is selected under the complement branch (then o_l is exactly zero)."""
-    code = LINEAR_CODES[linear]
-    return 0 if code == 2 and geom.topk >= geom.n_kblocks else code
 
 
 def kernels_interpreted() -> bool:

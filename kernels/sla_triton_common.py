@@ -14,6 +14,14 @@ import triton.language as tl
 FEATURE_CODES = {"elu": 0, "softmax": 1}
 LINEAR_CODES = {"none": 0, "all": 1, "complement": 2}
 
+
+def effective_linear_code(linear: str, geom) -> int:
+    """The linear branch's code for ``geom`` (an ``SLAGeometry``): 0 when every block is selected under
+    the complement branch (the complement is empty, so o_l is exactly zero)."""
+    code = LINEAR_CODES[linear]
+    return 0 if code == 2 and geom.topk >= geom.n_kblocks else code
+
+
 # Integer arguments that only size loops, grids and masks. Triton would otherwise specialise every
 # launch on each of them (value 1, divisibility by 16) and compile every autotune config again for each
 # new combination, i.e. for many sequence lengths; none of them feeds a vectorised address.

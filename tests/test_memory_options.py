@@ -293,3 +293,36 @@ def test_memory_options_keep_sla_key_loads_lean(monkeypatch):
     assert _key_loads(Reconstructor(small_vggt(), mlp_chunk_tokens=64, **kw)) == {"gather"}
     explicit = convert_mod.Lite3RConfig(key_loads="tma")
     assert _key_loads(Reconstructor(small_vggt(), mlp_chunk_tokens=64, sla=explicit, **kw)) == {"tma"}
+
+
+def test_adapter_variants_take_the_keys_token_and_the_lean_rule(monkeypatch, tmp_path):
+    """An adapter variant converts through the adapter's own config: ``keys=`` still reaches it, and
+    with a memory option on and no ``keys=`` it gathers, as bare conversions do."""
+    from lite3r.engine.policy import lean_key_loads
+    from lite3r.eval import variants
+
+    class Loaded(Exception):
+        pass
+
+    seen = {}
+
+    def fake_load_adapter(model, path, base_hash=None, device=None, *, key_loads=None, **kw):
+        seen["key_loads"] = key_loads
+        raise Loaded
+
+    monkeypatch.setattr("lite3r.adapters.load_adapter", fake_load_adapter)
+    monkeypatch.setattr("lite3r.adapters.base_hash_of", lambda model: "hash")
+    monkeypatch.setattr(variants, "build_model", lambda source, device: (torch.nn.Linear(1, 1), None))
+    (tmp_path / "a.safetensors").write_bytes(b"")  # parse_variant checks that the file exists
+    monkeypatch.chdir(tmp_path)
+    cases = {
+        "lite3r:adapter=a.safetensors": None,  # the conversion's choice for the device
+        "lite3r:adapter=a.safetensors:feat=fp8": "gather",
+        "lite3r:adapter=a.safetensors:mlpchunk=64:keys=tma": "tma",
+        "lite3r:adapter=a.safetensors:keys=gather": "gather",
+    }
+    for text, want in cases.items():
+        with pytest.raises(Loaded):
+            variants.build_reconstructor(None, variants.parse_variant(text), "cpu")
+        assert seen["key_loads"] == want, text
+    assert lean_key_loads("tma", True) == "tma" and lean_key_loads(None, False) is None

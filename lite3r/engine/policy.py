@@ -252,6 +252,18 @@ def resolve_qk_kernel(qk_kernel: str | None, device: torch.device) -> str:
     return qk_kernel
 
 
+def memory_options_on(feature_storage: str, mlp_chunk_tokens: int | None) -> bool:
+    """Whether a memory option is on (FP8 head features or a chunked trunk MLP)."""
+    return feature_storage != "native" or mlp_chunk_tokens is not None
+
+
+def lean_key_loads(key_loads: str | None, memory_lean: bool) -> str | None:
+    """SLA key loads to ask for: the requested ones, else "gather" when a memory option is on (TMA key
+    loads hold one more K- and V-sized buffer per global layer, where the lean trunk's memory peaks),
+    else None (the conversion's choice for the device)."""
+    return key_loads or ("gather" if memory_lean else None)
+
+
 def apply_attention(
     model: nn.Module,
     attention: str,
@@ -324,7 +336,7 @@ def apply_attention(
             )
         from lite3r.adapters import load_adapter
 
-        load_adapter(model, adapter, device=device, key_loads="gather" if memory_lean else None)
+        load_adapter(model, adapter, device=device, key_loads=lean_key_loads(None, memory_lean))
         result = model
     else:
         config = sla
@@ -334,8 +346,9 @@ def apply_attention(
             config = convert_mod.Lite3RConfig(keep_ratio=float(config))
         elif isinstance(config, dict):
             config = convert_mod.Lite3RConfig(**config)
-        if memory_lean and config.key_loads is None:
-            config = dataclasses.replace(config, key_loads="gather")
+        key_loads = lean_key_loads(config.key_loads, memory_lean)
+        if key_loads != config.key_loads:
+            config = dataclasses.replace(config, key_loads=key_loads)
         result = convert_mod.convert(model, config, device=device)
     desc = getattr(result, "description", None)
     if callable(desc):

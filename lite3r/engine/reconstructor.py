@@ -35,6 +35,7 @@ from lite3r.engine.policy import (
     apply_memory_options,
     apply_precision,
     compile_trunk,
+    memory_options_on,
     preflight,
     resolve_device,
     resolve_qk_kernel,
@@ -110,7 +111,7 @@ class Reconstructor:
             sdpa_backend,
             adapter=adapter,
             qk_kernel=self.qk_kernel,
-            memory_lean=feature_storage != "native" or mlp_chunk_tokens is not None,
+            memory_lean=memory_options_on(feature_storage, mlp_chunk_tokens),
         )
         self.attention_mode = attention
         self.precision_setup = apply_precision(

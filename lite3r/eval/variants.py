@@ -235,8 +235,11 @@ def build_reconstructor(source: ModelSource, variant: VariantSpec, device, input
     if variant.adapter is not None:
         # The adapter carries its own conversion config and is tied to these exact base weights.
         from lite3r.adapters import base_hash_of, load_adapter
+        from lite3r.engine.policy import lean_key_loads, memory_options_on
 
-        model = load_adapter(model, variant.adapter, base_hash_of(model))
+        lean = memory_options_on(variant.feature_storage, variant.mlp_chunk_tokens)
+        key_loads = lean_key_loads(variant.key_loads, lean)  # keys=… applies to adapters too
+        model = load_adapter(model, variant.adapter, base_hash_of(model), key_loads=key_loads)
         attention = "dense"  # already converted: the engine only sets the SDPA backend and dtypes
     kwargs = {}
     if spec is not None:
