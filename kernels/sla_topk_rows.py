@@ -87,10 +87,19 @@ def _rows_per_program(block_c: int) -> int:
     return max(1, min(16, 4096 // block_c))
 
 
-def topk_rows(scores: torch.Tensor, topk: int, out: torch.Tensor, n_forced: int = 0) -> torch.Tensor:
+def topk_rows(
+    scores: torch.Tensor,
+    topk: int,
+    out: torch.Tensor,
+    n_forced: int = 0,
+    *,
+    rows: int | None = None,
+    num_warps: int | None = None,
+) -> torch.Tensor:
     """Write the ``topk`` largest entries of each row of ``scores`` [R, C] (float64 or float32; rounded
     to float32 first) as ascending column indices into ``out`` [R, topk] (int16/int32). Columns below
-    ``n_forced`` count as +inf. Needs C ≤ ``MAX_COLS`` and 1 ≤ topk ≤ C."""
+    ``n_forced`` count as +inf. Needs C ≤ ``MAX_COLS`` and 1 ≤ topk ≤ C. ``rows`` (rows per program)
+    and ``num_warps`` override the launch (probes)."""
     R, C = scores.shape
     if C > MAX_COLS:
         raise ValueError(f"topk_rows keeps a row in registers: {C} columns > {MAX_COLS}")
@@ -101,10 +110,12 @@ def topk_rows(scores: torch.Tensor, topk: int, out: torch.Tensor, n_forced: int 
     if R == 0:
         return out
     block_c = triton.next_power_of_2(C)
-    rows = _rows_per_program(block_c)
+    rows = rows or _rows_per_program(block_c)
+    if num_warps is None:
+        num_warps = 4 if block_c * rows <= 4096 else 8
     _topk_rows_kernel[(triton.cdiv(R, rows),)](
         scores, out, R, C, topk, n_forced, scores.stride(0), out.stride(0),
-        ROWS=rows, BLOCK_C=block_c, num_warps=4 if block_c * rows <= 4096 else 8,
+        ROWS=rows, BLOCK_C=block_c, num_warps=num_warps,
     )  # fmt: skip
     return out
 
