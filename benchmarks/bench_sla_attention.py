@@ -23,7 +23,9 @@ Per frame count and kept fraction:
   ``outside_ms`` / ``outside_pct``: module time outside the kernel, split into ``prepare_ms`` (with the
   virtual K/V copies under TMA key loads; ``prepare_gather_ms`` without),
   ``select_ms`` (``select_dense_map_ms``: the same selection through a dense score map + torch.topk, for
-  comparison) and ``sums_ms`` (the complement sums, one batched GEMM); ``sla_stored_ms`` /
+  comparison) and ``sums_ms`` (the complement sums, one batched GEMM over the augmented state rows
+  [S_j | z_j]; ``sums_split_ms``: the same from separate float32 z_j, gathered by the map kernel, as
+  the module summed them before); ``sla_stored_ms`` /
   ``sla_recomputed_ms``, ``speedup_stored`` / ``speedup_recomputed`` / ``outside_recomputed_pct``: the
   module with the other ``complement_states``;
 - the same module/kernel split without launch gaps: ``sla_pipelined_ms`` / ``outside_pipelined_pct``
@@ -243,10 +245,12 @@ def _forward_one(frames: int, keep: float, q, k, v, dense_ms: float, repeats: in
         pq, pk, km, sb, zb, st, zt, *_ = prepare()
         # as the module runs it ("summed" complement states: no running totals; the virtual K/V copies
         # with TMA key loads), without the copies, and with the totals
+        # (the states as augmented rows [S_j | z_j]: the module's "summed" path)
         lean = partial(sla_ops.sla_prepare_op, q, k, v, g, "elu", "complement", True, False)
-        kv_virt = lean(tma)[7:]
-        row["prepare_ms"] = median_ms(partial(lean, tma), repeats)
-        row["prepare_gather_ms"] = median_ms(partial(lean, False), repeats)
+        lean_out = lean(tma, True)
+        kv_virt, s_aug = lean_out[7:], lean_out[3]
+        row["prepare_ms"] = median_ms(partial(lean, tma, True), repeats)
+        row["prepare_gather_ms"] = median_ms(partial(lean, False, True), repeats)
         row["prepare_totals_ms"] = median_ms(prepare, repeats)
         row["prepare_no_states_ms"] = median_ms(
             partial(sla_ops.sla_prepare_op, q, k, v, g, "elu", "complement", False), repeats
@@ -259,9 +263,12 @@ def _forward_one(frames: int, keep: float, q, k, v, dense_ms: float, repeats: in
         )
         # For comparison only: a dense block-score map + torch.topk (what the streamed kernel avoids).
         row["select_dense_map_ms"] = median_ms(partial(_dense_map_select, pq, pk, km, geom), repeats)
-        sums = partial(sla_linear_domain.complement_sums, lut, sb, zb, geom.n_kblocks, transpose=False)
-        s_q, z_q = sums()
+        sums = partial(sla_linear_domain.complement_sums_augmented, lut, s_aug, geom.n_kblocks)
+        s_q, z_q = sums(), none  # augmented: s_q holds both
         row["sums_ms"] = median_ms(sums, repeats)  # the complement sums of the "summed" states
+        row["sums_split_ms"] = median_ms(  # the same sums from separate float32 z_j (map kernel gathers)
+            partial(sla_linear_domain.complement_sums, lut, sb, zb, geom.n_kblocks, transpose=False), repeats
+        )
         fwd = partial(sla_ops.sla_forward_op, q, k, v, lut)
         if tma:  # the kernel the module runs, alone
             kernel = partial(

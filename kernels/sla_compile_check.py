@@ -164,7 +164,8 @@ def variants(head_dims=(64,), quick=False):
             out.append((f"{name} D{D}", fwd, fwd_ptrs, consts, cfgs("forward", D, lin)))
         # the TMA forward (inference; the descriptors are 2-D boxes of one key block)
         desc = f"tensordesc<bf16[64, {D}]>"
-        tma_ptrs = dict(Q=bf, k_desc=desc, v_desc=desc, O=bf, LUT=lut, STOT=f32, ZTOT=f32, W=f32)
+        # the complement sums arrive augmented ([S_i | z_i] rows in bf16: complement_sums_augmented)
+        tma_ptrs = dict(Q=bf, k_desc=desc, v_desc=desc, O=bf, LUT=lut, STOT=bf, ZTOT=bf, W=f32)
         tma_consts = dict(BLOCK_M=128, BLOCK_N=64, HEAD_DIM=D, FEATURE=0, LINEAR=3, DOT_PRECISION="tf32")
         out.append(
             (
@@ -187,7 +188,7 @@ def variants(head_dims=(64,), quick=False):
                 (f"backward dK/dV {kind} D{D}", dkdv, dkdv_ptrs, consts, cfgs("backward_dkdv", D, lin))
             )
         prep = dict(BLOCK_Q=128, BLOCK_K=64, HEAD_DIM=D, FEATURE=0, LINEAR=2, STORE_STATES=True)
-        prep.update(HAS_SPECIAL=True, DOT_PRECISION="tf32", TOTALS=False, WRITE_VIRTUAL=True)
+        prep.update(HAS_SPECIAL=True, DOT_PRECISION="tf32", TOTALS=False, WRITE_VIRTUAL=True, AUGMENTED=True)
         prep_cfg = [(4 if D <= 64 else 8, 3, None, {})]
         out.append((f"prepare complement D{D}", sla_prepare._sla_prepare_kernel, prep_ptrs, prep, prep_cfg))
         sel = dict(ROWS=sla_block_select.ROWS, CHUNK=32, HEAD_DIM=D, RADIX_BITS=4, PASSES=8, NB=16)
@@ -238,8 +239,7 @@ def variants(head_dims=(64,), quick=False):
 
     topk_ptrs = {"S": "*fp64", "LUT": "*i16"}
     for cols in (1024,) if quick else (1024, 4096, sla_topk_rows.MAX_COLS):
-        rows = sla_topk_rows._rows_per_program(cols)
-        warps = 4 if cols * rows <= 4096 else 8
+        rows, warps = sla_topk_rows._launch_shape(cols)
         consts = dict(ROWS=rows, BLOCK_C=cols)
         out.append(
             (f"topk rows C{cols}", sla_topk_rows._topk_rows_kernel, topk_ptrs, consts, [(warps, 1, None, {})])

@@ -32,6 +32,7 @@ from .sla_reference import SLAGeometry
 from .sla_triton_common import (
     FEATURE_CODES,
     SIZE_ARGS,
+    augmented_states,
     bucketed_autotune,
     effective_linear_code,
     fast_patch_map,
@@ -216,7 +217,7 @@ def _sla_forward_kernel(
     stride_ob, stride_oh, stride_on,
     stride_lb, stride_lh, stride_ln,
     LUT, SBLK, ZBLK, STOT, ZTOT, W,
-    H, N, n_qblocks, n_kblocks, n_srows, topk,
+    H, N, n_qblocks, n_kblocks, n_srows, topk, state_row, z_row,
     n_special, frame_len, n_special_total, n_forced,
     qk_scale, eps,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
@@ -294,9 +295,10 @@ def _sla_forward_kernel(
         )
         phiq = feature_map(q_again.to(tl.float32), FEATURE)
         if LINEAR == 3:  # complement states summed per query block outside (sla_linear_domain)
+            # rows of state_row / z_row entries: D² / D, or D² + D for both in the augmented layout
             qb = bh * n_qblocks + i
-            s_i = tl.load(STOT + (qb * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :])
-            z_i = tl.load(ZTOT + qb * HEAD_DIM + d)
+            s_i = tl.load(STOT + qb * state_row + d[:, None] * HEAD_DIM + d[None, :])
+            z_i = tl.load(ZTOT + qb * z_row + d).to(tl.float32)
         else:
             s_i = tl.load(STOT + (bh * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :])
             z_i = tl.load(ZTOT + bh * HEAD_DIM + d)
@@ -364,8 +366,9 @@ def sla_forward(
 
     Complement states: ``s_blk``/``z_blk`` per key block (read per selected block), or empty with
     ``recompute_states`` (recomputed from K/V in the loop), or, with ``summed_states``, ``s_tot``/``z_tot``
-    are the complement sums per query block [B, H, Mq, D, D] / [B, H, Mq, D] and ``s_blk``/``z_blk``
-    are unused. ``pair``: key blocks per loop step for the plain (interpreted) kernel; autotuned on CUDA.
+    are the complement sums per query block [B, H, Mq, D, D] / [B, H, Mq, D] (or, augmented, s_tot
+    [B, H, Mq, D² + D] holds both: ``sla_linear_domain.complement_sums_augmented``) and
+    ``s_blk``/``z_blk`` are unused. ``pair``: key blocks per loop step for the plain (interpreted) kernel; autotuned on CUDA.
     """
     B, H, N, D = q.shape
     lin = effective_linear_code(linear, geom)
@@ -374,6 +377,9 @@ def sla_forward(
     # Kernel code 3: the complement branch with its states already summed per query block (s_tot, z_tot
     # are then [B, H, Mq, D, D] / [B, H, Mq, D]); the loop carries no state accumulators.
     kernel_lin = 3 if (lin == 2 and summed_states) else lin
+    z_view, state_row, z_row = z_tot, D * D, D
+    if kernel_lin == 3 and augmented_states(s_tot, D):
+        z_view, state_row, z_row = s_tot[..., D * D :], D * D + D, D * D + D
     fuse = bool(fuse_proj and lin)
     o = empty_bnhd(B, H, N, D, q)
     o_l = empty_bnhd(B, H, N, D, q) if (lin and not fuse) else q.new_empty(0)
@@ -393,8 +399,9 @@ def sla_forward(
         v.stride(0), v.stride(1), v.stride(2),
         o.stride(0), o.stride(1), o.stride(2),
         *lse_strides,
-        lut, s_blk, z_blk, s_tot, z_tot, w,
+        lut, s_blk, z_blk, s_tot, z_view, w,
         H, N, geom.n_qblocks, geom.n_kblocks, max(s_blk.shape[2] if s_blk.dim() == 5 else 0, 1), geom.topk,
+        state_row, z_row,
         max(geom.n_special, 1), geom.frame_len, geom.n_special_total, geom.n_forced,
         scale * LOG2E, eps,
         BLOCK_M=geom.block_q, BLOCK_N=geom.block_k, HEAD_DIM=D,

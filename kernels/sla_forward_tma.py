@@ -28,6 +28,7 @@ from .sla_reference import SLAGeometry, virtual_key_order
 from .sla_triton_common import (
     FEATURE_CODES,
     SIZE_ARGS,
+    augmented_states,
     bucketed_autotune,
     effective_linear_code,
     feature_map,
@@ -63,7 +64,7 @@ def _sla_forward_tma_kernel(
     Q, k_desc, v_desc, O, LUT, STOT, ZTOT, W,
     stride_qb, stride_qh, stride_qn,
     stride_ob, stride_oh, stride_on,
-    H, N, n_qblocks, n_kblocks, topk,
+    H, N, n_qblocks, n_kblocks, topk, state_row, z_row,
     qk_scale, eps,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
     FEATURE: tl.constexpr, LINEAR: tl.constexpr, DOT_PRECISION: tl.constexpr, PAIR: tl.constexpr,
@@ -119,8 +120,10 @@ def _sla_forward_tma_kernel(
             s_row = bh * n_qblocks + i
         else:  # all keys: one total per head
             s_row = bh
-        s_i = tl.load(STOT + (s_row * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :])
-        z_i = tl.load(ZTOT + s_row * HEAD_DIM + d)
+        # rows of state_row / z_row entries: D² / D, or D² + D for both in the augmented layout
+        # (z in the state dtype, a view into the same rows)
+        s_i = tl.load(STOT + s_row * state_row + d[:, None] * HEAD_DIM + d[None, :])
+        z_i = tl.load(ZTOT + s_row * z_row + d).to(tl.float32)
         o_l = linear_readout(phiq, s_i, z_i, eps, q.dtype, DOT_PRECISION)
         out = add_projected(out, o_l, W, q.dtype, HEAD_DIM, DOT_PRECISION)
     o_offs = b * stride_ob + h * stride_oh + rows.to(tl.int64)[:, None] * stride_on + d[None, :]
@@ -160,7 +163,8 @@ def sla_forward_tma(
 
     ``k_virtual``/``v_virtual``: the prepare pass's virtual-order copies. ``s_tot``/``z_tot``: the
     totals [B, H, D, D] / [B, H, D] for linear "all", the complement sums per query block
-    [B, H, Mq, D, D] / [B, H, Mq, D] for "complement", unused for "none". ``pair``: key blocks per loop
+    [B, H, Mq, D, D] / [B, H, Mq, D] for "complement" — or, augmented, s_tot [B, H, Mq, D² + D] holding
+    both (``sla_linear_domain.complement_sums_augmented``; z_tot unused) —, unused for "none". ``pair``: key blocks per loop
     step for the plain (interpreted) kernel; autotuned on CUDA. ``launch`` (probes): run the plain kernel
     with these num_warps / num_stages / maxnreg and ``pair`` instead of the autotuner. ``out``: write o
     there (a [B, H, N, D] view with unit last stride, e.g. a head slice of a larger output).
@@ -179,9 +183,12 @@ def sla_forward_tma(
             f"{rows} key rows exceed the 32-bit TMA coordinates; use SLAConfig(key_loads='gather')"
         )
     lin = effective_linear_code(linear, geom)
+    z_view, state_row, z_row = z_tot, D * D, D
     if lin == 2:
         lin = 3
-        if s_tot.dim() != 5:
+        if augmented_states(s_tot, D):
+            z_view, state_row, z_row = s_tot[..., D * D :], D * D + D, D * D + D
+        elif s_tot.dim() != 5:
             raise ValueError("the TMA forward takes the complement states summed per query block")
     if lin and proj_weight is None:
         raise ValueError("a linear branch needs the projection weight (the TMA forward always fuses it)")
@@ -204,10 +211,10 @@ def sla_forward_tma(
         )
     kernel[(geom.n_qblocks, B * H)](
         q, k_desc, v_desc, o, lut,
-        s_tot if lin else none, z_tot if lin else none, proj_weight if lin else none,
+        s_tot if lin else none, z_view if lin else none, proj_weight if lin else none,
         q.stride(0), q.stride(1), q.stride(2),
         o.stride(0), o.stride(1), o.stride(2),
-        H, N, geom.n_qblocks, geom.n_kblocks, geom.topk,
+        H, N, geom.n_qblocks, geom.n_kblocks, geom.topk, state_row, z_row,
         scale * LOG2E, eps,
         BLOCK_M=geom.block_q, BLOCK_N=geom.block_k, HEAD_DIM=D, FEATURE=FEATURE_CODES[feature],
         LINEAR=lin, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", **meta,

@@ -158,6 +158,54 @@ def complement_sums(
     return s_out.view(B, H, n_out, D, D), z_out.view(B, H, n_out, D)
 
 
+def complement_sums_augmented(
+    lut: torch.Tensor,
+    states: torch.Tensor,
+    n_kblocks: int,
+    *,
+    workspace_bytes: int = WORKSPACE_BYTES,
+) -> torch.Tensor:
+    """Per query block, the augmented state rows [S_j | z_j] summed over the key blocks it did not select:
+    ``states`` [B, H, ≥Nk, D² + D] (``sla_prepare(..., augmented=True)``, rows past Nk zero) →
+    [B, H, Mq, D² + D] in the states' dtype.
+
+    The inference path ("summed" complement states). With the denominators z_j as D more columns of the
+    state rows, one GEMM sums both (64 columns more than the D² of the states: ~1.5 % more GEMM) and the
+    map kernel only writes the map; gathering each selected block's float32 z_j took longer than the
+    GEMM's extra columns (benchmarks/results/sla/sla_select_tail_probe*). The price is precision: z_j and
+    its sums are in the state dtype (bf16 for bf16 inputs, relative error ≤ 2⁻⁸ on a sum of positive
+    terms, the precision of the summed states themselves), not float32.
+    """
+    B, H, Mq, T = lut.shape
+    n_in, width = states.shape[2], states.shape[3]
+    if n_in < n_kblocks:
+        raise ValueError(f"{n_in} state rows for {n_kblocks} key blocks")
+    BH = B * H
+    lut3 = lut.reshape(BH, Mq, T)
+    s_in = states.reshape(BH, n_in, width)
+    out = states.new_empty(BH, Mq, width)
+    use_kernel = _map.runs_here(lut)
+    if use_kernel:
+        n_cols = n_in if n_in % 8 == 0 else _map.padded_columns(n_kblocks)
+        n_red = min(n_in, n_cols)
+        entry_bytes = states.element_size()
+    else:
+        n_cols = n_red = n_kblocks
+        entry_bytes = 4 + (states.element_size() if states.dtype != torch.float32 else 0)
+    g_step, o_step = _row_chunk(Mq, n_cols, BH, entry_bytes, workspace_bytes)
+    for g0 in range(0, BH, g_step):
+        g1 = min(BH, g0 + g_step)
+        for o0 in range(0, Mq, o_step):
+            o1 = min(Mq, o0 + o_step)
+            if use_kernel:
+                c, _ = _map.complement_map(lut3[g0:g1], n_kblocks, states.dtype, rows=(o0, o1), n_cols=n_cols)
+                _bmm_aligned_k(c[..., :n_red], s_in[g0:g1, :n_red], out[g0:g1, o0:o1])
+                continue
+            c = _complement_tile(lut3[g0:g1, o0:o1], 0, n_kblocks, torch.float32).to(states.dtype)
+            torch.bmm(c, s_in[g0:g1, :n_red], out=out[g0:g1, o0:o1])
+    return out.view(B, H, Mq, width)
+
+
 def complement_sums_reference(lut, states, vectors, n_kblocks: int, *, transpose: bool):
     """:func:`complement_sums` with a dense float64 map (tests); inputs without padding rows, or with
     them (left out)."""

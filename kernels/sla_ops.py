@@ -75,14 +75,16 @@ def sla_prepare_op(
     store_states: bool = True,
     totals: bool = True,
     virtual_kv: bool = False,
+    augmented: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     return _prepare_mod.sla_prepare(
-        q, k, v, geom_from_list(geom), feature, linear, store_states, totals, virtual_kv=virtual_kv
-    )
+        q, k, v, geom_from_list(geom), feature, linear, store_states, totals, virtual_kv=virtual_kv,
+        augmented=augmented,
+    )  # fmt: skip
 
 
 @sla_prepare_op.register_fake
-def _(q, k, v, geom, feature, linear, store_states=True, totals=True, virtual_kv=False):
+def _(q, k, v, geom, feature, linear, store_states=True, totals=True, virtual_kv=False, augmented=False):
     g = geom_from_list(geom)
     B, H, _, D = q.shape
     f32 = torch.float32
@@ -91,7 +93,11 @@ def _(q, k, v, geom, feature, linear, store_states=True, totals=True, virtual_kv
     pk = q.new_empty(B, H, g.n_kblocks, D, dtype=f32)
     kmean = q.new_empty(B, H, D, dtype=f32)
     code = LINEAR_CODES[linear]
-    if code == 2 and store_states:
+    if code == 2 and store_states and augmented:
+        rows = _prepare_mod.padded_kblocks(g.n_kblocks)
+        s_blk = q.new_empty(B, H, rows, D * D + D, dtype=_prepare_mod.state_dtype_for(q.dtype))
+        z_blk = q.new_empty(0, dtype=f32)
+    elif code == 2 and store_states:
         rows = _prepare_mod.padded_kblocks(g.n_kblocks)
         s_blk = q.new_empty(B, H, rows, D, D, dtype=_prepare_mod.state_dtype_for(q.dtype))
         z_blk = q.new_empty(B, H, rows, D, dtype=f32)
@@ -137,13 +143,18 @@ def sla_complement_sums_op(
     lut: Tensor, s_blk: Tensor, z_blk: Tensor, n_kblocks: int
 ) -> tuple[Tensor, Tensor]:
     """Per query block, the linear states summed over the key blocks it did not select (one batched GEMM
-    against the complement map; sla_linear_domain)."""
+    against the complement map; sla_linear_domain). Augmented states ``s_blk`` [B, H, Nk', D² + D]
+    (``z_blk`` empty) give one augmented tensor [B, H, Mq, D² + D] and an empty second output."""
+    if s_blk.dim() == 4:
+        return _domain_mod.complement_sums_augmented(lut, s_blk, n_kblocks), z_blk.new_empty(0)
     return _domain_mod.complement_sums(lut, s_blk, z_blk, n_kblocks, transpose=False)
 
 
 @sla_complement_sums_op.register_fake
 def _(lut, s_blk, z_blk, n_kblocks):
     B, H, M, _ = lut.shape
+    if s_blk.dim() == 4:
+        return s_blk.new_empty(B, H, M, s_blk.shape[-1]), z_blk.new_empty(0)
     D = s_blk.shape[-1]
     return s_blk.new_empty(B, H, M, D, D), z_blk.new_empty(B, H, M, D, dtype=torch.float32)
 
@@ -365,8 +376,9 @@ def sla_attention(
     tma = inference and key_loads == "tma"
     if tma and effective_linear_code(linear, geom) == 2 and not summed:
         raise ValueError("TMA key loads need the complement states summed per query block")
+    # summed complement states: S_j and z_j in one augmented row per key block, summed by one GEMM
     pq, pk, kmean, s_blk, z_blk, s_tot, z_tot, k_virt, v_virt = sla_prepare_op(
-        q.detach(), k.detach(), v.detach(), g, feature, linear, not recompute, not summed, tma
+        q.detach(), k.detach(), v.detach(), g, feature, linear, not recompute, not summed, tma, summed
     )
     lut = sla_block_select_op(pq, pk, kmean, g, select)
     if inference:

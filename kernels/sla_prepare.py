@@ -8,6 +8,9 @@ the sparse-linear forward need:
   subtracts the selected blocks' states from the totals);
 * per-program partial sums of S, z and k, reduced to the totals S_tot, z_tot and the sequence mean of
   k by a small fixed-order sum (``sla_sum_rows``; no atomics, so results are deterministic);
+* optionally (``augmented``, the "summed" inference path), the states as one row per key block,
+  S_j's D² entries followed by z_j's D entries in the state dtype, so the complement sums of both are
+  one GEMM (``sla_linear_domain.complement_sums_augmented``) and no kernel gathers the z_j;
 * optionally, copies of K and V in virtual key order, zero-padded to whole key blocks
   ([B·H·n_kblocks·block_k, D], contiguous), for the forward kernel that loads key blocks with TMA
   (``sla_forward_tma``): this pass reads every key and value anyway, so the copy costs only its writes.
@@ -43,6 +46,7 @@ def _sla_prepare_kernel(
     BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, HEAD_DIM: tl.constexpr,
     FEATURE: tl.constexpr, LINEAR: tl.constexpr, STORE_STATES: tl.constexpr, HAS_SPECIAL: tl.constexpr,
     DOT_PRECISION: tl.constexpr, TOTALS: tl.constexpr, WRITE_VIRTUAL: tl.constexpr,
+    AUGMENTED: tl.constexpr,
 ):  # fmt: skip
     c = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)  # int64 offsets: 1,000 frames of qkv views exceed 2**31 elements
@@ -97,11 +101,16 @@ def _sla_prepare_kernel(
             z_j = tl.sum(phi, axis=0)
             if STORE_STATES:
                 blk = bh * n_srows + j
-                tl.store(
-                    SBLK + (blk * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :],
-                    s_j.to(SBLK.dtype.element_ty),
-                )
-                tl.store(ZBLK + blk * HEAD_DIM + d, z_j)
+                if AUGMENTED:  # [S_j | z_j] in one row of D² + D entries
+                    row = SBLK + blk * (HEAD_DIM * HEAD_DIM + HEAD_DIM)
+                    tl.store(row + d[:, None] * HEAD_DIM + d[None, :], s_j.to(SBLK.dtype.element_ty))
+                    tl.store(row + HEAD_DIM * HEAD_DIM + d, z_j.to(SBLK.dtype.element_ty))
+                else:
+                    tl.store(
+                        SBLK + (blk * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :],
+                        s_j.to(SBLK.dtype.element_ty),
+                    )
+                    tl.store(ZBLK + blk * HEAD_DIM + d, z_j)
             if TOTALS:
                 s_acc += s_j
                 z_acc += z_j
@@ -109,9 +118,17 @@ def _sla_prepare_kernel(
     if (LINEAR != 0 and STORE_STATES) and c == n_chunks - 1:  # zero the padding rows past the last block
         for j in range(n_kblocks, n_srows):
             blk = bh * n_srows + j
-            tl.store(SBLK + (blk * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :],
-                     tl.zeros([HEAD_DIM, HEAD_DIM], dtype=tl.float32).to(SBLK.dtype.element_ty))  # fmt: skip
-            tl.store(ZBLK + blk * HEAD_DIM + d, tl.zeros([HEAD_DIM], dtype=tl.float32))
+            zeros_s = tl.zeros([HEAD_DIM, HEAD_DIM], dtype=tl.float32).to(SBLK.dtype.element_ty)
+            if AUGMENTED:
+                row = SBLK + blk * (HEAD_DIM * HEAD_DIM + HEAD_DIM)
+                tl.store(row + d[:, None] * HEAD_DIM + d[None, :], zeros_s)
+                tl.store(
+                    row + HEAD_DIM * HEAD_DIM + d,
+                    tl.zeros([HEAD_DIM], dtype=tl.float32).to(SBLK.dtype.element_ty),
+                )
+            else:
+                tl.store(SBLK + (blk * HEAD_DIM + d[:, None]) * HEAD_DIM + d[None, :], zeros_s)
+                tl.store(ZBLK + blk * HEAD_DIM + d, tl.zeros([HEAD_DIM], dtype=tl.float32))
 
     part = bh * n_chunks + c
     tl.store(KPART + part * HEAD_DIM + d, k_acc)
@@ -157,6 +174,7 @@ def sla_prepare(
     totals: bool = True,
     launch: dict | None = None,
     virtual_kv: bool = False,
+    augmented: bool = False,
 ) -> tuple[torch.Tensor, ...]:
     """Launch the preparation kernel (``launch``: num_warps / num_stages other than the defaults, for
     the prepare probe).
@@ -168,7 +186,8 @@ def sla_prepare(
     z_tot [B,H,D] f32 (both empty when linear is "none", or without ``totals``: the complement sums
     per query block need only the per-block states, and dropping the running D×D sum frees registers)),
     and with ``virtual_kv`` the virtual-order copies k_virtual, v_virtual [B·H·n_kblocks·block_k, D]
-    (empty otherwise).
+    (empty otherwise). ``augmented`` (with stored complement states): s_blk is [B, H, Nk', D² + D] in
+    the state dtype, each row S_j's entries then z_j's, and z_blk is empty.
     """
     if launch and not set(launch) <= {"num_warps", "num_stages"}:
         raise ValueError(f"launch takes num_warps and num_stages, got {sorted(launch)}")
@@ -182,7 +201,11 @@ def sla_prepare(
     kpart = torch.empty(B, H, n_chunks, D, device=dev, dtype=f32)
     store = lin == 2 and store_states
     n_srows = padded_kblocks(geom.n_kblocks)
-    if store:
+    augmented = bool(augmented and store)
+    if augmented:
+        s_blk = torch.empty(B, H, n_srows, D * D + D, device=dev, dtype=state_dtype_for(q.dtype))
+        z_blk = torch.empty(0, device=dev, dtype=f32)
+    elif store:
         s_blk = torch.empty(B, H, n_srows, D, D, device=dev, dtype=state_dtype_for(q.dtype))
         z_blk = torch.empty(B, H, n_srows, D, device=dev, dtype=f32)
     else:
@@ -210,6 +233,7 @@ def sla_prepare(
         BLOCK_Q=geom.block_q, BLOCK_K=geom.block_k, HEAD_DIM=D,
         FEATURE=FEATURE_CODES[feature], LINEAR=lin, STORE_STATES=store, HAS_SPECIAL=geom.n_special > 0,
         DOT_PRECISION=dot_precision_for(q.dtype), TOTALS=totals, WRITE_VIRTUAL=bool(virtual_kv),
+        AUGMENTED=augmented,
         **({"num_warps": 4 if D <= 64 else 8, **(launch or {})} if q.is_cuda else {}),
     )  # fmt: skip
     BH = B * H

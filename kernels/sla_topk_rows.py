@@ -83,8 +83,15 @@ def _topk_rows_kernel(
              mask=sel & rmask[:, None])  # fmt: skip
 
 
-def _rows_per_program(block_c: int) -> int:
-    return max(1, min(16, 4096 // block_c))
+def _launch_shape(block_c: int) -> tuple[int, int]:
+    """(rows per program, warps). From 1,024 columns on, one row per program on 2 warps per 1,024
+    columns (at least 2, at most 8): the per-bit counts then reduce over fewer threads, and more,
+    smaller programs fill the SMs. On the H100 (CUDA graphs, benchmarks/results/sla/
+    sla_select_tail_probe_4fd384b): 52 against 59 µs (2 rows on 4 warps, the launch before) at 32 VGGT
+    frames, 196 against 237 µs at 64 and 781 against 1,035 µs at 128. Shorter rows: several per program."""
+    if block_c >= 1024:
+        return 1, max(2, min(8, block_c // 1024))
+    return max(1, min(16, 4096 // block_c)), 4
 
 
 def topk_rows(
@@ -110,9 +117,9 @@ def topk_rows(
     if R == 0:
         return out
     block_c = triton.next_power_of_2(C)
-    rows = rows or _rows_per_program(block_c)
-    if num_warps is None:
-        num_warps = 4 if block_c * rows <= 4096 else 8
+    default_rows, default_warps = _launch_shape(block_c)
+    rows = rows or default_rows
+    num_warps = num_warps or default_warps
     _topk_rows_kernel[(triton.cdiv(R, rows),)](
         scores, out, R, C, topk, n_forced, scores.stride(0), out.stride(0),
         ROWS=rows, BLOCK_C=block_c, num_warps=num_warps,

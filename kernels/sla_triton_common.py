@@ -22,6 +22,12 @@ def effective_linear_code(linear: str, geom) -> int:
     return 0 if code == 2 and geom.topk >= geom.n_kblocks else code
 
 
+def augmented_states(s_tot, head_dim: int) -> bool:
+    """Whether complement sums per query block come in the augmented layout [B, H, Mq, D² + D] (each row
+    S_i's entries then z_i's: ``sla_linear_domain.complement_sums_augmented``)."""
+    return s_tot.dim() == 4 and s_tot.shape[-1] == head_dim * head_dim + head_dim
+
+
 # Integer arguments that only size loops, grids and masks. Triton would otherwise specialise every
 # launch on each of them (value 1, divisibility by 16) and compile every autotune config again for each
 # new combination, i.e. for many sequence lengths; none of them feeds a vectorised address.

@@ -13,7 +13,11 @@ import functools  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from lite3r.kernels.sla_linear_domain import complement_sums, complement_sums_reference  # noqa: E402
+from lite3r.kernels.sla_linear_domain import (  # noqa: E402
+    complement_sums,
+    complement_sums_augmented,
+    complement_sums_reference,
+)
 from lite3r.kernels.sla_reference import sla_attention_reference, sla_geometry  # noqa: E402
 
 K = sla_triton_env.load_sla_kernels()
@@ -44,6 +48,26 @@ def test_complement_sums_match_the_dense_map(transpose, workspace, padded):
     assert got_s.shape == ref_s.shape and got_z.dtype == torch.float32
     torch.testing.assert_close(got_s.double(), ref_s, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got_z.double(), ref_z, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("workspace", [1 << 30, 300, 1])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_augmented_complement_sums_match_the_dense_map(workspace, dtype):
+    """[S_j | z_j] rows summed over each query block's complement by one GEMM: the states and the
+    denominators as the reference sums them (bf16: one rounding of inputs and result, relative)."""
+    B, H, Mq, Nk, T, D = 2, 3, 7, 11, 4, 8
+    lut = _lut(B, H, Mq, Nk, T)
+    g = torch.Generator().manual_seed(2)
+    aug = torch.zeros(B, H, 16, D * D + D, dtype=dtype)
+    aug[:, :, :Nk, : D * D] = torch.randn(B, H, Nk, D * D, generator=g).to(dtype)
+    aug[:, :, :Nk, D * D :] = (torch.rand(B, H, Nk, D, generator=g) * 50).to(dtype)  # Σφ(k) > 0
+    got = complement_sums_augmented(lut, aug, Nk, workspace_bytes=workspace)
+    s = aug[..., : D * D].float().reshape(B, H, 16, D, D)
+    ref_s, ref_z = complement_sums_reference(lut, s, aug[..., D * D :].float(), Nk, transpose=False)
+    assert got.shape == (B, H, Mq, D * D + D) and got.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(got[..., : D * D].double().view_as(ref_s), ref_s, rtol=tol, atol=tol)
+    torch.testing.assert_close(got[..., D * D :].double(), ref_z, rtol=tol, atol=0)
 
 
 def test_transposed_complement_sums_in_half_precision_with_a_given_inverse_table():

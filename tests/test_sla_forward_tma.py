@@ -47,6 +47,12 @@ def _complement_sums(lut, s_blk, z_blk, n_kblocks):
     return sla_linear_domain.complement_sums(lut, s_blk, z_blk, n_kblocks, transpose=False)
 
 
+def _complement_sums_augmented(lut, s_aug, n_kblocks):
+    from lite3r.kernels import sla_linear_domain
+
+    return sla_linear_domain.complement_sums_augmented(lut, s_aug, n_kblocks)
+
+
 # (B, H, N, D, bq, bk, special, frame_len, top_k, linear, pair, dtype): odd and even numbers of whole
 # blocks per pair walk, one block only, a partial last block, special tokens with blocks crossing frame
 # boundaries, batch and heads > 1, every linear branch.
@@ -100,6 +106,11 @@ def test_tma_forward_matches_reference_and_gather_kernel(case):
     torch.testing.assert_close(o.double(), ref, rtol=tol, atol=tol)
     o_gather, _, _ = gather.sla_forward(q, k, v, lut, sb, zb, st, zt, w, g, fuse_proj=True, **kw)
     torch.testing.assert_close(o, o_gather, rtol=tol, atol=tol)
+    if lin == "complement" and g.topk < g.n_kblocks:  # the augmented sums (module's inference path)
+        s_aug = prepare.sla_prepare(q, k, v, g, "elu", lin, True, False, augmented=True)[3]
+        sq_aug = _complement_sums_augmented(lut, s_aug, g.n_kblocks)
+        o_aug = tma.sla_forward_tma(q, kv, vv, lut, sq_aug, q.new_empty(0), w, g, pair=pair, **kw)
+        torch.testing.assert_close(o_aug, o, rtol=tol, atol=tol)
 
 
 def test_tma_forward_refuses_wrong_inputs():

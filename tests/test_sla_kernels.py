@@ -104,6 +104,23 @@ def test_prepare_matches_reference(case):
         assert torch.equal(a, b), name
 
 
+@pytest.mark.parametrize("dt", [torch.float32, torch.float16])
+def test_prepare_writes_augmented_state_rows(dt):
+    """``augmented``: each key block's row holds S_j's D² entries then z_j's D (state dtype: float32 for
+    these inputs), zero rows past the last block up to a multiple of 8; the rest is unchanged."""
+    B, H, N, D = 2, 2, 150, 16
+    q, k, v = _qkv(B, H, N, D, dt)
+    g = _geom(N, 32, 16, 0.3, 2, 50)
+    plain = prepare.sla_prepare(q, k, v, g, "elu", "complement", True, False)
+    aug = prepare.sla_prepare(q, k, v, g, "elu", "complement", True, False, augmented=True)
+    rows = prepare.padded_kblocks(g.n_kblocks)
+    assert aug[3].shape == (B, H, rows, D * D + D) and aug[4].numel() == 0
+    assert torch.equal(aug[3][..., : D * D], plain[3].reshape(B, H, rows, D * D))
+    assert torch.equal(aug[3][..., D * D :], plain[4].to(aug[3].dtype))
+    for a, b in zip(plain[:3] + plain[5:], aug[:3] + aug[5:]):
+        assert torch.equal(a, b)
+
+
 def test_prepare_refuses_unknown_launch_settings():
     q, k, v = _qkv(1, 1, 100, 16)
     g = _geom(100, 32, 16)
@@ -250,6 +267,14 @@ def test_forward_matches_reference(case):
                 **kw,
             )  # fmt: skip
             torch.testing.assert_close(o_sum, o, rtol=1e-3 if dt == torch.float16 else 1e-5, atol=1e-4)
+        # ... or from the augmented states ([S_j | z_j] rows), summed by one GEMM (the inference path)
+        s_aug, z_none = prepare.sla_prepare(q, k, v, g, feat, lin, True, False, augmented=True)[3:5]
+        assert z_none.numel() == 0 and s_aug.shape[-1] == D * D + D
+        sq_aug = domain.complement_sums_augmented(lut, s_aug, g.n_kblocks)
+        o_aug, _, _ = forward.sla_forward(
+            q, k, v, lut, empty, empty, sq_aug, z_none, w, g, fuse_proj=True, summed_states=True, **kw
+        )  # fmt: skip
+        torch.testing.assert_close(o_aug, o, rtol=1e-3 if dt == torch.float16 else 1e-5, atol=1e-4)
     d64 = [t.double() for t in (q, k, v, w)]
     ref, ref_s, ref_l, _ = sla_attention_reference(*d64, g, lut=lut.long(), return_parts=True, **kw)
     tol = 2e-5 if dt == torch.float32 else 2e-3
