@@ -33,7 +33,13 @@ Per frame count and kept fraction:
   ``outside_graph_pct`` / ``speedup_graph`` (CUDA-graph replays: the deployed Lite3R path), each
   against the kernel alone timed the same way (``kernel_graph_tflops``: its FLOPs over that device time);
   ``gpu_kernels_us``: device time per kernel of one
-  module call (torch.profiler) and ``gpu_busy_ms`` their sum (``sla_ms`` minus it is idle GPU time);
+  module call (torch.profiler) and ``gpu_busy_ms`` their sum (``sla_ms`` minus it is idle GPU time),
+  ``outside_profiled_pct``: the share of that device time outside the sparse kernel (one measurement,
+  so no clock drift between module and kernel);
+- ``speedup_interleaved`` (median of per-round ratios, ``speedup_interleaved_range`` min/max) with
+  ``dense_interleaved_ms`` / ``sla_interleaved_ms``: dense SDPA and the module as CUDA graphs, timed in
+  alternating blocks of back-to-back replays (~40 ms per block, six rounds), so both run at the same
+  power and clock state (the H100 sits at its 700 W cap and its clock drifts by ~20 % over a run);
 - backward (``--backward-frames``): dense SDPA backward vs the SLA backward (autograd of the module,
   dQ + dK/dV kernels, inverse LUT), forward not included; ``--backward-breakdown`` adds the time of
   each piece of the backward op (complement sums, dQ kernel, inverse LUT, dK/dV kernel) with the
@@ -158,6 +164,41 @@ def graph_ms(fn, repeats: int) -> float:
     ms = median_ms(graph.replay, repeats)
     del graph
     return ms
+
+
+def interleaved_ms(fn_a, fn_b, calls_a: int, calls_b: int, rounds: int = 6) -> tuple[list, list]:
+    """Per-call times of ``fn_a`` and ``fn_b`` measured in alternating blocks of CUDA-graph replays
+    issued back to back (``calls_a`` / ``calls_b`` per block; the first of each pair alternates), so
+    both see the same power and clock state: the H100 caps at 700 W and its SM clock drifts between
+    ~1.98 and ~1.53 GHz over a run (benchmarks/results/sla/sla_timing_probe_a9112a2), which moves
+    separately timed numbers by ±5 %."""
+    graphs = []
+    for fn in (fn_a, fn_b):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            fn()
+        graphs.append(g)
+    times: list[list[float]] = [[], []]
+    for r in range(rounds):
+        order = (0, 1) if r % 2 == 0 else (1, 0)
+        for which in order:
+            calls = (calls_a, calls_b)[which]
+            graphs[which].replay()  # the block starts from a running GPU
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(calls):
+                graphs[which].replay()
+            end.record()
+            end.synchronize()
+            times[which].append(start.elapsed_time(end) / calls)
+    del graphs
+    return times[0], times[1]
 
 
 def gpu_kernel_us(fn, calls: int = 5) -> dict:
@@ -313,6 +354,24 @@ def _forward_one(frames: int, keep: float, q, k, v, dense_ms: float, repeats: in
             row["graph_error"] = f"{type(e).__name__}: {str(e)[:300]}"
         row["gpu_kernels_us"] = gpu_kernel_us(module)
         row["gpu_busy_ms"] = sum(row["gpu_kernels_us"].values()) / 1000.0
+        # the sparse kernel's share of the module's own device time (same calls, same clocks)
+        fwd_us = sum(us for name, us in row["gpu_kernels_us"].items() if name.startswith("_sla_forward"))
+        row["outside_profiled_pct"] = 100.0 * (1 - fwd_us / 1000.0 / row["gpu_busy_ms"])
+        # dense SDPA and the module timed in alternating blocks of back-to-back graph replays
+        dense = partial(dense_attention, q, k, v)
+        calls_dense = max(2, round(40.0 / dense_ms))
+        calls_sla = max(10, round(40.0 / row["sla_graph_ms"])) if "sla_graph_ms" in row else 10
+        try:
+            d_t, s_t = interleaved_ms(dense, module, calls_dense, calls_sla)
+            row["dense_interleaved_ms"] = statistics.median(d_t)
+            row["sla_interleaved_ms"] = statistics.median(s_t)
+            row["speedup_interleaved"] = statistics.median(a / b for a, b in zip(d_t, s_t))
+            row["speedup_interleaved_range"] = [
+                min(a / b for a, b in zip(d_t, s_t)),
+                max(a / b for a, b in zip(d_t, s_t)),
+            ]
+        except RuntimeError as e:  # recorded, never hidden
+            row["interleaved_error"] = f"{type(e).__name__}: {str(e)[:300]}"
     row["outside_recomputed_pct"] = 100.0 * (1 - row["kernel_recomputed_ms"] / row["sla_recomputed_ms"])
     return {
         "frames": frames,
@@ -539,7 +598,7 @@ def check_targets(fwd, bwd, sel) -> dict:
     r32 = pick(fwd, frames=32)
     if r32:
         out["outside_pct_at_32_frames"] = {str(r["keep"]): r["outside_pct"] for r in r32}
-        for how in ("pipelined", "graph"):
+        for how in ("pipelined", "graph", "profiled"):
             out[f"outside_{how}_pct_at_32_frames"] = {
                 str(r["keep"]): r.get(f"outside_{how}_pct") for r in r32
             }
@@ -547,6 +606,7 @@ def check_targets(fwd, bwd, sel) -> dict:
     if r64:
         out["speedup_at_64_frames_10pct"] = r64[0]["speedup"]
         out["speedup_graph_at_64_frames_10pct"] = r64[0].get("speedup_graph")
+        out["speedup_interleaved_at_64_frames_10pct"] = r64[0].get("speedup_interleaved")
     graph_tflops = {str(r["frames"]): r["kernel_graph_tflops"] for r in fwd if "kernel_graph_tflops" in r}
     if graph_tflops:
         out["kernel_graph_tflops_per_frames"] = graph_tflops
@@ -626,7 +686,7 @@ def main(argv=None) -> int:
              "kernel_gather_tflops", "kernel_stored_tflops",
              "kernel_recomputed_tflops", "kernel_all_tflops", "sparse_only_tflops", "prepare_ms", "prepare_gather_ms", "select_ms", "sums_ms", "select_streamed_ms", "select_dense_map_ms", "outside_pct",
              "outside_recomputed_pct", "sla_pipelined_ms", "outside_pipelined_pct", "sla_graph_ms", "speedup_graph",
-             "outside_graph_pct", "kernel_graph_tflops", "gpu_busy_ms"],
+             "outside_graph_pct", "outside_profiled_pct", "speedup_interleaved", "kernel_graph_tflops", "gpu_busy_ms"],
         )  # fmt: skip
         if bwd:
             table += "\n## Backward\n\n" + markdown_table(bwd)
