@@ -10,7 +10,10 @@ At VGGT global-attention shapes (the bench's random strided q/k/v, 10 % kept), C
   denominator gathers + one bf16 GEMM over the D² state columns);
 * ``sums_aug``: the map kernel without the gathers + one GEMM over D² + D columns, the denominators
   z_j riding along as bf16 columns of the states (what an augmented state row would cost), with the
-  largest relative error of those bf16 denominator sums against float64 (``aug_z_rel_err``).
+  largest relative error of those bf16 denominator sums against float64 (``aug_z_rel_err``);
+* ``prepare_w{warps}s{stages}_us``: the prepare pass as the module runs it (virtual K/V copies,
+  augmented states, no totals) per launch setting (the module's, 4 warps and 3 stages, first and again
+  last: ``prepare_w4s3_again_us``, for clock drift).
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_sla_attention import TOKENS, graph_ms, qkv_views, sla_module
 from provenance import markdown_table, write_result
 
-from lite3r.kernels import sla_complement_map, sla_linear_domain, sla_ops, sla_topk_rows
+from lite3r.kernels import sla_complement_map, sla_linear_domain, sla_ops, sla_prepare, sla_topk_rows
 from lite3r.kernels.sla_select_operands import select_operands
 
 LAUNCHES = [(2, 4), (1, 1), (1, 2), (2, 1), (2, 2), (4, 2), (1, 4)]
+PREPARE_LAUNCHES = [(4, 3), (2, 3), (4, 2), (4, 4), (2, 2), (2, 4), (8, 3), (4, 1)]
 
 
 def probe(frames: int, repeats: int) -> dict:
@@ -83,6 +87,16 @@ def probe(frames: int, repeats: int) -> dict:
         row["shipped_z_rel_err"] = (
             ((zq.view_as(z64).double() - z64).abs() / z64.abs().clamp_min(1e-30)).max().item()
         )
+        for n, (warps, stages) in enumerate([*PREPARE_LAUNCHES, (4, 3)]):
+            launch = {"num_warps": warps, "num_stages": stages}
+            name = f"prepare_w{warps}s{stages}" + ("_again" if n == len(PREPARE_LAUNCHES) else "")
+
+            def prep(launch=launch):
+                sla_prepare.sla_prepare(
+                    q, k, v, geom, "elu", "complement", True, False, launch, virtual_kv=True, augmented=True
+                )
+
+            row[f"{name}_us"] = 1000 * graph_ms(prep, repeats)
     print(row, flush=True)
     return row
 
@@ -96,6 +110,7 @@ def main() -> None:
     rows = [probe(f, args.repeats) for f in args.frames]
     cols = ["frames", "rows", "cols", "topk"] + [f"topk_r{r}w{w}_us" for r, w in LAUNCHES]
     cols += ["sums_shipped_us", "sums_aug_us", "map_only_us", "aug_z_rel_err", "shipped_z_rel_err"]
+    cols += [f"prepare_w{w}s{s}_us" for w, s in PREPARE_LAUNCHES] + ["prepare_w4s3_again_us"]
     out = Path(args.out or "benchmarks/results/sla") / "sla_select_tail_probe.json"
     write_result(out, {"rows": rows}, markdown_table(rows, cols))
 
