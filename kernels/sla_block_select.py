@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import sla_select_operands as _operands
+from . import sla_select_scores as _scores
 from . import sla_topk_rows as _topk_rows
 from .sla_reference import SLAGeometry, block_scores_reference, select_blocks_reference
 from .sla_triton_common import SIZE_ARGS
@@ -159,7 +159,7 @@ def sla_block_select(
 # now four chunks of about 0.12 GiB (memory_peak.py).
 SELECT_WORKSPACE_BYTES = 1 << 27
 SELECT_BYTES_PER_SCORE = 32  # float64 product, float32 score, masks, int32 prefix sums, int64 slots
-ROW_KERNEL_BYTES_PER_SCORE = 8  # the float64 product only: the row kernel does the rest in registers
+ROW_KERNEL_BYTES_PER_SCORE = 4  # the float32 score only: the row kernel does the rest in registers
 
 
 def sla_block_select_gemm(
@@ -188,13 +188,11 @@ def sla_block_select_gemm(
     # autocast / TF32 state of the caller (under bf16 autocast a float32 matmul would run in bf16 and
     # flip the selection of ~4 % of the rows: measured on the H100).
     lut = torch.empty(B, H, M, k, device=pq.device, dtype=dtype)
-    if n_k <= _topk_rows.MAX_COLS and _topk_rows.runs_here(pq):
-        pq64, keys64 = _operands.select_operands(pq, pk, kmean)  # one launch for both
-        keys_t = keys64.transpose(-1, -2)  # [B, H, D, n_k]
+    if n_k <= _topk_rows.MAX_COLS and _topk_rows.runs_here(pq) and _scores.runs_here(pq):
         rows = max(1, workspace_bytes // (ROW_KERNEL_BYTES_PER_SCORE * B * H * n_k))
         for r0 in range(0, M, rows):
-            with torch.autocast(pq.device.type, enabled=False):
-                s = torch.matmul(pq64[:, :, r0 : r0 + rows], keys_t)  # [B, H, r, n_k]
+            # float64 dot products rounded to float32, one Triton kernel (sla_select_scores)
+            s = _scores.select_scores(pq, pk, kmean, rows=(r0, min(M, r0 + rows)))  # [B, H, r, n_k]
             r = s.shape[2]
             out = lut if r == M else torch.empty(B, H, r, k, device=pq.device, dtype=dtype)
             _topk_rows.topk_rows(s.view(-1, n_k), k, out.view(-1, k), geom.n_forced)

@@ -210,8 +210,8 @@ def variants(head_dims=(64,), quick=False):
         consts = dict(BLOCK_C=sla_complement_map._BLOCK_C, BLOCK_T=sla_complement_map._BLOCK_T)
         consts.update(HEAD_DIM=64, WITH_Z=True, CSR=csr)
         out.append((name, sla_complement_map._complement_map_kernel, ptrs, consts, [(4, 1, None, {})]))
-    # The fixed-order row sums (k̄, S_tot, z_tot) and the selection's float64 operands.
-    from . import sla_select_operands, sla_sum_rows
+    # The fixed-order row sums (k̄, S_tot, z_tot) and the selection scores (float64 MMA, float32 out).
+    from . import sla_select_scores, sla_sum_rows
 
     out.append(
         (
@@ -222,22 +222,16 @@ def variants(head_dims=(64,), quick=False):
             [(4, 1, None, {})],
         )
     )
-    ops_ptrs = dict(PQ=f32, PK=f32, KMEAN=f32, PQ64="*fp64", KEYS64="*fp64")
-    ops_consts = dict(BLOCK_R=sla_select_operands._ROWS, HEAD_DIM=64)
+    sc_ptrs = dict(PQ=f32, PK=f32, KMEAN=f32, S=f32)
+    sc_consts = dict(BLOCK_M=sla_select_scores._BLOCK_M, BLOCK_N=sla_select_scores._BLOCK_N, HEAD_DIM=64)
     out.append(
-        (
-            "selection operands",
-            sla_select_operands._select_operands_kernel,
-            ops_ptrs,
-            ops_consts,
-            [(4, 1, None, {})],
-        )
+        ("selection scores", sla_select_scores._select_scores_kernel, sc_ptrs, sc_consts, [(4, 1, None, {})])
     )
-    # The row top-k of the block selection: float64 scores in, int16 LUT out; one config per row width
+    # The row top-k of the block selection: float32 scores in, int16 LUT out; one config per row width
     # the VGGT shapes use (32 / 128 frames at 64-token key blocks: 687 / 2,748 columns) and the maximum.
     from . import sla_topk_rows
 
-    topk_ptrs = {"S": "*fp64", "LUT": "*i16"}
+    topk_ptrs = {"S": "*fp32", "LUT": "*i16"}
     for cols in (1024,) if quick else (1024, 4096, sla_topk_rows.MAX_COLS):
         rows, warps = sla_topk_rows._launch_shape(cols)
         consts = dict(ROWS=rows, BLOCK_C=cols)

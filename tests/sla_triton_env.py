@@ -22,7 +22,7 @@ import torch
 SLA_KERNEL_MODULES = (
     "lite3r.kernels.sla_triton_common",
     "lite3r.kernels.sla_sum_rows",
-    "lite3r.kernels.sla_select_operands",
+    "lite3r.kernels.sla_select_scores",
     "lite3r.kernels.sla_prepare",
     "lite3r.kernels.sla_topk_rows",
     "lite3r.kernels.sla_complement_map",

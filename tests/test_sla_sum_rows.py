@@ -1,9 +1,9 @@
-"""The two small reduction/conversion kernels of the SLA pipeline against their PyTorch references:
-fixed-order row sums (the prepare pass's partial sums → k̄, S_tot, z_tot; the complement sums' z_tot)
-and the selection's float64 operands (bit-identical to the PyTorch ops they replace, so the selection
-does not change). Row and column counts that are not multiples of a program's tile, one row, no rows,
-more query than key blocks and the reverse. CPU runs them under the Triton interpreter; the GPU test
-runs them compiled."""
+"""Two small kernels of the SLA pipeline against their PyTorch references: fixed-order row sums (the
+prepare pass's partial sums → k̄, S_tot, z_tot) and the selection scores (float64 dot products rounded
+to float32: equal to the reference's, so the selection does not change). Row and column counts that
+are not multiples of a program's tile, one row, no rows, a sub-range of query blocks, more query than
+key blocks and the reverse. CPU runs them under the Triton interpreter; the GPU test runs them
+compiled."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch  # noqa: E402
 
 K = sla_triton_env.load_sla_kernels()
 sum_rows = K["sla_sum_rows"]
-operands = K["sla_select_operands"]
+scores = K["sla_select_scores"]
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -40,16 +40,20 @@ def test_row_sums_of_a_strided_slice_and_of_no_rows():
         sum_rows.sum_rows(x.double())
 
 
-@pytest.mark.parametrize(("M", "NK"), [(1, 2), (11, 23), (40, 9), (64, 64)])
-def test_select_operands_are_bit_identical_to_the_torch_ops(M, NK):
+@pytest.mark.parametrize(
+    ("M", "NK", "D", "rows"),
+    [(1, 2, 16, None), (11, 23, 16, None), (70, 9, 32, (3, 68)), (64, 130, 16, (64, 64))],
+)
+def test_select_scores_equal_the_float64_reference(M, NK, D, rows):
     g = torch.Generator().manual_seed(M + NK)
-    pq = torch.randn(2, 3, M, 16, generator=g).to(DEV)
-    pk = torch.randn(2, 3, NK, 16, generator=g).to(DEV)
-    kmean = torch.randn(2, 3, 16, generator=g).to(DEV)
-    pq64, keys64 = operands.select_operands(pq, pk, kmean)
-    ref_q, ref_k = operands.select_operands_reference(pq.cpu(), pk.cpu(), kmean.cpu())
-    assert pq64.dtype == keys64.dtype == torch.float64
-    assert torch.equal(pq64.cpu(), ref_q) and torch.equal(keys64.cpu(), ref_k)
+    pq = torch.randn(2, 3, M, D, generator=g).to(DEV)
+    pk = torch.randn(2, 3, NK, D, generator=g).to(DEV)
+    kmean = torch.randn(2, 3, D, generator=g).to(DEV)
+    r0, r1 = rows or (0, M)
+    got = scores.select_scores(pq, pk, kmean, rows=rows)
+    ref = scores.select_scores_reference(pq[:, :, r0:r1].cpu(), pk.cpu(), kmean.cpu())
+    assert got.dtype == torch.float32 and got.shape == (2, 3, r1 - r0, NK)
+    assert torch.equal(got.cpu(), ref)
 
 
 @pytest.mark.gpu
@@ -66,6 +70,6 @@ def test_at_vggt_shapes_gpu():
         torch.randn(1, 16, 687, 64, device="cuda"),
         torch.randn(1, 16, 64, device="cuda"),
     )
-    got = operands.select_operands(pq, pk, km)
-    ref = operands.select_operands_reference(pq, pk, km)
-    assert all(torch.equal(a, b) for a, b in zip(got, ref))
+    got = scores.select_scores(pq, pk, km)
+    assert torch.equal(got, scores.select_scores_reference(pq, pk, km))
+    assert torch.equal(scores.select_scores(pq, pk, km, rows=(100, 300)), got[:, :, 100:300])

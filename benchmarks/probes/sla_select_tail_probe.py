@@ -29,10 +29,12 @@ from bench_sla_attention import TOKENS, graph_ms, qkv_views, sla_module
 from provenance import markdown_table, write_result
 
 from lite3r.kernels import sla_complement_map, sla_linear_domain, sla_ops, sla_prepare, sla_topk_rows
-from lite3r.kernels.sla_select_operands import select_operands
+from lite3r.kernels.sla_select_scores import select_scores
 
-LAUNCHES = [(2, 4), (1, 1), (1, 2), (2, 1), (2, 2), (4, 2), (1, 4)]
-PREPARE_LAUNCHES = [(4, 3), (2, 3), (4, 2), (4, 4), (2, 2), (2, 4), (8, 3), (4, 1)]
+# launch shapes still compared (the full sweeps ran at 4fd384b / 7cb4f47: sla_select_tail_probe_*.md)
+LAUNCHES = [(2, 4), (1, 2), (1, 4)]
+SCORE_LAUNCHES = [(64, 64, 4), (32, 64, 4), (64, 32, 4), (32, 32, 4), (64, 128, 8), (128, 64, 8), (32, 64, 2)]
+PREPARE_LAUNCHES = [(4, 3), (4, 2)]
 
 
 def probe(frames: int, repeats: int) -> dict:
@@ -44,11 +46,24 @@ def probe(frames: int, repeats: int) -> dict:
     row = {"frames": frames, "rows": 16 * geom.n_qblocks, "cols": geom.n_kblocks, "topk": geom.topk}
     with torch.no_grad():
         pq, pk, km, sb, zb, *_ = sla_ops.sla_prepare_op(q, k, v, g, "elu", "complement", True, False, False)
-        pq64, keys64 = select_operands(pq, pk, km)
-        scores = torch.matmul(pq64, keys64.transpose(-1, -2)).view(-1, geom.n_kblocks)
+        scores = select_scores(pq, pk, km).view(-1, geom.n_kblocks)
         R = scores.shape[0]
         ref = torch.empty(R, geom.topk, device="cuda", dtype=torch.int16)
         sla_topk_rows.topk_rows(scores, geom.topk, ref, geom.n_forced)
+        # the selection scores (float64 MMA, float32 out) per tile shape, against the float64 cuBLAS
+        # GEMM and its operand conversion (the path before the score kernel)
+        keys64 = (pk - km[:, :, None]).double()
+        pq64 = pq.double()
+        row["scores_cublas_f64_us"] = 1000 * graph_ms(
+            lambda: torch.matmul(pq.double(), (pk - km[:, :, None]).double().transpose(-1, -2)), repeats
+        )
+        ref64 = torch.matmul(pq64, keys64.transpose(-1, -2)).float()
+        for bm, bn, w in SCORE_LAUNCHES:
+            s_t = select_scores(pq, pk, km, launch=(bm, bn, w))
+            row[f"scores_{bm}x{bn}w{w}_equal"] = bool(torch.equal(s_t, ref64))
+            row[f"scores_{bm}x{bn}w{w}_us"] = 1000 * graph_ms(
+                lambda bm=bm, bn=bn, w=w: select_scores(pq, pk, km, launch=(bm, bn, w)), repeats
+            )
         for rows, warps in LAUNCHES:
             out = torch.empty_like(ref)
 
@@ -109,6 +124,7 @@ def main() -> None:
     args = ap.parse_args()
     rows = [probe(f, args.repeats) for f in args.frames]
     cols = ["frames", "rows", "cols", "topk"] + [f"topk_r{r}w{w}_us" for r, w in LAUNCHES]
+    cols += ["scores_cublas_f64_us"] + [f"scores_{m}x{n}w{w}_us" for m, n, w in SCORE_LAUNCHES]
     cols += ["sums_shipped_us", "sums_aug_us", "map_only_us", "aug_z_rel_err", "shipped_z_rel_err"]
     cols += [f"prepare_w{w}s{s}_us" for w, s in PREPARE_LAUNCHES] + ["prepare_w4s3_again_us"]
     out = Path(args.out or "benchmarks/results/sla") / "sla_select_tail_probe.json"
