@@ -13,8 +13,9 @@ Extra device memory is the pooled q/k (float32, N/block_q + N/block_k rows of he
 the look-up table itself (int16 when there are fewer than 2¹⁵ key blocks, else int32). At 1,000 VGGT
 frames (1.374 M tokens, 16 heads, blocks 128/64, 10 % kept) that is 0.13 GB + 0.74 GB.
 
-``sla_block_select_gemm`` computes the same table through cuBLAS and ``torch.topk`` on chunks of query
-blocks (a bounded score tile, never the whole map). On the H100 it is the faster of the two (measured at
+``sla_block_select_gemm`` computes the same table from bounded score tiles (chunks of query blocks,
+never the whole map): a float64-MMA score kernel and a row top-k kernel, or cuBLAS and ``torch.topk``
+past 8,192 key blocks. On the H100 it is the faster of the two (measured at
 VGGT shapes, 10 % kept: 1.9 → 0.6 ms at 32 frames, 23.6 → 5.2 ms at 128 frames: the radix passes re-stream
 the keys 9 times), so it is the default (``SLAConfig.select = "gemm"``); the streamed kernel stays as the
 zero-workspace option (``"streamed"``). With float64 score GEMMs (autocast-proof) it was re-measured:
@@ -176,9 +177,10 @@ def sla_block_select_gemm(
     above t plus the first blocks equal to t in block order, written in ascending order by a scatter
     (no host synchronisation, so it can be captured in a CUDA graph).
 
-    Everything after the GEMM is one Triton kernel (``sla_topk_rows``) when a row of scores fits in
-    registers (≤ ``sla_topk_rows.MAX_COLS`` key blocks) on a GPU or under the interpreter; otherwise
-    (longer sequences, or plain CPU) the same rule runs as PyTorch ops. Both give the same table."""
+    When a row of scores fits in registers (≤ ``sla_topk_rows.MAX_COLS`` key blocks) on a GPU or under
+    the interpreter, two Triton kernels do it: the float32 scores (``sla_select_scores``: float64 MMA,
+    rounded once) and the row top-k (``sla_topk_rows``); otherwise (longer sequences, or plain CPU) a
+    float64 matmul and the same rule as PyTorch ops. Both give the same table."""
     B, H, M, _ = pq.shape
     n_k, k = geom.n_kblocks, geom.topk
     dtype = lut_dtype_for(n_k)
@@ -198,7 +200,7 @@ def sla_block_select_gemm(
             _topk_rows.topk_rows(s.view(-1, n_k), k, out.view(-1, k), geom.n_forced)
             if r != M:
                 lut[:, :, r0 : r0 + r] = out
-            del s, out  # free this tile before the next GEMM allocates its own (one tile live at a time)
+            del s, out  # free this tile before the next score kernel allocates its own (one tile live)
         return lut
     keys_t = (pk.float() - kmean.float()[:, :, None]).double().transpose(-1, -2)  # [B, H, D, n_k]
     rows = max(1, workspace_bytes // (SELECT_BYTES_PER_SCORE * B * H * n_k))

@@ -368,7 +368,8 @@ def sla_forward(
     ``recompute_states`` (recomputed from K/V in the loop), or, with ``summed_states``, ``s_tot``/``z_tot``
     are the complement sums per query block [B, H, Mq, D, D] / [B, H, Mq, D] (or, augmented, s_tot
     [B, H, Mq, D² + D] holds both: ``sla_linear_domain.complement_sums_augmented``) and
-    ``s_blk``/``z_blk`` are unused. ``pair``: key blocks per loop step for the plain (interpreted) kernel; autotuned on CUDA.
+    ``s_blk``/``z_blk`` are unused. ``pair``: key blocks per loop step for the plain (interpreted)
+    kernel; autotuned on CUDA.
     """
     B, H, N, D = q.shape
     lin = effective_linear_code(linear, geom)

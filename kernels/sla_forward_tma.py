@@ -164,10 +164,11 @@ def sla_forward_tma(
     ``k_virtual``/``v_virtual``: the prepare pass's virtual-order copies. ``s_tot``/``z_tot``: the
     totals [B, H, D, D] / [B, H, D] for linear "all", the complement sums per query block
     [B, H, Mq, D, D] / [B, H, Mq, D] for "complement" — or, augmented, s_tot [B, H, Mq, D² + D] holding
-    both (``sla_linear_domain.complement_sums_augmented``; z_tot unused) —, unused for "none". ``pair``: key blocks per loop
-    step for the plain (interpreted) kernel; autotuned on CUDA. ``launch`` (probes): run the plain kernel
-    with these num_warps / num_stages / maxnreg and ``pair`` instead of the autotuner. ``out``: write o
-    there (a [B, H, N, D] view with unit last stride, e.g. a head slice of a larger output).
+    both (``sla_linear_domain.complement_sums_augmented``; z_tot unused) —, unused for "none".
+    ``pair``: key blocks per loop step for the plain (interpreted) kernel; autotuned on CUDA.
+    ``launch`` (probes): run the plain kernel with these num_warps / num_stages / maxnreg and ``pair``
+    instead of the autotuner. ``out``: write o there (a [B, H, N, D] view with unit last stride, e.g. a
+    head slice of a larger output).
     """
     from triton.tools.tensor_descriptor import TensorDescriptor
 

@@ -122,8 +122,9 @@ SELECT_METHODS = ("gemm", "streamed")
 def sla_block_select_op(
     pq: Tensor, pk: Tensor, kmean: Tensor, geom: list[int], method: str = "gemm"
 ) -> Tensor:
-    """Top-k key blocks per query block: "gemm" (cuBLAS + torch.topk on bounded tiles) or "streamed"
-    (the Triton radix-select kernel, no workspace)."""
+    """Top-k key blocks per query block: "gemm" (score tiles of bounded size, then a row top-k:
+    sla_select_scores + sla_topk_rows, or PyTorch ops beyond 8,192 key blocks) or "streamed" (the
+    Triton radix-select kernel, no workspace)."""
     if method == "gemm":
         return _select_mod.sla_block_select_gemm(pq, pk, kmean, geom_from_list(geom))
     if method == "streamed":

@@ -1,12 +1,13 @@
 """Top-k of score rows in one pass: the k largest entries of each row, listed in ascending column order.
 
-The block selection computes its scores with one float64 GEMM per chunk of query blocks; what follows
-used to be ~11 PyTorch kernels over the score tile (rounding to float32, ``torch.topk`` for the k-th
+The block selection computes its scores per chunk of query blocks (float64 dot products rounded to
+float32: ``sla_select_scores``, or a float64 GEMM on the PyTorch path); what follows used to be ~11 PyTorch kernels over the score tile (rounding to float32, ``torch.topk`` for the k-th
 largest value, comparisons, two prefix sums, a scatter, a copy), each a full pass over
 rows × key blocks: ~1 ms at 32 VGGT frames, a quarter of the whole SLA layer. Here one program owns
 ``ROWS`` rows, keeps them in registers and
 
-1. rounds the float64 scores to float32 once (the reference's rounding) and maps them to
+1. rounds float64 scores to float32 once (the reference's rounding; float32 scores load as they are)
+   and maps them to
    order-preserving uint32 keys (-0.0 ties with +0.0, as in ``torch.topk``; forced columns, the special
    tokens' key blocks, score +inf);
 2. builds, bit by bit from the top of the unsigned key, a threshold with exactly k keys at or above it

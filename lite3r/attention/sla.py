@@ -77,8 +77,9 @@ class SLAConfig:
     # "recomputed" from the K/V tiles the loop already holds (one more small MMA per block, no state
     # memory). Same maths; training always uses stored states.
     complement_states: str = "summed"
-    # Triton inference/training: block selection by cuBLAS + torch.topk on bounded score tiles ("gemm",
-    # faster on the H100) or by the streamed radix-select kernel ("streamed", no workspace). Same table.
+    # Triton inference/training: block selection from bounded score tiles ("gemm": a score kernel and a
+    # row top-k kernel, faster on the H100) or by the streamed radix-select kernel ("streamed", no
+    # workspace). Same table.
     select: str = "gemm"
     # Triton inference: how the sparse forward reads the selected key blocks. "gather": cp.async
     # gathers from q/k/v's own storage (any CUDA GPU, no extra memory); "tma": the prepare pass writes
