@@ -56,7 +56,9 @@ def _topk_rows_kernel(
     mask = rmask[:, None] & cmask[None, :]
     s = tl.load(S + r.to(tl.int64)[:, None] * stride_sr + c[None, :], mask=mask, other=0.0).to(tl.float32)
     s = tl.where((c < n_forced)[None, :], float("inf"), s)
-    key = _order_keys(s)
+    # padding columns get key 0, below every candidate threshold (each has a bit set), so the count
+    # loop needs no column mask (one instruction less per element and pass)
+    key = tl.where(cmask[None, :], _order_keys(s), 0)
     # Threshold t built bit by bit from the top: keep bit b when count(key ≥ t | b) ≥ k. Invariant:
     # count(key ≥ t) ≥ k. A row is finished once count(key ≥ t) = k exactly (t then separates its top k
     # from the rest; typically after ~20 of the 32 bits), so the loop stops when every row is; with ties
@@ -67,7 +69,7 @@ def _topk_rows_kernel(
     n_open = tl.sum((cnt_t != topk).to(tl.int32), axis=0)
     while (bit >= 0) & (n_open > 0):
         cand = t | (tl.full([ROWS], 1, dtype=tl.uint32) << bit.to(tl.uint32))
-        cnt = tl.sum(((key >= cand[:, None]) & cmask[None, :]).to(tl.int32), axis=1)
+        cnt = tl.sum((key >= cand[:, None]).to(tl.int32), axis=1)
         ok = cnt >= topk
         t = tl.where(ok, cand, t)
         cnt_t = tl.where(ok, cnt, cnt_t)
