@@ -9,6 +9,7 @@ import sla_triton_env
 sla_triton_env.set_interpret_env()  # before anything imports triton (collection time)
 
 import functools  # noqa: E402
+import sys  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -52,9 +53,12 @@ def test_complement_sums_match_the_dense_map(transpose, workspace, padded):
 
 @pytest.mark.parametrize("workspace", [1 << 30, 300, 1])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_augmented_complement_sums_match_the_dense_map(workspace, dtype):
+@pytest.mark.parametrize("map_kernel", [True, False])  # the map kernel, or PyTorch's map (no Triton)
+def test_augmented_complement_sums_match_the_dense_map(workspace, dtype, map_kernel, monkeypatch):
     """[S_j | z_j] rows summed over each query block's complement by one GEMM: the states and the
     denominators as the reference sums them (bf16: one rounding of inputs and result, relative)."""
+    if not map_kernel:
+        monkeypatch.setattr(sys.modules["lite3r.kernels.sla_complement_map"], "runs_here", lambda x: False)
     B, H, Mq, Nk, T, D = 2, 3, 7, 11, 4, 8
     lut = _lut(B, H, Mq, Nk, T)
     g = torch.Generator().manual_seed(2)
