@@ -73,7 +73,7 @@ def _row_chunk(rows: int, cols: int, groups: int, bytes_per_entry: int, budget: 
 def complement_sums(
     lut: torch.Tensor,
     states: torch.Tensor,
-    vectors: torch.Tensor,
+    vectors: torch.Tensor | None,
     n_kblocks: int,
     *,
     transpose: bool,
@@ -89,7 +89,9 @@ def complement_sums(
     it). Rows past Nk (Mq) must be zero: producers pad them to a multiple of 8 (``sla_prepare``'s
     per-key-block states, the dQ kernel's per-query-block G), the GEMM's reduction length.
     ``inverse``: ``sla_backward_dkdv.inverse_lut(lut, n_kblocks)`` if the caller has it (transposed,
-    on the GPU; else built here).
+    on the GPU; else built here). ``vectors`` None: ``states`` are flat rows [B, H, ≥n, W] (the
+    augmented [S_j | z_j] rows: :func:`complement_sums_augmented`), summed as they are, and the second
+    result is None.
 
     The states are summed by a GEMM in their own dtype (float32 accumulation, one rounding of the
     result: bf16 states give a bf16 sum, the precision the attention kernels use them at); the vectors
@@ -97,17 +99,22 @@ def complement_sums(
     """
     B, H, Mq, T = lut.shape
     D = states.shape[-1]
+    with_z = vectors is not None
+    row_shape = (D, D) if with_z else (D,)  # a D×D state, or a flat row of D entries
+    width = D * D if with_z else D
     n_in = states.shape[2]  # the input blocks, with any zero padding rows
     n_valid = Mq if transpose else n_kblocks  # the map's real columns
     n_out = n_kblocks if transpose else Mq
-    if n_in < n_valid or vectors.shape[2] != n_in:
-        raise ValueError(f"{n_in} state / {vectors.shape[2]} vector rows for {n_valid} blocks")
+    if n_in < n_valid or (with_z and vectors.shape[2] != n_in):
+        vector_rows = f" / {vectors.shape[2]} vector" if with_z else ""
+        raise ValueError(f"{n_in} state{vector_rows} rows for {n_valid} blocks")
     BH = B * H
     lut3 = lut.reshape(BH, Mq, T)
-    s_in = states.reshape(BH, n_in, D * D)
-    z_in = vectors.reshape(BH, n_in, D).float()
-    s_out = states.new_empty(BH, n_out, D * D)
-    z_out = torch.empty(BH, n_out, D, device=states.device, dtype=torch.float32)
+    s_in = states.reshape(BH, n_in, width)
+    s_out = states.new_empty(BH, n_out, width)
+    if with_z:
+        z_in = vectors.reshape(BH, n_in, D).float()
+        z_out = torch.empty(BH, n_out, D, device=states.device, dtype=torch.float32)
     # On the GPU the map kernel writes the contiguous map (or its transpose, from the inverse look-up
     # table) in the states' dtype and the vector sums in float32 (sla_complement_map); elsewhere
     # PyTorch builds it.
@@ -118,7 +125,8 @@ def complement_sums(
         n_cols = n_in if n_in % 8 == 0 else _map.padded_columns(n_valid)
         n_red = min(n_in, n_cols)
         entry_bytes = states.element_size()
-        z_tot = _sum_rows.sum_rows(z_in[:, :n_valid])  # torch's sum over this middle axis: ~8× slower
+        if with_z:
+            z_tot = _sum_rows.sum_rows(z_in[:, :n_valid])  # torch's sum over this middle axis: ~8× slower
         if transpose and inverse is None:
             inverse = _dkdv.inverse_lut(lut, n_kblocks)
     else:
@@ -131,20 +139,21 @@ def complement_sums(
         for o0 in range(0, n_out, o_step):
             o1 = min(n_out, o0 + o_step)
             if use_kernel:
-                z_args = (z_in[g0:g1], z_tot[g0:g1])
+                z_args = (z_in[g0:g1], z_tot[g0:g1]) if with_z else (None, None)
                 if transpose:
                     qlist, offsets = inverse
                     c, z_part = _map.complement_map_transposed(
                         qlist, offsets[g0 * n_kblocks : g1 * n_kblocks + 1], Mq, n_kblocks, states.dtype,
                         *z_args, rows=(o0, o1), n_cols=n_cols,
                     )  # fmt: skip
-                    z_out[g0:g1, o0:o1] = z_part
+                    if with_z:
+                        z_out[g0:g1, o0:o1] = z_part
                 else:
                     # the map writes its vector sums straight into the output tile (contiguous: a
                     # tile is whole groups or rows of one group, _row_chunk)
                     c, _ = _map.complement_map(
                         lut3[g0:g1], n_kblocks, states.dtype, *z_args, rows=(o0, o1), n_cols=n_cols,
-                        z_out=z_out[g0:g1, o0:o1],
+                        z_out=z_out[g0:g1, o0:o1] if with_z else None,
                     )  # fmt: skip
                 _bmm_aligned_k(c[..., :n_red], s_in[g0:g1, :n_red], s_out[g0:g1, o0:o1])
                 continue
@@ -154,8 +163,9 @@ def complement_sums(
                 c32 = _complement_tile(lut3[g0:g1, o0:o1], 0, n_kblocks, torch.float32)
             c = c32 if states.dtype == torch.float32 else c32.to(states.dtype)
             torch.bmm(c, s_in[g0:g1, :n_red], out=s_out[g0:g1, o0:o1])
-            torch.bmm(c32, z_in[g0:g1, :n_red], out=z_out[g0:g1, o0:o1])
-    return s_out.view(B, H, n_out, D, D), z_out.view(B, H, n_out, D)
+            if with_z:
+                torch.bmm(c32, z_in[g0:g1, :n_red], out=z_out[g0:g1, o0:o1])
+    return s_out.view(B, H, n_out, *row_shape), (z_out.view(B, H, n_out, D) if with_z else None)
 
 
 def complement_sums_augmented(
@@ -176,34 +186,9 @@ def complement_sums_augmented(
     its sums are in the state dtype (bf16 for bf16 inputs, relative error ≤ 2⁻⁸ on a sum of positive
     terms, the precision of the summed states themselves), not float32.
     """
-    B, H, Mq, T = lut.shape
-    n_in, width = states.shape[2], states.shape[3]
-    if n_in < n_kblocks:
-        raise ValueError(f"{n_in} state rows for {n_kblocks} key blocks")
-    BH = B * H
-    lut3 = lut.reshape(BH, Mq, T)
-    s_in = states.reshape(BH, n_in, width)
-    out = states.new_empty(BH, Mq, width)
-    use_kernel = _map.runs_here(lut)
-    if use_kernel:
-        n_cols = n_in if n_in % 8 == 0 else _map.padded_columns(n_kblocks)
-        n_red = min(n_in, n_cols)
-        entry_bytes = states.element_size()
-    else:
-        n_cols = n_red = n_kblocks
-        entry_bytes = 4 + (states.element_size() if states.dtype != torch.float32 else 0)
-    g_step, o_step = _row_chunk(Mq, n_cols, BH, entry_bytes, workspace_bytes)
-    for g0 in range(0, BH, g_step):
-        g1 = min(BH, g0 + g_step)
-        for o0 in range(0, Mq, o_step):
-            o1 = min(Mq, o0 + o_step)
-            if use_kernel:
-                c, _ = _map.complement_map(lut3[g0:g1], n_kblocks, states.dtype, rows=(o0, o1), n_cols=n_cols)
-                _bmm_aligned_k(c[..., :n_red], s_in[g0:g1, :n_red], out[g0:g1, o0:o1])
-                continue
-            c = _complement_tile(lut3[g0:g1, o0:o1], 0, n_kblocks, torch.float32).to(states.dtype)
-            torch.bmm(c, s_in[g0:g1, :n_red], out=out[g0:g1, o0:o1])
-    return out.view(B, H, Mq, width)
+    if states.dim() != 4:
+        raise ValueError(f"augmented states are [B, H, rows, D² + D], got {tuple(states.shape)}")
+    return complement_sums(lut, states, None, n_kblocks, transpose=False, workspace_bytes=workspace_bytes)[0]
 
 
 def complement_sums_reference(lut, states, vectors, n_kblocks: int, *, transpose: bool):
