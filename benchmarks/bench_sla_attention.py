@@ -150,17 +150,24 @@ def pipelined_ms(fn, calls: int = 20, warmup: int = 3) -> float:
     return start.elapsed_time(end) / calls
 
 
-def graph_ms(fn, repeats: int) -> float:
-    """Median replay time of ``fn`` captured in a CUDA graph (how the deployed model runs it)."""
+def capture_graph(fn) -> torch.cuda.CUDAGraph:
+    """``fn`` captured in a CUDA graph, after three warm-up calls on a side stream (compilation and
+    autotuning stay outside the capture)."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        for _ in range(3):  # compile / autotune outside the capture
+        for _ in range(3):
             fn()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
+    return graph
+
+
+def graph_ms(fn, repeats: int) -> float:
+    """Median replay time of ``fn`` captured in a CUDA graph (how the deployed model runs it)."""
+    graph = capture_graph(fn)
     ms = median_ms(graph.replay, repeats)
     del graph
     return ms
@@ -172,18 +179,7 @@ def interleaved_ms(fn_a, fn_b, calls_a: int, calls_b: int, rounds: int = 6) -> t
     both see the same power and clock state: the H100 caps at 700 W and its SM clock drifts between
     ~1.98 and ~1.53 GHz over a run (benchmarks/results/sla/sla_timing_probe_a9112a2), which moves
     separately timed numbers by ±5 %."""
-    graphs = []
-    for fn in (fn_a, fn_b):
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                fn()
-        torch.cuda.current_stream().wait_stream(side)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            fn()
-        graphs.append(g)
+    graphs = [capture_graph(fn_a), capture_graph(fn_b)]
     times: list[list[float]] = [[], []]
     for r in range(rounds):
         order = (0, 1) if r % 2 == 0 else (1, 0)

@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_sla_attention import (
     TOKENS,
+    capture_graph,
     dense_attention,
     gpu_kernel_us,
     graph_ms,
@@ -55,15 +56,7 @@ def sm_clock() -> str:
 
 
 def graph_back_to_back_ms(fn, calls: int = 20) -> float:
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
+    graph = capture_graph(fn)
     ms = pipelined_ms(graph.replay, calls)
     del graph
     return ms
