@@ -1,16 +1,19 @@
-"""What the SLA module's selection tail costs, and what two changes to it would buy (GPU).
+"""What the SLA module's selection tail costs, per variant of each of its kernels (GPU).
 
     python benchmarks/probes/sla_select_tail_probe.py [--frames 32 64 128] [--out DIR]
 
 At VGGT global-attention shapes (the bench's random strided q/k/v, 10 % kept), CUDA-graph replays:
 
+* ``scores_*``: the selection scores (``sla_select_scores``, float64 MMA, float32 out) per tile shape
+  (query blocks × key blocks × warps), each checked bit-equal to a float64 matmul rounded to float32,
+  next to that matmul with its operand conversions as PyTorch ops (``scores_cublas_f64_us``);
 * ``topk_*``: the row top-k kernel (``sla_topk_rows``) per launch shape (rows per program × warps);
-  every table is checked equal to the shipped launch's;
-* ``sums_shipped``: the complement sums as the module runs them (map kernel with the float32
-  denominator gathers + one bf16 GEMM over the D² state columns);
-* ``sums_aug``: the map kernel without the gathers + one GEMM over D² + D columns, the denominators
-  z_j riding along as bf16 columns of the states (what an augmented state row would cost), with the
-  largest relative error of those bf16 denominator sums against float64 (``aug_z_rel_err``);
+  every table is checked equal to the default launch's;
+* ``sums_shipped``: the complement sums from separate float32 denominators (map kernel with the z_j
+  gathers + one bf16 GEMM over the D² state columns: the module before the augmented rows);
+* ``sums_aug``: the module's sums now: the map kernel without the gathers + one GEMM over D² + D
+  columns, the denominators z_j riding along as bf16 columns of the states, with the largest relative
+  error of those bf16 denominator sums against float64 (``aug_z_rel_err``);
 * ``prepare_w{warps}s{stages}_us``: the prepare pass as the module runs it (virtual K/V copies,
   augmented states, no totals) per launch setting (the module's, 4 warps and 3 stages, first and again
   last: ``prepare_w4s3_again_us``, for clock drift).
