@@ -40,6 +40,12 @@ Per frame count and kept fraction:
   ``dense_interleaved_ms`` / ``sla_interleaved_ms``: dense SDPA and the module as CUDA graphs, timed in
   alternating blocks of back-to-back replays (~40 ms per block, six rounds), so both run at the same
   power and clock state (the H100 sits at its 700 W cap and its clock drifts by ~20 % over a run);
+- with TMA key loads, the fused-qk path (``sla_attention_fused_qk``, the module's inference path when
+  its qk-norm/RoPE runs as the Triton kernel): from the qkv projection's raw q/k, the qk kernel also
+  pools the queries and writes k in virtual order. ``outside_fused_profiled_pct`` is its time outside
+  the sparse kernel with the plain qk-norm/RoPE device time (``qk_plain_us``, which dense pays too)
+  subtracted; ``outside_unfused_profiled_pct`` the same for plain qk + ``attend``; ``fused_saving_us``
+  the device time it saves; ``speedup_fused_interleaved`` dense (plain qk + SDPA) over it, interleaved;
 - backward (``--backward-frames``): dense SDPA backward vs the SLA backward (autograd of the module,
   dQ + dK/dV kernels, inverse LUT), forward not included; ``--backward-breakdown`` adds the time of
   each piece of the backward op (complement sums, dQ kernel, inverse LUT, dK/dV kernel) with the
@@ -367,6 +373,8 @@ def _forward_one(frames: int, keep: float, q, k, v, dense_ms: float, repeats: in
         except RuntimeError as e:  # recorded, never hidden
             row["interleaved_error"] = f"{type(e).__name__}: {str(e)[:300]}"
     row["outside_recomputed_pct"] = 100.0 * (1 - row["kernel_recomputed_ms"] / row["sla_recomputed_ms"])
+    if tma:
+        row.update(_fused_qk_columns(frames, m, geom, repeats))
     return {
         "frames": frames,
         "tokens": n,
@@ -379,6 +387,72 @@ def _forward_one(frames: int, keep: float, q, k, v, dense_ms: float, repeats: in
         "speedup_stored": dense_ms / row["sla_stored_ms"],
         **row,
     }
+
+
+def _fused_qk_columns(frames: int, m: SparseLinearAttention, geom, repeats: int) -> dict:
+    """The fused-qk path (``sla_attention_fused_qk``: the qk-norm/RoPE kernel also pools the queries and
+    writes k in virtual key order, so prepare reads neither) against qk-norm/RoPE + the module's
+    ``attend``, both from the qkv projection's raw q/k (LayerNorm with unit weight, VGGT's 2-D RoPE).
+
+    The qk-norm/RoPE that every path runs (dense too) is not the module's: ``outside_fused_profiled_pct``
+    is the share of the fused path's device time outside the sparse kernel *after subtracting the plain
+    qk-norm/RoPE kernels' device time* (``qk_plain_us``), so any extra cost of pooling and the virtual
+    layout counts as outside time. ``fused_saving_us``: device time of plain qk + attend minus the fused
+    path's; ``speedup_fused_interleaved``: dense (plain qk + cuDNN SDPA) over the fused path, both as
+    CUDA graphs in alternating blocks."""
+    from lite3r.kernels.qk_norm_rope import qk_norm_rope
+    from lite3r.models.layers.rope import RotaryPositionEmbedding2D, patch_positions
+
+    n = frames * TOKENS
+    qkv = torch.randn(1, n, 3, HEADS, HEAD_DIM, device=DEVICE, dtype=DTYPE) * 2 + 0.3
+    q_raw, k_raw, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    side = round((TOKENS - SPECIAL) ** 0.5)
+    pos = patch_positions(1, side, side, SPECIAL).repeat(1, frames, 1).to(DEVICE)
+    t = RotaryPositionEmbedding2D().tables(pos, HEAD_DIM)
+    norm = (torch.ones(HEAD_DIM, device=DEVICE), torch.zeros(HEAD_DIM, device=DEVICE), 1e-6)
+    tables = (t.cos, t.sin)
+    cfg = m.config
+    plain_qk = partial(qk_norm_rope, q_raw, k_raw, norm, norm, tables, DTYPE)
+    fused = partial(
+        sla_ops.sla_attention_fused_qk, q_raw, k_raw, v, norm, norm, tables, m.proj_lin.weight, geom,
+        feature=cfg.feature_map, linear=cfg.linear, eps=cfg.eps, scale=m.scale, select=cfg.select,
+    )  # fmt: skip
+
+    def unfused():
+        q, k = plain_qk()
+        return m.attend(q, k, v, frame_len=TOKENS)
+
+    def dense():
+        q, k = plain_qk()
+        return dense_attention(q, k, v)
+
+    row = {}
+    with torch.no_grad():
+        a, b = fused().float(), unfused().float()
+        row["fused_vs_unfused_rel_err"] = ((a - b).norm() / b.norm()).item()
+        del a, b
+        qk_us = sum(gpu_kernel_us(plain_qk).values())
+        row["unfused_kernels_us"] = gpu_kernel_us(unfused)
+        row["fused_kernels_us"] = gpu_kernel_us(fused)
+        qk_us = (qk_us + sum(gpu_kernel_us(plain_qk).values())) / 2  # before and after: clock drift
+        row["qk_plain_us"] = round(qk_us, 1)
+        busy = {k: sum(row[f"{k}_kernels_us"].values()) for k in ("fused", "unfused")}
+        for k in ("fused", "unfused"):
+            fwd_us = sum(us for name, us in row[f"{k}_kernels_us"].items() if name.startswith("_sla_forward"))
+            row[f"outside_{k}_profiled_pct"] = 100.0 * (busy[k] - fwd_us - qk_us) / (busy[k] - qk_us)
+        row["fused_saving_us"] = round(busy["unfused"] - busy["fused"], 1)
+        try:
+            row["fused_graph_ms"] = graph_ms(fused, repeats)
+            row["unfused_graph_ms"] = graph_ms(unfused, repeats)
+            d_t, f_t = interleaved_ms(dense, fused, 2, max(10, round(40.0 / row["fused_graph_ms"])))
+            ratios = [x / y for x, y in zip(d_t, f_t)]
+            row["dense_with_qk_interleaved_ms"] = statistics.median(d_t)
+            row["fused_interleaved_ms"] = statistics.median(f_t)
+            row["speedup_fused_interleaved"] = statistics.median(ratios)
+            row["speedup_fused_interleaved_range"] = [min(ratios), max(ratios)]
+        except RuntimeError as e:  # recorded, never hidden
+            row["fused_graph_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+    return row
 
 
 def _show(row: dict, budget: Budget) -> None:
@@ -592,7 +666,7 @@ def check_targets(fwd, bwd, sel) -> dict:
     r32 = pick(fwd, frames=32)
     if r32:
         out["outside_pct_at_32_frames"] = {str(r["keep"]): r["outside_pct"] for r in r32}
-        for how in ("pipelined", "graph", "profiled"):
+        for how in ("pipelined", "graph", "profiled", "fused_profiled"):
             out[f"outside_{how}_pct_at_32_frames"] = {
                 str(r["keep"]): r.get(f"outside_{how}_pct") for r in r32
             }
@@ -680,7 +754,8 @@ def main(argv=None) -> int:
              "kernel_gather_tflops", "kernel_stored_tflops",
              "kernel_recomputed_tflops", "kernel_all_tflops", "sparse_only_tflops", "prepare_ms", "prepare_gather_ms", "select_ms", "sums_ms", "select_streamed_ms", "select_dense_map_ms", "outside_pct",
              "outside_recomputed_pct", "sla_pipelined_ms", "outside_pipelined_pct", "sla_graph_ms", "speedup_graph",
-             "outside_graph_pct", "outside_profiled_pct", "speedup_interleaved", "kernel_graph_tflops", "gpu_busy_ms"],
+             "outside_graph_pct", "outside_profiled_pct", "speedup_interleaved", "kernel_graph_tflops", "gpu_busy_ms",
+             "outside_fused_profiled_pct", "fused_saving_us", "speedup_fused_interleaved"],
         )  # fmt: skip
         if bwd:
             table += "\n## Backward\n\n" + markdown_table(bwd)

@@ -190,7 +190,28 @@ def variants(head_dims=(64,), quick=False):
         prep = dict(BLOCK_Q=128, BLOCK_K=64, HEAD_DIM=D, FEATURE=0, LINEAR=2, STORE_STATES=True)
         prep.update(HAS_SPECIAL=True, DOT_PRECISION="tf32", TOTALS=False, WRITE_VIRTUAL=True, AUGMENTED=True)
         prep_cfg = [(4 if D <= 64 else 8, 3, None, {})]
-        out.append((f"prepare complement D{D}", sla_prepare._sla_prepare_kernel, prep_ptrs, prep, prep_cfg))
+        for fused in (False, True):  # fused: after qk_norm_rope_sla (no q pooling, k in virtual order)
+            consts = {**prep, "POOL_Q": not fused, "K_VIRTUAL": fused}
+            name = f"prepare complement{' fused-qk' if fused else ''} D{D}"
+            out.append((name, sla_prepare._sla_prepare_kernel, prep_ptrs, consts, prep_cfg))
+        # qk-norm + RoPE for the fused-qk path: q with its query-block means, k in virtual key order
+        from . import qk_norm_rope
+
+        qk_ptrs = dict(X=bf, OUT=bf, W=f32, BIAS=f32, COS=f32, SIN=f32, POOLED=f32)
+        qk = dict(HEAD_DIM=D, HAS_NORM=True, HAS_ROPE=True)
+        for name, extra in (
+            ("qk-norm-rope q pooled", dict(BLOCK_ROWS=128, POOL=True, VIRTUAL=False, HAS_SPECIAL=False)),
+            ("qk-norm-rope k virtual", dict(BLOCK_ROWS=64, POOL=False, VIRTUAL=True, HAS_SPECIAL=True)),
+        ):
+            out.append(
+                (
+                    f"{name} D{D}",
+                    qk_norm_rope._qk_norm_rope_kernel,
+                    qk_ptrs,
+                    {**qk, **extra},
+                    [(8, 1, None, {})],
+                )
+            )
         sel = dict(ROWS=sla_block_select.ROWS, CHUNK=32, HEAD_DIM=D, RADIX_BITS=4, PASSES=8, NB=16)
         sel.update(DOT_PRECISION="tf32x3")
         out.append(

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import qk_norm_rope as _qk_mod
 from . import sla_backward_dkdv as _dkdv_mod
 from . import sla_backward_dq as _dq_mod
 from . import sla_block_select as _select_mod
@@ -76,20 +77,25 @@ def sla_prepare_op(
     totals: bool = True,
     virtual_kv: bool = False,
     augmented: bool = False,
+    pool_q: bool = True,
+    k_virtual: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     return _prepare_mod.sla_prepare(
         q, k, v, geom_from_list(geom), feature, linear, store_states, totals, virtual_kv=virtual_kv,
-        augmented=augmented,
+        augmented=augmented, pool_q=pool_q, k_virtual=k_virtual,
     )  # fmt: skip
 
 
 @sla_prepare_op.register_fake
-def _(q, k, v, geom, feature, linear, store_states=True, totals=True, virtual_kv=False, augmented=False):
+def _(
+    q, k, v, geom, feature, linear, store_states=True, totals=True, virtual_kv=False, augmented=False,
+    pool_q=True, k_virtual=False,
+):  # fmt: skip
     g = geom_from_list(geom)
     B, H, _, D = q.shape
     f32 = torch.float32
     empty = q.new_empty(0, dtype=f32)
-    pq = q.new_empty(B, H, g.n_qblocks, D, dtype=f32)
+    pq = q.new_empty(B, H, g.n_qblocks, D, dtype=f32) if pool_q else q.new_empty(0, dtype=f32)
     pk = q.new_empty(B, H, g.n_kblocks, D, dtype=f32)
     kmean = q.new_empty(B, H, D, dtype=f32)
     code = LINEAR_CODES[linear]
@@ -109,10 +115,43 @@ def _(q, k, v, geom, feature, linear, store_states=True, totals=True, virtual_kv
         s_tot, z_tot = q.new_empty(0, dtype=f32), q.new_empty(0, dtype=f32)
     if virtual_kv:
         rows = B * H * g.n_kblocks * g.block_k
-        k_virt, v_virt = q.new_empty(rows, D), q.new_empty(rows, D)
+        k_virt, v_virt = q.new_empty(0 if k_virtual else rows, D), q.new_empty(rows, D)
     else:
         k_virt, v_virt = q.new_empty(0), q.new_empty(0)
     return pq, pk, kmean, s_blk, z_blk, s_tot, z_tot, k_virt, v_virt
+
+
+@torch.library.custom_op("lite3r::sla_qk_norm_rope", mutates_args=())
+def sla_qk_norm_rope_op(
+    q: Tensor,
+    k: Tensor,
+    q_weight: Tensor | None,
+    q_bias: Tensor | None,
+    k_weight: Tensor | None,
+    k_bias: Tensor | None,
+    cos: Tensor | None,
+    sin: Tensor | None,
+    q_eps: float,
+    k_eps: float,
+    out_dtype: torch.dtype,
+    geom: list[int],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """qk-norm + RoPE writing what the TMA inference path reads: q, pooled q, k in virtual order."""
+    return _qk_mod.qk_norm_rope_sla(
+        q, k, q_weight, q_bias, k_weight, k_bias, cos, sin, q_eps, k_eps, out_dtype, geom_from_list(geom)
+    )
+
+
+@sla_qk_norm_rope_op.register_fake
+def _(q, k, q_weight, q_bias, k_weight, k_bias, cos, sin, q_eps, k_eps, out_dtype, geom):
+    g = geom_from_list(geom)
+    B, H, N, D = q.shape
+    pq = q.new_empty(B, H, g.n_qblocks, D, dtype=torch.float32)
+    return (
+        _bnhd(B, H, N, D, q, out_dtype),
+        pq,
+        q.new_empty(B * H * g.n_kblocks * g.block_k, D, dtype=out_dtype),
+    )
 
 
 SELECT_METHODS = ("gemm", "streamed")
@@ -405,3 +444,46 @@ def sla_attention(
     if linear == "none":
         return o_s
     return _project_and_add(o_s, o_l, proj_weight)
+
+
+def sla_attention_fused_qk(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    q_norm: tuple | None,
+    k_norm: tuple | None,
+    tables: tuple[Tensor, Tensor] | None,
+    proj_weight: Tensor | None,
+    geom: SLAGeometry,
+    *,
+    feature: str,
+    linear: str,
+    eps: float,
+    scale: float,
+    select: str = "gemm",
+) -> Tensor:
+    """Inference with TMA key loads, from q and k *before* qk-norm and RoPE: [B, H, N, D] → [B, H, N, D].
+
+    Same result as :func:`sla_attention` on ``qk_norm_rope``'s outputs with ``key_loads="tma"`` (and
+    "summed" complement states), but the qk-norm/RoPE kernel also writes the pooled queries and k
+    directly in virtual key order (``qk_norm_rope_sla``), so the prepare pass reads neither q nor the
+    physical k and writes only the V copy. ``q_norm``/``k_norm``: ``(weight, bias, eps)`` or None;
+    ``tables``: RoPE ``(cos, sin)`` or None, as :func:`lite3r.kernels.qk_norm_rope.qk_norm_rope` takes.
+    """
+    if torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, proj_weight, *(q_norm or ())[:2])
+    ):
+        raise ValueError("sla_attention_fused_qk is inference only (no backward): call it under no_grad")
+    v = _unit_last_stride(v)
+    g = geom_to_list(geom)
+    summed = effective_linear_code(linear, geom) == 2
+    q, pq, k_virt = sla_qk_norm_rope_op(*_qk_mod.launch_args(q, k, q_norm, k_norm, tables), v.dtype, g)
+    _, pk, kmean, s_blk, z_blk, s_tot, z_tot, _, v_virt = sla_prepare_op(
+        q, k_virt, v, g, feature, linear, True, not summed, True, summed, False, True
+    )
+    lut = sla_block_select_op(pq, pk, kmean, g, select)
+    if summed:
+        s_tot, z_tot = sla_complement_sums_op(lut, s_blk, z_blk, geom.n_kblocks)
+    return sla_forward_tma_op(
+        q, k_virt, v_virt, lut, s_tot, z_tot, proj_weight, g, feature, linear, eps, scale
+    )

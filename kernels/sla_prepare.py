@@ -46,7 +46,7 @@ def _sla_prepare_kernel(
     BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, HEAD_DIM: tl.constexpr,
     FEATURE: tl.constexpr, LINEAR: tl.constexpr, STORE_STATES: tl.constexpr, HAS_SPECIAL: tl.constexpr,
     DOT_PRECISION: tl.constexpr, TOTALS: tl.constexpr, WRITE_VIRTUAL: tl.constexpr,
-    AUGMENTED: tl.constexpr,
+    AUGMENTED: tl.constexpr, POOL_Q: tl.constexpr, K_VIRTUAL: tl.constexpr,
 ):  # fmt: skip
     c = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)  # int64 offsets: 1,000 frames of qkv views exceed 2**31 elements
@@ -56,17 +56,20 @@ def _sla_prepare_kernel(
 
     # Mean-pooled queries of this program's query blocks.
     q_base = Q + b * stride_qb + h * stride_qh
-    q_lo = c * qb_per_prog
-    for i in range(q_lo, tl.minimum(q_lo + qb_per_prog, n_qblocks)):
-        rows = i * BLOCK_Q + tl.arange(0, BLOCK_Q)
-        x = tl.load(
-            q_base + rows.to(tl.int64)[:, None] * stride_qn + d[None, :], mask=(rows < N)[:, None], other=0.0
-        )
-        count = tl.minimum(N - i * BLOCK_Q, BLOCK_Q).to(tl.float32)
-        tl.store(
-            PQ + (bh * n_qblocks + i) * HEAD_DIM + d,
-            tl.sum(x.to(tl.float32), axis=0) / count,
-        )
+    if POOL_Q:  # else the queries were pooled where they were written (qk_norm_rope_sla)
+        q_lo = c * qb_per_prog
+        for i in range(q_lo, tl.minimum(q_lo + qb_per_prog, n_qblocks)):
+            rows = i * BLOCK_Q + tl.arange(0, BLOCK_Q)
+            x = tl.load(
+                q_base + rows.to(tl.int64)[:, None] * stride_qn + d[None, :],
+                mask=(rows < N)[:, None],
+                other=0.0,
+            )
+            count = tl.minimum(N - i * BLOCK_Q, BLOCK_Q).to(tl.float32)
+            tl.store(
+                PQ + (bh * n_qblocks + i) * HEAD_DIM + d,
+                tl.sum(x.to(tl.float32), axis=0) / count,
+            )
 
     # Key blocks: pooled k, and the linear-branch states.
     k_base = K + b * stride_kb + h * stride_kh
@@ -79,8 +82,9 @@ def _sla_prepare_kernel(
         cols = j * BLOCK_K + tl.arange(0, BLOCK_K)
         cmask = cols < N
         phys = virtual_to_physical(cols, n_special, frame_len, n_special_total, HAS_SPECIAL)
+        krows = cols if K_VIRTUAL else phys  # K_VIRTUAL: k is already in virtual order
         kx = tl.load(
-            k_base + phys.to(tl.int64)[:, None] * stride_kn + d[None, :], mask=cmask[:, None], other=0.0
+            k_base + krows.to(tl.int64)[:, None] * stride_kn + d[None, :], mask=cmask[:, None], other=0.0
         )
         kf = kx.to(tl.float32)
         ksum = tl.sum(kf, axis=0)
@@ -93,7 +97,8 @@ def _sla_prepare_kernel(
             )
         if WRITE_VIRTUAL:  # rows past N are written as zeros (the loads' fill value)
             vrows = (bh * n_kblocks + j) * BLOCK_K + tl.arange(0, BLOCK_K)
-            tl.store(KVIRT + vrows[:, None] * HEAD_DIM + d[None, :], kx)
+            if not K_VIRTUAL:
+                tl.store(KVIRT + vrows[:, None] * HEAD_DIM + d[None, :], kx)
             tl.store(VVIRT + vrows[:, None] * HEAD_DIM + d[None, :], vx)
         if LINEAR != 0:
             phi = tl.where(cmask[:, None], feature_map(kf, FEATURE), 0.0)
@@ -175,6 +180,8 @@ def sla_prepare(
     launch: dict | None = None,
     virtual_kv: bool = False,
     augmented: bool = False,
+    pool_q: bool = True,
+    k_virtual: bool = False,
 ) -> tuple[torch.Tensor, ...]:
     """Launch the preparation kernel (``launch``: num_warps / num_stages other than the defaults, for
     the prepare probe).
@@ -188,6 +195,11 @@ def sla_prepare(
     and with ``virtual_kv`` the virtual-order copies k_virtual, v_virtual [B·H·n_kblocks·block_k, D]
     (empty otherwise). ``augmented`` (with stored complement states): s_blk is [B, H, Nk', D² + D] in
     the state dtype, each row S_j's entries then z_j's, and z_blk is empty.
+
+    ``pool_q=False``: q is not read (only its shape is used) and pq is empty — the queries were pooled
+    where they were written (``qk_norm_rope_sla``). ``k_virtual``: k is already the virtual-order copy
+    [B·H·n_kblocks·block_k, D] (``qk_norm_rope_sla`` writes it), read contiguously; with ``virtual_kv``
+    only the V copy is written and k_virtual comes back empty.
     """
     if launch and not set(launch) <= {"num_warps", "num_stages"}:
         raise ValueError(f"launch takes num_warps and num_stages, got {sorted(launch)}")
@@ -196,7 +208,17 @@ def sla_prepare(
     n_chunks, qb, kb = prepare_chunking(geom)
     lin = LINEAR_CODES[linear]
     f32 = torch.float32
-    pq = torch.empty(B, H, geom.n_qblocks, D, device=dev, dtype=f32)
+    pq = torch.empty(B, H, geom.n_qblocks, D, device=dev, dtype=f32) if pool_q else q.new_empty(0, dtype=f32)
+    n_vrows = geom.n_kblocks * geom.block_k
+    if k_virtual:
+        if k.shape != (B * H * n_vrows, D) or not k.is_contiguous():
+            raise ValueError(
+                f"a virtual-order k must be contiguous [{B * H * n_vrows}, {D}] (B·H·n_kblocks·block_k rows), "
+                f"got {tuple(k.shape)}"
+            )
+        k_strides = (H * n_vrows * D, n_vrows * D, D)
+    else:
+        k_strides = (k.stride(0), k.stride(1), k.stride(2))
     pk = torch.empty(B, H, geom.n_kblocks, D, device=dev, dtype=f32)
     kpart = torch.empty(B, H, n_chunks, D, device=dev, dtype=f32)
     store = lin == 2 and store_states
@@ -218,14 +240,16 @@ def sla_prepare(
     else:
         spart = zpart = torch.empty(0, device=dev, dtype=f32)
     if virtual_kv:
-        rows = B * H * geom.n_kblocks * geom.block_k
-        k_virt, v_virt = (torch.empty(rows, D, device=dev, dtype=q.dtype) for _ in range(2))
+        rows = B * H * n_vrows
+        k_virt, v_virt = (
+            torch.empty(rows if n else 0, D, device=dev, dtype=q.dtype) for n in (not k_virtual, 1)
+        )
     else:
         k_virt, v_virt = (torch.empty(0, device=dev, dtype=q.dtype) for _ in range(2))  # distinct: op outputs
     _sla_prepare_kernel[(n_chunks, B * H)](
         q, k, v,
         q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
+        *k_strides,
         v.stride(0), v.stride(1), v.stride(2),
         pq, pk, s_blk, z_blk, spart, zpart, kpart, k_virt, v_virt,
         H, N, geom.n_qblocks, geom.n_kblocks, n_srows, n_chunks, qb, kb,
@@ -233,7 +257,7 @@ def sla_prepare(
         BLOCK_Q=geom.block_q, BLOCK_K=geom.block_k, HEAD_DIM=D,
         FEATURE=FEATURE_CODES[feature], LINEAR=lin, STORE_STATES=store, HAS_SPECIAL=geom.n_special > 0,
         DOT_PRECISION=dot_precision_for(q.dtype), TOTALS=totals, WRITE_VIRTUAL=bool(virtual_kv),
-        AUGMENTED=augmented,
+        AUGMENTED=augmented, POOL_Q=bool(pool_q), K_VIRTUAL=bool(k_virtual),
         **({"num_warps": 4 if D <= 64 else 8, **(launch or {})} if q.is_cuda else {}),
     )  # fmt: skip
     BH = B * H

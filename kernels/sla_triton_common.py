@@ -207,6 +207,18 @@ def virtual_to_physical(v, n_special, frame_len, n_special_total, HAS_SPECIAL: t
         return v
 
 
+@triton.jit
+def physical_to_virtual(r, n_special, frame_len, n_special_total, HAS_SPECIAL: tl.constexpr):
+    """Virtual key position of physical tokens ``r``: the inverse of :func:`virtual_to_physical`."""
+    if HAS_SPECIAL:
+        f = r // frame_len
+        t = r - f * frame_len
+        patch = n_special_total + f * (frame_len - n_special) + (t - n_special)
+        return tl.where(t < n_special, f * n_special + t, patch)
+    else:
+        return r
+
+
 def fast_patch_map(geom) -> bool:
     """Whether the kernels may map patch-only key blocks per block (``patch_pair_rows``): there are
     special tokens to skip, a key block spans at most two frames, and the per-block division is exact

@@ -21,6 +21,7 @@ import torch
 
 SLA_KERNEL_MODULES = (
     "lite3r.kernels.sla_triton_common",
+    "lite3r.kernels.qk_norm_rope",
     "lite3r.kernels.sla_sum_rows",
     "lite3r.kernels.sla_select_scores",
     "lite3r.kernels.sla_prepare",

@@ -88,6 +88,11 @@ class MultiHeadAttention(nn.Module):
 
     def _fused_qk(self, q, k, pos, dtype) -> tuple[torch.Tensor, torch.Tensor]:
         from lite3r.kernels.qk_norm_rope import qk_norm_rope
+
+        return qk_norm_rope(q, k, *self._qk_kernel_args(pos), dtype)
+
+    def _qk_kernel_args(self, pos) -> tuple:
+        """(q_norm, k_norm, rope tables) as the fused qk-norm/RoPE kernels take them."""
         from lite3r.models.layers.rope import RopeTables
 
         def norm(m):
@@ -99,7 +104,7 @@ class MultiHeadAttention(nn.Module):
         if self.rope is not None and pos is not None:
             t = pos if isinstance(pos, RopeTables) else self.rope.tables(pos, self.head_dim)
             tables = (t.cos, t.sin)
-        return qk_norm_rope(q, k, norm(self.q_norm), norm(self.k_norm), tables, dtype)
+        return norm(self.q_norm), norm(self.k_norm), tables
 
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame_len: int | None = None

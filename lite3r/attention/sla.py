@@ -262,7 +262,75 @@ class SparseLinearAttention(MultiHeadAttention):
             return "token-topk-torch"
         if self.geometry(n_tokens, frame_len).n_kblocks < 2:
             return "dense-fallback"
+        if self._fused_qk_configured():
+            return f"sla-{cfg.backend}-fused-qk"  # at inference; with gradients, sla-triton
         return f"sla-{cfg.backend}"
+
+    def _fused_qk_configured(self) -> bool:
+        """TMA inference with the fused qk-norm/RoPE kernel: :meth:`forward` then runs
+        ``sla_attention_fused_qk`` (the qk kernel pools the queries and writes k in virtual key order)."""
+        cfg = self.config
+        return (
+            cfg.mode == "block"
+            and cfg.backend == "triton"
+            and cfg.key_loads == "tma"
+            and self.qk_kernel == "triton"
+        )
+
+    def forward(self, x: torch.Tensor, pos=None, frame_len: int | None = None) -> torch.Tensor:
+        """The dense module's forward (qkv → qk-norm/RoPE → :meth:`attend` → proj), except at
+        inference on the fused-qk TMA path (:meth:`attention_path` says which), where the qk kernel also
+        produces the pooled queries and the virtual-order keys, so the SLA prepare pass reads neither
+        q nor k again (~180 MB less traffic per layer at 32 VGGT frames)."""
+        B, N, C = x.shape
+        if (
+            not self._fused_qk_configured()
+            or self.geometry(N, frame_len).n_kblocks < 2
+            or (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))
+        ):
+            return super().forward(x, pos, frame_len)
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        o = self.attend_fused_qk(q, k, v, pos, frame_len)
+        return self.proj(o.transpose(1, 2).reshape(B, N, C))
+
+    def attend_fused_qk(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos=None, frame_len: int | None = None
+    ) -> torch.Tensor:
+        """qk-norm/RoPE and attention from the qkv projection's q, k, v [B, H, N, D] (before the norm),
+        inference only: the path :meth:`forward` takes when :meth:`attention_path` ends in "fused-qk".
+        Equal to ``attend(*project_qkv(...))`` up to the selection seeing the same pooled values."""
+        cfg = self.config
+        if not self._fused_qk_configured():
+            raise UnsupportedError(
+                "the fused-qk SLA path needs mode='block', backend='triton', key_loads='tma' and the "
+                f"fused qk kernel (set_qk_kernel(model, 'triton')); this module has {cfg.describe()}, "
+                f"qk_kernel={self.qk_kernel!r}",
+                "call attend(*project_qkv(x, pos)) instead",
+            )
+        geom = self.geometry(q.shape[2], frame_len)
+        if geom.n_kblocks < 2:
+            raise UnsupportedError(
+                f"{q.shape[2]} tokens make {geom.n_kblocks} key block: the module uses dense attention here",
+                "call attend(*project_qkv(x, pos)) instead",
+            )
+        self._check_triton_inputs(v)
+        from lite3r.kernels.sla_ops import sla_attention_fused_qk
+
+        weight = None if self.proj_lin is None else self.proj_lin.weight
+        return sla_attention_fused_qk(
+            q,
+            k,
+            v,
+            *self._qk_kernel_args(pos),
+            weight,
+            geom,
+            feature=cfg.feature_map,
+            linear=cfg.linear,
+            eps=cfg.eps,
+            scale=self.scale,
+            select=cfg.select,
+        )
 
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame_len: int | None = None

@@ -1,0 +1,231 @@
+"""The fused-qk SLA inference path: qk-norm/RoPE that also pools the queries and writes k in virtual
+key order (``qk_norm_rope_sla``), the prepare pass reading those, and the module taking that path.
+
+On CPU the kernels run in the Triton interpreter at small sizes in fp32/fp16 (bf16 dots are broken in
+the Triton 3.6 interpreter); on the H100 (``-m gpu``) at VGGT sizes in bf16.
+"""
+
+from __future__ import annotations
+
+import sla_triton_env
+
+sla_triton_env.set_interpret_env()  # before anything imports triton (collection time)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from lite3r.attention.dense import set_qk_kernel  # noqa: E402
+from lite3r.attention.sla import SLAConfig, SparseLinearAttention, tma_capable  # noqa: E402
+from lite3r.errors import UnsupportedError  # noqa: E402
+from lite3r.kernels.sla_reference import sla_geometry  # noqa: E402
+from lite3r.models.layers.rope import RotaryPositionEmbedding2D, patch_positions  # noqa: E402
+
+K = sla_triton_env.load_sla_kernels()
+prepare, tma, ops, qkmod = K["sla_prepare"], K["sla_forward_tma"], K["sla_ops"], K["qk_norm_rope"]
+DEVICE = "cpu" if sla_triton_env.interpreting() else "cuda"
+
+
+def _raw_qkv(B, H, N, D, dtype, device=DEVICE, seed=0):
+    """The qkv projection's q, k, v before qk-norm/RoPE: strided views of [B, N, 3, H, D]."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(B, N, 3, H, D, generator=g) * 2 + 0.3).to(device=device, dtype=dtype)
+    return x.permute(2, 0, 3, 1, 4).unbind(0)
+
+
+def _norms(D, device=DEVICE, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return tuple(
+        (torch.randn(D, generator=g).to(device), torch.randn(D, generator=g).to(device), 1e-6)
+        for _ in range(2)
+    )
+
+
+def _positions(B, frames, special, side, device=DEVICE):
+    """Every frame's (y, x) positions, as VGGT's global attention sees them: [B, frames·frame_len, 2]."""
+    one = patch_positions(B, side, side, special)
+    return one.repeat(1, frames, 1).to(device)
+
+
+def _tables(pos, D):
+    t = RotaryPositionEmbedding2D().tables(pos, D)
+    return t.cos, t.sin
+
+
+def _geom(N, bq, bk, special, frame_len, top_k=3):
+    return sla_geometry(
+        N, block_q=bq, block_k=bk, keep_ratio=None, top_k_blocks=top_k,
+        special_tokens_per_frame=special, frame_len=frame_len,
+    )  # fmt: skip
+
+
+# (B, H, frames, special, side, D, bq, bk): special tokens with key blocks crossing frames, a partial
+# last query and key block, no special tokens, one query block, batch and heads > 1.
+CASES = [
+    (2, 2, 3, 2, 7, 16, 32, 16),
+    (1, 3, 2, 5, 6, 32, 16, 32),
+    (1, 1, 4, 0, 5, 16, 32, 16),
+    (2, 1, 1, 1, 5, 16, 32, 16),
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_qk_norm_rope_sla_matches_reference(case, dtype):
+    """q as qk_norm_rope writes it, the pooled queries, and k in virtual order with zero padding rows."""
+    B, H, frames, special, side, D, bq, bk = case
+    frame_len = special + side * side
+    N = frames * frame_len
+    q, k, _ = _raw_qkv(B, H, N, D, dtype)
+    qn, kn = _norms(D)
+    tables = _tables(_positions(B, frames, special, side), D)
+    g = _geom(N, bq, bk, special, frame_len)
+    args = qkmod.launch_args(q, k, qn, kn, tables)
+    qo, pq, k_virt = qkmod.qk_norm_rope_sla(*args, dtype, g)
+    q_plain, k_plain = qkmod.qk_norm_rope(q, k, qn, kn, tables, dtype)
+    assert torch.equal(qo, q_plain)  # the same stored values as the plain kernel
+    assert torch.equal(k_virt, tma.virtual_kv(k_plain, g))  # virtual order, zeros past N
+    assert k_virt.shape == (B * H * g.n_kblocks * g.block_k, D)
+    ref_q, ref_pq, ref_k = qkmod.qk_norm_rope_sla_reference(q, k, qn, kn, tables, dtype, g)
+    tol = 2e-5 if dtype == torch.float32 else 4e-3
+    torch.testing.assert_close(qo.float(), ref_q.float(), rtol=tol, atol=tol * 4)
+    torch.testing.assert_close(k_virt.float(), ref_k.float(), rtol=tol, atol=tol * 4)
+    # the pooled queries are the means of the stored q (float32 sums of the same values)
+    from lite3r.kernels.sla_reference import pool_blocks
+
+    torch.testing.assert_close(pq, pool_blocks(qo, bq), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(pq, ref_pq, rtol=tol, atol=tol * 4)
+
+
+def test_prepare_reads_the_virtual_k():
+    """prepare(pool_q=False, k_virtual=True) from the virtual-order k gives the same pooled keys, mean,
+    states and V copy as from the physical k; no pooled q and no K copy."""
+    B, H, frames, special, side, D = 2, 2, 3, 2, 7, 16
+    frame_len = special + side * side
+    N = frames * frame_len
+    q, k, v = _raw_qkv(B, H, N, D, torch.float32, seed=3)
+    g = _geom(N, 32, 16, special, frame_len)
+    k_virt = tma.virtual_kv(k, g)
+    for linear, summed in (("complement", True), ("complement", False), ("all", False), ("none", False)):
+        plain = prepare.sla_prepare(
+            q, k, v, g, "elu", linear, True, not summed, virtual_kv=True, augmented=summed
+        )
+        fused = prepare.sla_prepare(
+            q, k_virt, v, g, "elu", linear, True, not summed, virtual_kv=True, augmented=summed,
+            pool_q=False, k_virtual=True,
+        )  # fmt: skip
+        assert fused[0].numel() == 0 and fused[7].numel() == 0
+        for i in (1, 2, 3, 4, 5, 6, 8):
+            assert torch.equal(plain[i], fused[i]), (linear, i)
+    with pytest.raises(ValueError, match="virtual-order k"):
+        prepare.sla_prepare(q, k, v, g, "elu", "none", True, False, virtual_kv=True, k_virtual=True)
+
+
+def _module(D=16, H=2, special=2, linear="complement", key_loads="tma", dtype=torch.float32):
+    cfg = SLAConfig(
+        keep_ratio=None, top_k_blocks=3, block_q=32, block_k=16, linear=linear, backend="triton",
+        key_loads=key_loads,
+    )  # fmt: skip
+    m = SparseLinearAttention(
+        D * H, H, qk_norm=True, rope=RotaryPositionEmbedding2D(), config=cfg, special_tokens_per_frame=special
+    )
+    with torch.no_grad():
+        for p in (m.q_norm.weight, m.k_norm.weight, m.q_norm.bias, m.k_norm.bias):
+            p.normal_(0.5, 0.3)
+        if m.proj_lin is not None:
+            m.proj_lin.weight.normal_(0, 0.1)
+    return m.to(DEVICE, dtype).eval()
+
+
+def _unfused_forward(m, x, pos, frame_len):
+    """The module's forward through project_qkv + attend (the path without the fused qk kernel)."""
+    B, N, C = x.shape
+    o = m.attend(*m.project_qkv(x, pos), frame_len=frame_len)
+    return m.proj(o.transpose(1, 2).reshape(B, N, C))
+
+
+@pytest.mark.parametrize("linear", ["complement", "all", "none"])
+def test_module_takes_the_fused_qk_path_at_inference(linear):
+    frames, special, side = 3, 2, 7
+    frame_len = special + side * side
+    m = _module(linear=linear)
+    m.proj_lin is None or m.proj_lin.float()  # the FP32 master, as the module keeps it
+    assert m.attention_path(frames * frame_len, frame_len) == "sla-triton"  # qk kernel "torch"
+    set_qk_kernel(m, "triton")
+    assert m.attention_path(frames * frame_len, frame_len) == "sla-triton-fused-qk"
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(1, frames * frame_len, m.dim, generator=g).to(DEVICE)
+    pos = _positions(1, frames, special, side)
+    with torch.no_grad():
+        fused = m(x, pos, frame_len=frame_len)
+        unfused = _unfused_forward(m, x, pos, frame_len)
+    torch.testing.assert_close(fused, unfused, rtol=2e-5, atol=2e-5)
+    # with gradients the module runs project_qkv + attend (the training path), same values
+    m_grad = m.train()
+    with torch.enable_grad():
+        out = m_grad(x, pos, frame_len=frame_len)
+    assert out.requires_grad
+    torch.testing.assert_close(out.detach(), unfused, rtol=1e-4, atol=1e-4)
+
+
+def test_fused_qk_refuses_what_it_cannot_run():
+    frames, special, side = 2, 2, 7
+    frame_len = special + side * side
+    gather = _module(key_loads="gather")
+    set_qk_kernel(gather, "triton")
+    assert gather.attention_path(frames * frame_len, frame_len) == "sla-triton"
+    q, k, v = _raw_qkv(1, 2, frames * frame_len, 16, torch.float32)
+    with pytest.raises(UnsupportedError, match="key_loads='tma'"):
+        gather.attend_fused_qk(q, k, v, None, frame_len)
+    m = _module()
+    set_qk_kernel(m, "triton")
+    q1, k1, v1 = _raw_qkv(1, 2, 12, 16, torch.float32)
+    with pytest.raises(UnsupportedError, match="key block"):
+        m.attend_fused_qk(q1, k1, v1, None, None)  # 12 tokens: one key block → dense
+    w = torch.zeros(16, 16, requires_grad=True)
+    g = _geom(frames * frame_len, 32, 16, special, frame_len)
+    with pytest.raises(ValueError, match="inference only"):
+        ops.sla_attention_fused_qk(
+            q, k, v, None, None, None, w, g, feature="elu", linear="complement", eps=1e-6, scale=0.25
+        )
+
+
+# ------------------------------------------------------------------------------------------- GPU
+
+VGGT_FRAME = 1374
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("linear", ["complement", "all"])
+def test_gpu_fused_qk_module_matches_unfused_bf16(linear):
+    """VGGT shapes (5 special + 37·37 tokens per frame, 4 frames, 16 heads × 64), bf16: the fused
+    path's q and virtual k equal the plain kernel's, its output matches project_qkv + attend."""
+    if not tma_capable("cuda"):
+        pytest.skip("TMA needs compute capability ≥ 9.0")
+    frames, special, side, D, H = 4, 5, 37, 64, 16
+    cfg = SLAConfig(keep_ratio=0.1, block_q=128, block_k=64, linear=linear, key_loads="tma")
+    m = SparseLinearAttention(
+        D * H, H, qk_norm=True, rope=RotaryPositionEmbedding2D(), config=cfg, special_tokens_per_frame=special
+    )
+    with torch.no_grad():
+        m.proj_lin.weight.normal_(0, 0.05)
+    m = m.cuda().eval().to(torch.bfloat16)
+    m.proj_lin.float()
+    set_qk_kernel(m, "triton")
+    N = frames * VGGT_FRAME
+    x = torch.randn(1, N, D * H, device="cuda", dtype=torch.bfloat16)
+    pos = _positions(1, frames, special, side, "cuda")
+    g = m.geometry(N, VGGT_FRAME)
+    with torch.no_grad():
+        qkv = m.qkv(x).reshape(1, N, 3, H, D).permute(2, 0, 3, 1, 4)
+        q, k, _ = qkv.unbind(0)
+        args = qkmod.launch_args(q, k, *m._qk_kernel_args(pos))
+        qo, pq, k_virt = qkmod.qk_norm_rope_sla(*args, torch.bfloat16, g)
+        q_plain, k_plain = qkmod.qk_norm_rope(q, k, *m._qk_kernel_args(pos), torch.bfloat16)
+        assert torch.equal(qo, q_plain) and torch.equal(k_virt, tma.virtual_kv(k_plain, g))
+        from lite3r.kernels.sla_reference import pool_blocks
+
+        torch.testing.assert_close(pq, pool_blocks(qo, 128), rtol=1e-5, atol=1e-5)
+        fused = m(x, pos, frame_len=VGGT_FRAME)
+        unfused = _unfused_forward(m, x, pos, VGGT_FRAME)
+    err = ((fused.float() - unfused.float()).norm() / unfused.float().norm()).item()
+    assert err < 2e-3, err
