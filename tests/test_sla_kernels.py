@@ -481,9 +481,9 @@ def test_kernels_compile_for_hopper():
     )
     print(proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    # forward ×2, TMA forward, backward dQ / dK/dV, prepare, select, complement map (+ transposed),
-    # row sums, selection operands, row top-k
-    assert proc.stdout.count("ok ") == 12
+    # forward ×2, TMA forward, backward dQ / dK/dV, prepare (+ fused-qk), qk-norm/RoPE (pooled q,
+    # virtual k), select, complement map (+ transposed), row sums, selection scores, row top-k
+    assert proc.stdout.count("ok ") == 15
 
 
 def test_sass_mix_probe_counts_the_forward_loops(tmp_path):
