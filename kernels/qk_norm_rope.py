@@ -108,8 +108,21 @@ def empty_bnhd_like(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.empty(B, N, H, D, device=x.device, dtype=dtype).transpose(1, 2)
 
 
-def _launch(x, out, weight, bias, cos, sin, eps: float, *, pooled=None, block_rows=_BLOCK_ROWS, virtual=None):
-    """One tensor's launch. ``pooled`` [B, H, ⌈N/block_rows⌉, D] float32: also write each row block's
+def _launch(
+    x,
+    out,
+    weight,
+    bias,
+    cos,
+    sin,
+    eps: float,
+    *,
+    pooled=None,
+    block_rows=_BLOCK_ROWS,
+    virtual=None,
+    num_warps=8,
+):
+    """One tensor's launch (``num_warps``: other than 8 for the probe, benchmarks/probes/qk_fused_probe.py). ``pooled`` [B, H, ⌈N/block_rows⌉, D] float32: also write each row block's
     mean there. ``virtual`` (the SLA geometry): write ``out`` [B·H·n_kblocks·block_k, D] in virtual key
     order instead of [B, H, N, D]."""
     B, H, N, D = x.shape
@@ -140,7 +153,7 @@ def _launch(x, out, weight, bias, cos, sin, eps: float, *, pooled=None, block_ro
             H, N, eps, *vargs,
             BLOCK_ROWS=block_rows, HEAD_DIM=D, HAS_NORM=has_norm, HAS_ROPE=has_rope,
             POOL=pooled is not None, VIRTUAL=g is not None, HAS_SPECIAL=g is not None and g.n_special > 0,
-            **({"num_warps": 8} if x.is_cuda else {}),
+            **({"num_warps": num_warps} if x.is_cuda else {}),
         )  # fmt: skip
 
 
