@@ -40,7 +40,7 @@ def _qk_norm_rope_kernel(
     stride_cb, stride_cn,
     H, N, eps, n_vrows, n_special, frame_len, n_special_total,
     BLOCK_ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, HAS_NORM: tl.constexpr, HAS_ROPE: tl.constexpr,
-    POOL: tl.constexpr, VIRTUAL: tl.constexpr, HAS_SPECIAL: tl.constexpr,
+    POOL: tl.constexpr, POOL_ROWS: tl.constexpr, VIRTUAL: tl.constexpr, HAS_SPECIAL: tl.constexpr,
 ):  # fmt: skip
     # heads fastest: the programs running together share one row block's cos/sin rows in L2 (with the
     # row block fastest every head re-read the float32 tables from memory: 1.35 TB/s effective at 32
@@ -96,10 +96,15 @@ def _qk_norm_rope_kernel(
     else:
         o_rows = OUT + b * stride_ob + h * stride_oh + rows64[:, None] * stride_on
         tl.store(o_rows + d[None, :], y, mask=rmask[:, None])
-    if POOL:  # SLA queries: the mean of this row block as stored (BLOCK_ROWS = the query block)
+    if POOL:  # SLA queries: this tile's share of its query block's mean (of the values as stored)
         total = tl.sum(tl.where(rmask[:, None], y.to(tl.float32), 0.0), axis=0)
-        count = tl.minimum(N - pid * BLOCK_ROWS, BLOCK_ROWS).to(tl.float32)
-        tl.store(POOLED + (bh * tl.num_programs(1) + pid) * HEAD_DIM + d, total / count)
+        qb = (pid * BLOCK_ROWS) // POOL_ROWS
+        count = tl.minimum(N - qb * POOL_ROWS, POOL_ROWS).to(tl.float32)
+        dst = POOLED + (bh * tl.cdiv(N, POOL_ROWS) + qb) * HEAD_DIM + d
+        if POOL_ROWS == BLOCK_ROWS:
+            tl.store(dst, total / count)
+        else:  # two tiles per query block (the launcher checks): 0 + a + b is the same in either order
+            tl.atomic_add(dst, total / count, sem="relaxed")
 
 
 def empty_bnhd_like(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -118,13 +123,15 @@ def _launch(
     eps: float,
     *,
     pooled=None,
+    pool_rows=0,
     block_rows=_BLOCK_ROWS,
     virtual=None,
     num_warps=8,
 ):
-    """One tensor's launch (``num_warps``: other than 8 for the probe, benchmarks/probes/qk_fused_probe.py). ``pooled`` [B, H, ⌈N/block_rows⌉, D] float32: also write each row block's
-    mean there. ``virtual`` (the SLA geometry): write ``out`` [B·H·n_kblocks·block_k, D] in virtual key
-    order instead of [B, H, N, D]."""
+    """One tensor's launch. ``pooled`` [B, H, ⌈N/pool_rows⌉, D] float32: also write the mean of every
+    ``pool_rows`` rows there (``pool_rows`` = ``block_rows``, or twice it into a zeroed ``pooled``).
+    ``virtual`` (the SLA geometry): write ``out`` [B·H·n_kblocks·block_k, D] in virtual key order
+    instead of [B, H, N, D]. ``num_warps``: other than 8 only for benchmarks/probes/qk_fused_probe.py."""
     B, H, N, D = x.shape
     has_norm = weight is not None
     has_rope = cos is not None
@@ -152,7 +159,7 @@ def _launch(
             *cstrides,
             H, N, eps, *vargs,
             BLOCK_ROWS=block_rows, HEAD_DIM=D, HAS_NORM=has_norm, HAS_ROPE=has_rope,
-            POOL=pooled is not None, VIRTUAL=g is not None, HAS_SPECIAL=g is not None and g.n_special > 0,
+            POOL=pooled is not None, POOL_ROWS=pool_rows, VIRTUAL=g is not None, HAS_SPECIAL=g is not None and g.n_special > 0,
             **({"num_warps": num_warps} if x.is_cuda else {}),
         )  # fmt: skip
 
@@ -172,7 +179,14 @@ def qk_norm_rope_sla(
     qo = empty_bnhd_like(q, out_dtype)
     pq = torch.empty(B, H, geom.n_qblocks, D, device=q.device, dtype=torch.float32)
     k_virt = torch.empty(B * H * geom.n_kblocks * geom.block_k, D, device=q.device, dtype=out_dtype)
-    _launch(q, qo, q_weight, q_bias, cos, sin, q_eps, pooled=pq, block_rows=geom.block_q)
+    # 64-row tiles (a 128-row tile made the launch 30 % slower: benchmarks/probes/qk_fused_probe.py), so
+    # a 128-query block is two tiles adding into a zeroed mean; at most two, so the sum is order-free
+    rows = min(_BLOCK_ROWS, geom.block_q)
+    if geom.block_q % rows or geom.block_q // rows > 2:
+        raise ValueError(f"qk_norm_rope_sla: query blocks of {geom.block_q} need ≤ 2 tiles of {rows} rows")
+    if rows < geom.block_q:
+        pq.zero_()
+    _launch(q, qo, q_weight, q_bias, cos, sin, q_eps, pooled=pq, pool_rows=geom.block_q, block_rows=rows)
     _launch(k, k_virt, k_weight, k_bias, cos, sin, k_eps, virtual=geom)
     return qo, pq, k_virt
 

@@ -200,8 +200,14 @@ def variants(head_dims=(64,), quick=False):
         qk_ptrs = dict(X=bf, OUT=bf, W=f32, BIAS=f32, COS=f32, SIN=f32, POOLED=f32)
         qk = dict(HEAD_DIM=D, HAS_NORM=True, HAS_ROPE=True)
         for name, extra in (
-            ("qk-norm-rope q pooled", dict(BLOCK_ROWS=128, POOL=True, VIRTUAL=False, HAS_SPECIAL=False)),
-            ("qk-norm-rope k virtual", dict(BLOCK_ROWS=64, POOL=False, VIRTUAL=True, HAS_SPECIAL=True)),
+            (
+                "qk-norm-rope q pooled",
+                dict(BLOCK_ROWS=64, POOL=True, POOL_ROWS=128, VIRTUAL=False, HAS_SPECIAL=False),
+            ),
+            (
+                "qk-norm-rope k virtual",
+                dict(BLOCK_ROWS=64, POOL=False, POOL_ROWS=0, VIRTUAL=True, HAS_SPECIAL=True),
+            ),
         ):
             out.append(
                 (

@@ -59,12 +59,14 @@ def _geom(N, bq, bk, special, frame_len, top_k=3):
 
 
 # (B, H, frames, special, side, D, bq, bk): special tokens with key blocks crossing frames, a partial
-# last query and key block, no special tokens, one query block, batch and heads > 1.
+# last query and key block, no special tokens, one query block, batch and heads > 1, query blocks of
+# two tiles (the last one partial).
 CASES = [
     (2, 2, 3, 2, 7, 16, 32, 16),
     (1, 3, 2, 5, 6, 32, 16, 32),
     (1, 1, 4, 0, 5, 16, 32, 16),
     (2, 1, 1, 1, 5, 16, 32, 16),
+    (1, 2, 3, 2, 9, 16, 128, 16),  # 128-query blocks: two 64-row tiles each add into the mean
 ]
 
 

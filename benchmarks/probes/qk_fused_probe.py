@@ -8,7 +8,9 @@ variant measured twice in alternating order against clock drift, the lower kept)
 
 * ``q_plain_w8`` / ``k_plain_w8``: the plain kernel, 64 rows per program (what dense attention runs);
 * ``q_rows128_w{8,16}``: the plain kernel at 128 rows per program (the pooled launch's tile, no pooling);
-* ``q_pooled_w{8,16}``: 128 rows with the query-block means (the fused path's q launch);
+* ``q_pooled_w{8,16}``: 128 rows with the query-block means (the fused path's q launch at d3805c5);
+* ``q_pooled_rows64_w8``: 64 rows, two tiles adding into each zeroed query-block mean (its launch
+  since; the zeroing's memset included);
 * ``k_virtual_w{4,8}``: 64 rows written in virtual key order (the fused path's k launch).
 """
 
@@ -47,8 +49,11 @@ def _variants(frames: int) -> dict:
         "k_plain_w8": lambda: qkr._launch(k, out, *args),
         "q_rows128_w8": lambda: qkr._launch(q, out, *args, block_rows=128),
         "q_rows128_w16": lambda: qkr._launch(q, out, *args, block_rows=128, num_warps=16),
-        "q_pooled_w8": lambda: qkr._launch(q, out, *args, pooled=pq, block_rows=128),
-        "q_pooled_w16": lambda: qkr._launch(q, out, *args, pooled=pq, block_rows=128, num_warps=16),
+        "q_pooled_w8": lambda: qkr._launch(q, out, *args, pooled=pq, pool_rows=128, block_rows=128),
+        "q_pooled_w16": lambda: qkr._launch(
+            q, out, *args, pooled=pq, pool_rows=128, block_rows=128, num_warps=16
+        ),
+        "q_pooled_rows64_w8": lambda: (pq.zero_(), qkr._launch(q, out, *args, pooled=pq, pool_rows=128)),
         "k_virtual_w8": lambda: qkr._launch(k, kv, *args, virtual=geom),
         "k_virtual_w4": lambda: qkr._launch(k, kv, *args, virtual=geom, num_warps=4),
     }
