@@ -59,14 +59,13 @@ def _geom(N, bq, bk, special, frame_len, top_k=3):
 
 
 # (B, H, frames, special, side, D, bq, bk): special tokens with key blocks crossing frames, a partial
-# last query and key block, no special tokens, one query block, batch and heads > 1, query blocks of
-# two tiles (the last one partial).
+# last query and key block, no special tokens, one query block, batch and heads > 1, 128-query blocks.
 CASES = [
     (2, 2, 3, 2, 7, 16, 32, 16),
     (1, 3, 2, 5, 6, 32, 16, 32),
     (1, 1, 4, 0, 5, 16, 32, 16),
     (2, 1, 1, 1, 5, 16, 32, 16),
-    (1, 2, 3, 2, 9, 16, 128, 16),  # 128-query blocks: two 64-row tiles each add into the mean
+    (1, 2, 3, 2, 9, 16, 128, 16),  # 128-query blocks, the last one partial
 ]
 
 
@@ -96,6 +95,20 @@ def test_qk_norm_rope_sla_matches_reference(case, dtype):
 
     torch.testing.assert_close(pq, pool_blocks(qo, bq), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(pq, ref_pq, rtol=tol, atol=tol * 4)
+
+
+def test_pooling_over_two_tiles_adds_into_the_mean():
+    """The probe's variant (benchmarks/probes/qk_fused_probe.py): two tiles per pooled block, each adding
+    its share into a zeroed mean, equal to one tile per block."""
+    B, H, N, D = 1, 2, 75, 16
+    q, _, _ = _raw_qkv(B, H, N, D, torch.float32, seed=4)
+    w, b, eps = _norms(D)[0]
+    out = qkmod.empty_bnhd_like(q, torch.float32)
+    one = torch.empty(B, H, 3, D, device=DEVICE)
+    qkmod._launch(q, out, w, b, None, None, eps, pooled=one, pool_rows=32, block_rows=32)
+    two = torch.zeros(B, H, 3, D, device=DEVICE)
+    qkmod._launch(q, out, w, b, None, None, eps, pooled=two, pool_rows=32, block_rows=16)
+    torch.testing.assert_close(two, one, rtol=1e-6, atol=1e-6)
 
 
 def test_prepare_reads_the_virtual_k():
@@ -167,6 +180,20 @@ def test_module_takes_the_fused_qk_path_at_inference(linear):
         out = m_grad(x, pos, frame_len=frame_len)
     assert out.requires_grad
     torch.testing.assert_close(out.detach(), unfused, rtol=1e-4, atol=1e-4)
+
+
+def test_engine_description_names_the_fused_qk_path():
+    from torch import nn
+
+    from lite3r.engine.policy import fused_qk_note
+
+    m = _module()
+    model = nn.Sequential(m)
+    assert fused_qk_note(model) == ""  # qk-norm/RoPE as PyTorch ops: attend() on their outputs
+    set_qk_kernel(m, "triton")
+    assert "fused qk" in fused_qk_note(model)
+    set_qk_kernel(m, "torch")
+    assert fused_qk_note(nn.Sequential(_module(key_loads="gather"))) == ""
 
 
 def test_fused_qk_refuses_what_it_cannot_run():

@@ -262,11 +262,11 @@ class SparseLinearAttention(MultiHeadAttention):
             return "token-topk-torch"
         if self.geometry(n_tokens, frame_len).n_kblocks < 2:
             return "dense-fallback"
-        if self._fused_qk_configured():
+        if self.fused_qk_configured():
             return f"sla-{cfg.backend}-fused-qk"  # at inference; with gradients, sla-triton
         return f"sla-{cfg.backend}"
 
-    def _fused_qk_configured(self) -> bool:
+    def fused_qk_configured(self) -> bool:
         """TMA inference with the fused qk-norm/RoPE kernel: :meth:`forward` then runs
         ``sla_attention_fused_qk`` (the qk kernel pools the queries and writes k in virtual key order)."""
         cfg = self.config
@@ -284,7 +284,7 @@ class SparseLinearAttention(MultiHeadAttention):
         q nor k again (~180 MB less traffic per layer at 32 VGGT frames)."""
         B, N, C = x.shape
         if (
-            not self._fused_qk_configured()
+            not self.fused_qk_configured()
             or self.geometry(N, frame_len).n_kblocks < 2
             or (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))
         ):
@@ -301,7 +301,7 @@ class SparseLinearAttention(MultiHeadAttention):
         inference only: the path :meth:`forward` takes when :meth:`attention_path` ends in "fused-qk".
         Equal to ``attend(*project_qkv(...))`` up to the selection seeing the same pooled values."""
         cfg = self.config
-        if not self._fused_qk_configured():
+        if not self.fused_qk_configured():
             raise UnsupportedError(
                 "the fused-qk SLA path needs mode='block', backend='triton', key_loads='tma' and the "
                 f"fused qk kernel (set_qk_kernel(model, 'triton')); this module has {cfg.describe()}, "

@@ -361,7 +361,17 @@ def apply_attention(
             "the SLA conversion did not report which kernel runs",
             "update lite3r.convert so convert() returns a description of the path",
         )
-    return str(desc)
+    return f"{desc}{fused_qk_note(model)}"
+
+
+def fused_qk_note(model: nn.Module) -> str:
+    """What the description adds when SLA modules run the fused-qk inference path (TMA key loads and the
+    qk-norm/RoPE kernel: ``SparseLinearAttention.attention_path`` ends in "fused-qk")."""
+    from lite3r.attention.sla import SparseLinearAttention
+
+    if any(isinstance(m, SparseLinearAttention) and m.fused_qk_configured() for m in model.modules()):
+        return " · fused qk (pooled q, keys in block order)"
+    return ""
 
 
 # ---- compile ---------------------------------------------------------------------------------------
