@@ -135,6 +135,29 @@ def test_prepare_reads_the_virtual_k():
         prepare.sla_prepare(q, k, v, g, "elu", "none", True, False, virtual_kv=True, k_virtual=True)
 
 
+def test_fused_qk_ops_trace_without_graph_breaks():
+    """The qk op and the prepare op's new arguments have fake kernels: the fused path compiles as one
+    graph (aot_eager here), with the same result."""
+    B, H, frames, special, side, D = 1, 2, 3, 2, 7, 16
+    frame_len = special + side * side
+    N = frames * frame_len
+    q, k, v = _raw_qkv(B, H, N, D, torch.float32, seed=8)
+    qn, kn = _norms(D)
+    tables = _tables(_positions(B, frames, special, side), D)
+    w = torch.randn(D, D, device=DEVICE) * 0.2
+    g = _geom(N, 32, 16, special, frame_len)
+
+    def f(q, k, v, w):
+        return ops.sla_attention_fused_qk(
+            q, k, v, qn, kn, tables, w, g, feature="elu", linear="complement", eps=1e-6, scale=0.25
+        )
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(q, k, v, w), f(q, k, v, w))
+
+
 def _module(D=16, H=2, special=2, linear="complement", key_loads="tma", dtype=torch.float32):
     cfg = SLAConfig(
         keep_ratio=None, top_k_blocks=3, block_q=32, block_k=16, linear=linear, backend="triton",
