@@ -9,8 +9,8 @@
 #   tests    pytest -m "gpu or hopper" (kernels, FP8, models on the GPU): tests_sla, then tests_other.
 #            On a fresh machine the two together exceed one 10-minute device call (at 7c16e7f: 62 of
 #            66 tests in 540 s, the SLA kernels autotuning every variant anew), so send them as two calls:
-#   tests_sla    the SLA kernel and module tests (tests/test_sla_*.py; 25 tests, 5.7 min cold at 4de71ea)
-#   tests_other  every other GPU test (48 tests, 4.5–6.5 min at 83b7e66)
+#   tests_sla    the SLA kernel and module tests (tests/test_sla_*.py; 27 tests, 5.0 min cold at daffe67)
+#   tests_other  every other GPU test (48 tests, 4.2–6.5 min; 4.2 at daffe67)
 #   sla      global-attention benchmark (SLA module / sparse kernel vs dense cuDNN)
 #   fp8      per-layer and per-block FP8 benchmark
 #   e2e      lite3r bench: VGGT-1B and DA3-Large, dense bf16 vs Lite3R, 8/32/128 frames

@@ -14,6 +14,13 @@ rotation (``lite3r.models.layers.rope``): the first half of head_dim turns with 
 with the column x; within a half of F columns, (a, b) → (a·cos − b·sin, b·cos + a·sin) for the pairs
 (j, j + F/2). cos/sin come from the model's precomputed float32 tables [B, 1, N, D].
 
+For sparse-linear attention's TMA inference path, :func:`qk_norm_rope_sla` runs the same kernel with
+two extra outputs: the q launch also stores each query block's mean (the block selection's pooled
+queries), and the k launch writes its rows straight into the virtual key order the TMA forward loads,
+so the SLA prepare pass reads neither q nor k again (``sla_ops.sla_attention_fused_qk``). The kernel can
+also pool two tiles per query block, adding into a zeroed mean with atomics: only the launch probe
+uses that (it was slower, see :func:`qk_norm_rope_sla`).
+
 Registered as the custom op ``lite3r::qk_norm_rope`` so compiled models call it as one opaque kernel.
 Inference only: it has no backward (``MultiHeadAttention`` runs the PyTorch ops when autograd records).
 """
@@ -43,8 +50,8 @@ def _qk_norm_rope_kernel(
     POOL: tl.constexpr, POOL_ROWS: tl.constexpr, VIRTUAL: tl.constexpr, HAS_SPECIAL: tl.constexpr,
 ):  # fmt: skip
     # heads fastest: the programs running together share one row block's cos/sin rows in L2 (with the
-    # row block fastest every head re-read the float32 tables from memory: 1.35 TB/s effective at 32
-    # VGGT frames)
+    # row block fastest every head re-read the float32 tables: q + k took 267 instead of 230 µs at 32
+    # VGGT frames, bench_sla_attention qk_plain_us at d3805c5 / daffe67)
     bh = tl.program_id(0).to(tl.int64)
     pid = tl.program_id(1)
     b = bh // H
