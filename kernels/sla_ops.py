@@ -1,6 +1,7 @@
-"""SLA kernels as torch custom ops, the autograd function, and the one entry point the module calls.
+"""SLA kernels as torch custom ops, the autograd function, and the entry points the module calls.
 
-The four kernels (prepare, block select, forward, backward = dQ + dK/dV) are registered as
+The kernels (prepare, block select, complement sums, forward, TMA forward, backward = dQ + dK/dV, and
+the fused-qk path's qk-norm/RoPE with pooled q and virtual-order k) are registered as
 ``torch.library.custom_op`` s with fake (meta) implementations, so models that use them can be
 ``torch.compile``d without graph breaks; the training path wraps forward/backward in
 :class:`SparseLinearAttentionFunction`. Launchers are called through their modules (not imported

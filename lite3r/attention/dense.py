@@ -2,8 +2,9 @@
 
 One class serves every attention site of VGGT and DA3 (DINO blocks, frame/global blocks, camera
 trunks), so the state-dict keys are those of the official checkpoints (``attn.qkv``, ``attn.q_norm``,
-``attn.k_norm``, ``attn.proj``). Sparse-linear attention subclasses it and overrides only
-:meth:`MultiHeadAttention.attend`, keeping the pretrained projections, norms and RoPE.
+``attn.k_norm``, ``attn.proj``). Sparse-linear attention subclasses it and overrides
+:meth:`MultiHeadAttention.attend` (and, for its fused-qk inference path, ``forward``), keeping the
+pretrained projections, norms and RoPE.
 """
 
 from __future__ import annotations

@@ -299,7 +299,8 @@ class SparseLinearAttention(MultiHeadAttention):
     ) -> torch.Tensor:
         """qk-norm/RoPE and attention from the qkv projection's q, k, v [B, H, N, D] (before the norm),
         inference only: the path :meth:`forward` takes when :meth:`attention_path` ends in "fused-qk".
-        Equal to ``attend(*project_qkv(...))`` up to the selection seeing the same pooled values."""
+        The same result as ``attend(*project_qkv(x, pos))``: the pooled queries are the same sums of
+        the same stored values (bit-identical outputs at VGGT shapes in the SLA bench)."""
         cfg = self.config
         if not self.fused_qk_configured():
             raise UnsupportedError(
