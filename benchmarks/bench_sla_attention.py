@@ -398,8 +398,9 @@ def _fused_qk_columns(frames: int, m: SparseLinearAttention, geom, repeats: int)
     is the share of the fused path's device time outside the sparse kernel *after subtracting the plain
     qk-norm/RoPE kernels' device time* (``qk_plain_us``), so any extra cost of pooling and the virtual
     layout counts as outside time. ``fused_saving_us``: device time outside the sparse kernel of plain
-    qk + attend minus the fused path's (the runs up to 3330f6c recorded the whole-call difference); ``speedup_fused_interleaved``: dense (plain qk + cuDNN SDPA) over the fused path, both as
-    CUDA graphs in alternating blocks."""
+    qk + attend minus the fused path's (the runs up to 3330f6c recorded the whole-call difference);
+    ``speedup_fused_interleaved``: dense (plain qk + cuDNN SDPA) over the fused path, both as CUDA
+    graphs in alternating blocks."""
     from lite3r.kernels.qk_norm_rope import qk_norm_rope
     from lite3r.models.layers.rope import RotaryPositionEmbedding2D, patch_positions
 
