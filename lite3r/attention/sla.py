@@ -320,18 +320,13 @@ class SparseLinearAttention(MultiHeadAttention):
 
         weight = None if self.proj_lin is None else self.proj_lin.weight
         return sla_attention_fused_qk(
-            q,
-            k,
-            v,
-            *self._qk_kernel_args(pos),
-            weight,
-            geom,
-            feature=cfg.feature_map,
-            linear=cfg.linear,
-            eps=cfg.eps,
-            scale=self.scale,
-            select=cfg.select,
+            q, k, v, *self._qk_kernel_args(pos), weight, geom, select=cfg.select, **self._branch_kwargs()
         )
+
+    def _branch_kwargs(self) -> dict:
+        """Feature map, linear branch, eps and softmax scale, as every SLA entry point takes them."""
+        cfg = self.config
+        return dict(feature=cfg.feature_map, linear=cfg.linear, eps=cfg.eps, scale=self.scale)
 
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame_len: int | None = None
@@ -344,7 +339,7 @@ class SparseLinearAttention(MultiHeadAttention):
         geom = self.geometry(q.shape[2], frame_len)
         if geom.n_kblocks < 2:
             return self._dense_fallback(q, k, v, weight, geom)
-        kwargs = dict(feature=cfg.feature_map, linear=cfg.linear, eps=cfg.eps, scale=self.scale)
+        kwargs = self._branch_kwargs()
         if cfg.backend == "torch":
             return sla_attention_reference(q, k, v, weight, geom, **kwargs)
         self._check_triton_inputs(q)
