@@ -13,7 +13,9 @@ the sparse-linear forward need:
   one GEMM (``sla_linear_domain.complement_sums_augmented``) and no kernel gathers the z_j;
 * optionally, copies of K and V in virtual key order, zero-padded to whole key blocks
   ([B·H·n_kblocks·block_k, D], contiguous), for the forward kernel that loads key blocks with TMA
-  (``sla_forward_tma``): this pass reads every key and value anyway, so the copy costs only its writes.
+  (``sla_forward_tma``): this pass reads every key and value anyway, so the copy costs only its writes;
+* on the fused-qk path (``sla_ops.sla_attention_fused_qk``) the qk-norm/RoPE kernel has already pooled
+  the queries and written k in virtual order: then q is not read and only the V copy is written.
 
 Each program handles a contiguous run of key blocks and of query blocks of one (batch, head). The
 reference is :func:`prepare_reference` below.
@@ -241,9 +243,8 @@ def sla_prepare(
         spart = zpart = torch.empty(0, device=dev, dtype=f32)
     if virtual_kv:
         rows = B * H * n_vrows
-        k_virt, v_virt = (
-            torch.empty(rows if n else 0, D, device=dev, dtype=q.dtype) for n in (not k_virtual, 1)
-        )
+        k_virt = torch.empty(0 if k_virtual else rows, D, device=dev, dtype=q.dtype)  # k is the copy
+        v_virt = torch.empty(rows, D, device=dev, dtype=q.dtype)
     else:
         k_virt, v_virt = (torch.empty(0, device=dev, dtype=q.dtype) for _ in range(2))  # distinct: op outputs
     _sla_prepare_kernel[(n_chunks, B * H)](
