@@ -182,26 +182,34 @@ def _unfused_forward(m, x, pos, frame_len):
 
 
 @pytest.mark.parametrize("linear", ["complement", "all", "none"])
-def test_module_takes_the_fused_qk_path_at_inference(linear):
+def test_module_takes_the_fused_qk_path_at_inference(linear, monkeypatch):
     frames, special, side = 3, 2, 7
     frame_len = special + side * side
     m = _module(linear=linear)
-    m.proj_lin is None or m.proj_lin.float()  # the FP32 master, as the module keeps it
     assert m.attention_path(frames * frame_len, frame_len) == "sla-triton"  # qk kernel "torch"
     set_qk_kernel(m, "triton")
     assert m.attention_path(frames * frame_len, frame_len) == "sla-triton-fused-qk"
+    calls = []
+    original = ops.sla_attention_fused_qk
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ops, "sla_attention_fused_qk", counted)
     g = torch.Generator().manual_seed(7)
     x = torch.randn(1, frames * frame_len, m.dim, generator=g).to(DEVICE)
     pos = _positions(1, frames, special, side)
     with torch.no_grad():
         fused = m(x, pos, frame_len=frame_len)
+        assert len(calls) == 1  # the forward took the fused path
         unfused = _unfused_forward(m, x, pos, frame_len)
+    assert len(calls) == 1
     torch.testing.assert_close(fused, unfused, rtol=2e-5, atol=2e-5)
     # with gradients the module runs project_qkv + attend (the training path), same values
-    m_grad = m.train()
     with torch.enable_grad():
-        out = m_grad(x, pos, frame_len=frame_len)
-    assert out.requires_grad
+        out = m.train()(x, pos, frame_len=frame_len)
+    assert out.requires_grad and len(calls) == 1
     torch.testing.assert_close(out.detach(), unfused, rtol=1e-4, atol=1e-4)
 
 
