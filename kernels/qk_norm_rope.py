@@ -150,7 +150,10 @@ def _launch(
     cstrides = ((cos.stride(0) if cos.shape[0] > 1 else 0), cos.stride(2)) if has_rope else (0, 0)
     n_blocks = triton.cdiv(N, block_rows)
     if n_blocks > 65535:  # the grid's second dimension
-        raise ValueError(f"qk_norm_rope: {N} tokens exceed {65535 * block_rows} per sequence")
+        raise ValueError(
+            f"qk_norm_rope: {N} tokens exceed the kernel's {65535 * block_rows} per sequence; "
+            "use qk_kernel='torch' (PyTorch qk-norm/RoPE) for sequences this long"
+        )
     ostrides = (0, 0, 0) if virtual is not None else (out.stride(0), out.stride(1), out.stride(2))
     g = virtual
     vargs = (

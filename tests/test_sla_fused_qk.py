@@ -211,6 +211,13 @@ def test_module_takes_the_fused_qk_path_at_inference(linear, monkeypatch):
         out = m.train()(x, pos, frame_len=frame_len)
     assert out.requires_grad and len(calls) == 1
     torch.testing.assert_close(out.detach(), unfused, rtol=1e-4, atol=1e-4)
+    # frozen weights but an input that needs gradients (e.g. a saliency map): autograd still records
+    m.eval().requires_grad_(False)
+    x_grad = x.clone().requires_grad_(True)
+    with torch.enable_grad():
+        out = m(x_grad, pos, frame_len=frame_len)
+    out.sum().backward()
+    assert x_grad.grad is not None and len(calls) == 1
 
 
 def test_engine_description_names_the_fused_qk_path():

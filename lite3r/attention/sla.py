@@ -286,13 +286,20 @@ class SparseLinearAttention(MultiHeadAttention):
         if (
             not self.fused_qk_configured()
             or self.geometry(N, frame_len).n_kblocks < 2
-            or (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))
+            or self._records_autograd(x)
         ):
             return super().forward(x, pos, frame_len)
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         o = self.attend_fused_qk(q, k, v, pos, frame_len)
         return self.proj(o.transpose(1, 2).reshape(B, N, C))
+
+    def _records_autograd(self, x: torch.Tensor) -> bool:
+        """Whether autograd would record this call (a trainable parameter, or an input that needs
+        gradients): the fused-qk kernels have no backward, so such calls run project_qkv + attend."""
+        return torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in self.parameters())
+        )
 
     def attend_fused_qk(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos=None, frame_len: int | None = None
