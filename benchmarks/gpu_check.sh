@@ -17,6 +17,7 @@
 #   tiny     train lite3r-tiny (resumes from $TINY_RESUME if set)
 #   tiny_quality  SynthMV generator GPU speed + the lite3r-tiny quality report
 #   tiny_pose_ab  lite3r-tiny pose recipes trained side by side (7.5 min each) + cross-frame attention probe
+#   tiny_ft_pose  fine-tune lite3r-tiny with correspondence supervision, pose read-out from its matches
 #   distill  distil lite3r-tiny + ablations + evaluation
 #   fp8_features  can the head-feeding features be stored in FP8 (VGGT-1B, 8 frames)
 #   fp8_tiles     tile/warp sweep of the FP8 producer kernels

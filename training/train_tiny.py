@@ -12,6 +12,8 @@
   the batch holds ``views_per_step // S`` scenes, so every step costs about the same.
 * Curriculum: the first ``curriculum`` fraction of the steps uses the easy/medium tiers and at most
   5 views; then every tier with 2–8 views (the test distribution).
+* Fine-tuning (``--init-weights assets/lite3r-tiny``): a new trajectory from an exported model's
+  weights instead of a random init; the auxiliary point head, which export drops, starts fresh.
 * Correspondence supervision (``corr_weight`` > 0, issue #6): a cross-entropy on the attention logits
   of chosen global blocks toward the GT-corresponding patch of every other view
   (``lite3r.training.correspondence``), through forward hooks installed here; off by default.
@@ -66,12 +68,14 @@ HEADS_BF16_WARNING = (
 TRAJECTORY = (
     "preset", "image_size", "point_head", "layer_scale_init", "token_init_std", "global_rope", "views", "views_per_step", "lr", "betas", "weight_decay", "warmup_steps",
     "min_lr_ratio", "grad_clip", "seed", "curriculum", "supersample", "replay", "replay_window", "autocast", "loss", "corr_weight",
-    "corr_layers", "corr_queries", "corr_heads", "corr_depth_tol",
+    "corr_layers", "corr_queries", "corr_heads", "corr_depth_tol", "init_weights",
 )  # fmt: skip
 
 # Values of fields added after the first checkpoints were written, as those runs trained: a checkpoint
 # without the field resumes with this value, not with a (possibly different) newer default.
-LEGACY_VALUES = {"corr_weight": 0.0, "replay": 1, "replay_window": 16, "global_rope": True}
+LEGACY_VALUES = {
+    "corr_weight": 0.0, "replay": 1, "replay_window": 16, "global_rope": True, "init_weights": None,
+}  # fmt: skip
 
 
 @dataclass
@@ -115,6 +119,10 @@ class TinyTrainConfig:
     corr_queries: int = 64
     corr_heads: int = 1
     corr_depth_tol: float = 0.05
+    # Fine-tuning: a fresh trajectory (step 0, its own schedule) that starts from these weights (an
+    # exported model folder such as assets/lite3r-tiny, or a .safetensors file) instead of a random init.
+    # Parts the file lacks (the auxiliary point head, which export drops) keep their fresh init.
+    init_weights: str | None = None
     eval_every: int = 500
     eval_scenes: int = 32  # validation scenes (0: no evaluation at all)
     eval_views: int = 4
@@ -258,6 +266,39 @@ def load_handover(folder: Path) -> tuple[dict, dict]:
         if not f.is_file():
             raise CheckpointError(f"no handover file {f}", hint="pass the folder written by --handover-out")
     return json.loads(st.read_text()), load_file(str(w))
+
+
+def load_init_weights(model: torch.nn.Module, source: str | Path) -> dict:
+    """Load a fine-tune's starting weights into ``model``; returns what was loaded and what kept its
+    fresh init. Only the auxiliary point head may be missing (export drops it); any other missing,
+    unexpected or differently shaped tensor is an error naming the key and the fix."""
+    from safetensors.torch import load_file
+
+    from lite3r.models.vggt.model import WEIGHTS_FILE
+
+    p = Path(source)
+    f = p / WEIGHTS_FILE if p.is_dir() else p
+    if not f.is_file() or f.suffix != ".safetensors":
+        raise CheckpointError(
+            f"no weights to fine-tune from at {f}",
+            hint="pass an exported model folder (model.safetensors + config.json) or a .safetensors file",
+        )
+    sd = load_file(str(f))
+    own = model.state_dict()
+    unexpected = sorted(set(sd) - set(own))
+    missing = sorted(set(own) - set(sd))
+    fresh = [k for k in missing if k.startswith("point_head.")]
+    wrong = [k for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if unexpected or wrong or len(fresh) != len(missing):
+        bad = unexpected[:3] + [k for k in missing if k not in fresh][:3]
+        bad += [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in wrong[:3]]
+        raise CheckpointError(
+            f"{f} does not fit this model ({len(unexpected)} unexpected, {len(missing) - len(fresh)} "
+            f"missing, {len(wrong)} differently shaped tensors, e.g. {bad})",
+            hint="fine-tune with the preset and options the weights were trained with (see their config.json)",
+        )
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=False)
+    return {"file": str(f), "tensors": len(sd), "fresh_init": sorted({k.split(".")[0] for k in fresh})}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -608,6 +649,8 @@ def train(
             total = state.get("total_steps", total)
     else:
         torch.manual_seed(cfg.seed)
+        if cfg.init_weights is not None:
+            report("init_weights", **load_init_weights(model, cfg.init_weights))
     fwd = model
     if cfg.compile:
         for blk in [*model.aggregator.frame_blocks, *model.aggregator.global_blocks]:
@@ -825,6 +868,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--corr-queries", type=int, help="query patches per view for the correspondence loss")
     g.add_argument("--corr-heads", type=int, help="attention heads supervised (the first N)")
     g.add_argument("--corr-depth-tol", type=float, help="relative depth tolerance of the occlusion test")
+    g.add_argument(
+        "--init-weights",
+        help="fine-tune: start from this exported model folder or .safetensors file (step 0, new schedule)",
+    )
     g.add_argument("--eval-every", type=int)
     g.add_argument("--eval-scenes", type=int)
     g.add_argument("--eval-views", type=int)
