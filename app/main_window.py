@@ -609,11 +609,15 @@ class MainWindow(QMainWindow):
         self.project.remember(s, path)
         wall = time.perf_counter() - a["t0"]
         lat = latency_s(recon)
+        poses, pose_warning = recon.pose_summary()
         self.log_panel.info(
             f"done: {s.label()} — {recon.num_views} views, model latency "
             f"{f'{lat:.2f} s' if lat is not None else 'n/a'}, wall {wall:.1f} s, peak memory "
-            f"{format_bytes(recon.peak_memory_bytes)}, attention path {recon.attention or '?'}, device {recon.device or '?'}"
+            f"{format_bytes(recon.peak_memory_bytes)}, attention path {recon.attention or '?'}, device {recon.device or '?'}, "
+            f"poses from {poses}"
         )
+        if pose_warning:
+            self.log_panel.warning(pose_warning)
         self.last_run_label.setText(
             f"last run: {s.display_backbone} · {recon.attention or s.attention} · {recon.precision or s.precision} · "
             f"{f'{lat:.2f} s' if lat is not None else f'{wall:.1f} s wall'} · peak {format_bytes(recon.peak_memory_bytes)}"

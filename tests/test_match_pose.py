@@ -204,3 +204,37 @@ def test_eval_script_on_the_micro_preset(tmp_path):
         assert res[f"identity/{S}"]["rta@15"] == 0.0
         assert res[f"depth/{S}"]["abs_rel_lsq_view"] <= res[f"depth/{S}"]["abs_rel_lsq_scene"] + 1e-9
     assert out.with_suffix(".md").is_file()
+
+
+def test_poses_from_scores_turns_match_scores_into_the_matches_poses(scene):
+    """Scores peaked on the quantised GT matches (both directions) give the same poses as solving
+    those matches directly, through patch_matches with the mutual check."""
+    from lite3r.models.vggt.match_pose import poses_from_scores
+
+    d, _v, K, E = scene
+    grid = (SIZE // PS, SIZE // PS)
+    hw = grid[0] * grid[1]
+    centres = patch_centers(grid, PS)
+    idx = lambda px: np.abs(px[:, None] - centres[None]).sum(-1).argmin(1)
+    to_ref = np.full((VIEWS, hw, hw), -30.0)
+    from_ref = np.full((VIEWS, hw, hw), -30.0)
+    for i, m in enumerate(_gt(scene, quantize=True)[1:], start=1):
+        a, b = idx(m.ref_px), idx(m.view_px)
+        first = {}
+        for ai, bi in zip(a, b):
+            first.setdefault(bi, ai)  # one partner per view-i patch keeps the matches mutual
+        for bi, ai in first.items():
+            from_ref[i, ai, bi] = 0.0
+            to_ref[i, bi, ai] = 0.0
+    to_ref = torch.from_numpy(to_ref).log_softmax(-1)
+    from_ref = torch.from_numpy(from_ref).log_softmax(-1)
+    cfg = MatchPoseConfig(solver="pnp", refine_radius=0)
+    res = poses_from_scores(to_ref, from_ref, d, K, cfg, PS)
+    assert res.solved.all()
+    matches = [None] + [patch_matches(to_ref[i], from_ref[i], grid, PS, cfg) for i in range(1, VIEWS)]
+    direct = estimate_poses(matches, d[0], K, cfg, PS, depths=d)
+    np.testing.assert_array_equal(res.extrinsics, direct.extrinsics)
+    r, _ = relative_pose_errors(res.extrinsics, E)
+    assert np.median(r) < 10.0  # 8×8 patches at 112 px: quantisation, not the path, limits accuracy
+    with pytest.raises(InputError, match="views of match scores"):
+        poses_from_scores(to_ref[:2], from_ref[:2], d, K, cfg, PS)

@@ -184,3 +184,35 @@ def test_heads_bf16_option(tmp_path):
     assert train(_cfg(heads_bf16=True, total_steps=2), out, device="cpu") == EXIT_OK
     started = _events(out)[0]
     assert started["config"]["heads_bf16"] is True
+
+
+def test_fine_tune_starts_from_exported_weights_and_declares_its_readout(tmp_path):
+    """--init-weights: step 0 of a new trajectory from an export (the dropped point head starts
+    fresh); a correspondence-trained last block exports a pose read-out; a mismatched model is refused."""
+    from lite3r.errors import CheckpointError
+    from lite3r.models.vggt.match_pose import MatchPoseConfig
+
+    base = tmp_path / "base"
+    assert train(_cfg(total_steps=2), base, device="cpu", quiet=True) == EXIT_OK
+    exported = VGGT.from_pretrained(base / "lite3r-tiny")
+    assert exported.pose_readout is None  # no correspondence loss: the camera head
+    ft = tmp_path / "ft"
+    cfg = _cfg(
+        total_steps=1, lr=1e-9, init_weights=str(base / "lite3r-tiny"), corr_weight=1.0, corr_layers=(1,)
+    )
+    assert train(cfg, ft, device="cpu", quiet=True) == EXIT_OK
+    init = next(e for e in _events(ft) if e["event"] == "init_weights")
+    assert init["fresh_init"] == ["point_head"] and init["tensors"] == len(exported.state_dict())
+    tuned = VGGT.from_pretrained(ft / "lite3r-tiny")
+    for k, v in exported.state_dict().items():  # one step at lr 1e-9: the starting weights, not a fresh init
+        torch.testing.assert_close(tuned.state_dict()[k], v, rtol=0, atol=1e-3)
+    assert tuned.pose_readout == MatchPoseConfig(layers=(-1,), heads=(0,), solver="pnp")
+    with pytest.raises(CheckpointError, match="does not fit this model"):
+        train(
+            _cfg(preset="small", init_weights=str(base / "lite3r-tiny")),
+            tmp_path / "bad",
+            device="cpu",
+            quiet=True,
+        )
+    with pytest.raises(CheckpointError, match="no weights to fine-tune from"):
+        train(_cfg(init_weights=str(tmp_path / "missing")), tmp_path / "bad2", device="cpu", quiet=True)

@@ -3,7 +3,9 @@
     python -m lite3r.training.quality_report --weights runs/tiny/lite3r-tiny [--scenes 128] [--views 2 4 8]
 
 For each test scene (seeds 2e7, 2e7+1, ...; rendered once with max(views) views, the first S used at
-each S) the model predicts depth and cameras; the metrics are ``lite3r.eval.evaluate.evaluate_sample``:
+each S) the model predicts depth and cameras — the poses from where the engine takes them
+(``--poses auto``: the attention-match read-out when the weights declare one, as lite3r-tiny's do since
+the fifteenth session, else the camera head); the metrics are ``lite3r.eval.evaluate.evaluate_sample``:
 
 * depth AbsRel and δ<1.25 with one least-squares scale per scene (``lsq_scene``);
 * pose AUC@30 / RRA / RTA over all view pairs (VGGT/DA3 convention);
@@ -73,20 +75,44 @@ def load(weights: str | None, model_name: str, device: torch.device):
 
 
 @torch.no_grad()
-def predict(model, images: torch.Tensor, precision: str):
-    """images [B,S,3,H,W] → numpy (depth [B,S,H,W], conf, extrinsics [B,S,3,4], intrinsics [B,S,3,3])."""
+def predict(model, images: torch.Tensor, precision: str, readout=None):
+    """images [B,S,3,H,W] → numpy (depth [B,S,H,W], conf, extrinsics [B,S,3,4], intrinsics [B,S,3,3]).
+
+    ``readout`` (a MatchPoseConfig): poses from the global attention's matches, as the engine reads
+    them for weights that declare it (``lite3r.engine.poses``); views it cannot solve keep the camera
+    head's pose. None: the camera head."""
+    from lite3r.models.vggt.match_pose import encode_with_match_scores, poses_from_scores
+
     dev = images.device
     ctx = (
         torch.autocast(dev.type, dtype=torch.bfloat16)
         if precision == "bf16"
         else torch.autocast(dev.type, enabled=False)
     )
+    S = images.shape[1]
     with ctx:
-        feats = model.encode(images)
+        if readout is not None and S > 1:
+            feats, to_ref, from_ref = encode_with_match_scores(model, images, readout)
+        else:
+            feats = model.encode(images)
         cams = model.decode_cameras(feats, tuple(images.shape[-2:]))
         depth, conf = model.decode_depth(feats, images)
     f = lambda t: t.float().cpu().numpy()
-    return f(depth), f(conf), f(cams.extrinsics), f(cams.intrinsics)
+    depth, ext, intr = f(depth), f(cams.extrinsics), f(cams.intrinsics)
+    if readout is not None and S > 1:
+        ps = model.config.aggregator.patch_size
+        for b in range(len(ext)):
+            res = poses_from_scores(to_ref[b], from_ref[b], depth[b], intr[b], readout, ps, fallback=ext[b])
+            ext[b] = res.extrinsics
+    return depth, f(conf), ext, intr
+
+
+def _readout(model, poses: str):
+    """The pose read-out to score, as the engine resolves it (lite3r.engine.poses; no compile here)."""
+    from lite3r.engine.poses import resolve_pose_source
+
+    src = resolve_pose_source(model, poses, "none")
+    return src.readout if src.kind == "matches" else None
 
 
 def run(args) -> dict:
@@ -98,6 +124,7 @@ def run(args) -> dict:
                        ("cpu" if args.device == "auto" else args.device))  # fmt: skip
     precision = args.precision or ("bf16" if dev.type == "cuda" else "fp32")
     model = load(args.weights, args.model, dev).eval()
+    readout = _readout(model, args.poses)
     size = args.image_size
     views = sorted(set(args.views))
     seeds = split_seeds("test", args.scenes, start=args.start)
@@ -110,7 +137,7 @@ def run(args) -> dict:
         batch = render_batch(seeds[i : i + args.batch], max(views), size, dev, synth)
         for S in views:
             tm = time.perf_counter()
-            depth, conf, ext, intr = predict(model, batch.images[:, :S], precision)
+            depth, conf, ext, intr = predict(model, batch.images[:, :S], precision, readout)
             t_model += time.perf_counter() - tm
             gt_d = batch.depth[:, :S].cpu().numpy()
             gt_v = batch.valid[:, :S].cpu().numpy()
@@ -136,6 +163,7 @@ def run(args) -> dict:
         )
     summary: dict = {"views": views, "scenes": len(seeds), "seeds": [seeds[0], seeds[-1]], "image_size": size,
                      "precision": precision, "device": str(dev), "model": args.model, "weights": args.weights,
+                     "poses": "camera head" if readout is None else {"matches": readout.to_dict()},
                      "metric_config": cfg.to_dict(), "results": {}, "model_seconds": round(t_model, 2)}  # fmt: skip
     for key, rows in per.items():
         name = "/".join(str(k) for k in key)
@@ -208,6 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=8, help="scenes rendered per batch")
     p.add_argument("--max-points", type=int, default=20_000, help="per cloud for alignment / Chamfer")
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--poses",
+        choices=("auto", "camera-head", "matches"),
+        default="auto",
+        help="poses scored: the camera head or the attention-match read-out (auto: what the weights declare)",
+    )
     p.add_argument("--precision", choices=["bf16", "fp32"])
     p.add_argument(
         "--out", help="result JSON (default: $OUT/quality_lite3r_tiny.json or benchmarks/results/)"

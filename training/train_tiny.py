@@ -301,6 +301,17 @@ def load_init_weights(model: torch.nn.Module, source: str | Path) -> dict:
     return {"file": str(f), "tensors": len(sd), "fresh_init": sorted({k.split(".")[0] for k in fresh})}
 
 
+def pose_readout_for(cfg: TinyTrainConfig, global_depth: int):
+    """The pose read-out an exported model declares (config.json ``pose_readout``): matches of head 0
+    of the last global block when the correspondence loss trained that head, else None (camera head)."""
+    from lite3r.models.vggt.attention_capture import resolve_layers
+    from lite3r.models.vggt.match_pose import MatchPoseConfig
+
+    if cfg.corr_weight <= 0 or global_depth - 1 not in resolve_layers(cfg.corr_layers, global_depth):
+        return None
+    return MatchPoseConfig(layers=(-1,), heads=(0,), solver="pnp")
+
+
 # --------------------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------------------
@@ -686,6 +697,7 @@ def train(
                 report("eval", step=step, metrics=metrics)
         save(final=True)
         paths = []
+        model.pose_readout = pose_readout_for(cfg, len(model.aggregator.global_blocks))
         for folder in (out / EXPORT, *export_dirs):
             export_tiny(model, folder, {"steps": step, "total_steps": box["total"], "val": metrics,
                                         "train_config": cfg.to_dict()})  # fmt: skip

@@ -90,6 +90,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="none",
         help="torch.compile the trunk",
     )
+    p.add_argument(
+        "--poses",
+        choices=("auto", "camera-head", "matches"),
+        default="auto",
+        help="camera poses: the camera head, or a PnP read-out of the global attention's cross-view matches "
+        "(auto: what the weights declare; lite3r-tiny reads matches)",
+    )
     p.add_argument("--save", metavar="PATH.npz", help="also save the full reconstruction (depth, cameras, …)")
     p.add_argument("--allow-single", action="store_true", help="accept one photo (monocular depth)")
     p.add_argument("--demo", action="store_true", help="reconstruct the bundled demo scene with lite3r-tiny")
@@ -214,6 +221,7 @@ def _load_and_run(
         feature_storage=args.features,
         mlp_chunk_tokens=args.mlp_chunk,
         head_precision=args.heads_precision,
+        poses=args.poses,
     )
     load_s = time.perf_counter() - t_load
     if args.points == "points" and not rc.has_point_head:
@@ -238,6 +246,7 @@ def _load_and_run(
         f"model {rec.model_name}",
         f"precision {rec.precision}",
         f"attention {rec.attention}",
+        f"poses {rc.poses.describe()}",
         f"views {rec.num_views} at {rec.image_size[0]}x{rec.image_size[1]}",
         f"points from {args.points}; conf percentile {args.conf_percentile}; conf threshold {args.conf_threshold}",
     ]
@@ -257,7 +266,7 @@ def _load_and_run(
         )
     if cameras_ply is not None:
         write_frusta_ply(
-            cameras_ply, rec.extrinsics, rec.intrinsics_original, rec.original_sizes, comments=comments[:4]
+            cameras_ply, rec.extrinsics, rec.intrinsics_original, rec.original_sizes, comments=comments[:5]
         )
     if save_npz is not None:
         rec.save(save_npz)
@@ -272,8 +281,12 @@ def _load_and_run(
     print(
         f"{rec.num_views} views at {rec.image_size[0]}×{rec.image_size[1]} → {len(xyz):,} points → {output}{extra} · "
         f"{rec.timings_ms['total'] / 1000:.2f} s (trunk {rec.timings_ms.get('trunk', 0):.0f} ms; model load {load_s:.1f} s) · "
-        f"peak memory {peak} · {rec.model_name} · {rec.precision} · {rec.attention} · {rec.device}"
+        f"peak memory {peak} · {rec.model_name} · {rec.precision} · {rec.attention} · poses: "
+        f"{rc.poses.describe()} · {rec.device}"
     )
+    _, pose_warning = rec.pose_summary()
+    if pose_warning:
+        print(f"warning: {pose_warning}", file=sys.stderr)
     return 0
 
 

@@ -49,6 +49,17 @@ class Reconstruction:
     def image_size(self) -> tuple[int, int]:
         return int(self.depth.shape[1]), int(self.depth.shape[2])
 
+    def pose_summary(self) -> tuple[str, str | None]:
+        """(where the poses came from, in a few words; a warning or None), for logs and the app."""
+        p = (self.metadata or {}).get("poses") or {}
+        if p.get("source") != "matches":
+            note = p.get("note") or ""
+            return "camera head", (note if note.startswith("match read-out not used") else None)
+        solved, kept = p.get("solved_views", []), p.get("kept_head", [])
+        line = f"attention matches ({p.get('solver', '?')}, {len(solved)} of {len(solved) + len(kept)} views solved)"
+        warn = f"views {kept} kept the camera head's pose (too few matches to solve)" if kept else None
+        return line, warn
+
     def camera_centers(self) -> np.ndarray:
         """World positions of the cameras, C = -Rᵀ t, [S, 3]."""
         R, t = self.extrinsics[:, :, :3], self.extrinsics[:, :, 3]

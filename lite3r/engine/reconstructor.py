@@ -41,6 +41,7 @@ from lite3r.engine.policy import (
     resolve_qk_kernel,
     tf32_state,
 )
+from lite3r.engine.poses import MatchCapture, resolve_pose_source, solve_poses
 from lite3r.engine.reconstruction import Reconstruction
 from lite3r.errors import CancelledError, InputError, Lite3RError, UnsupportedError
 from lite3r.io.images import resolve_sources
@@ -89,6 +90,7 @@ class Reconstructor:
         mlp_chunk_tokens: int | None = None,
         head_precision: str = "fp32",
         qk_kernel: str | None = None,
+        poses: str = "auto",
     ) -> None:
         missing = [a for a in _PROTOCOL if not hasattr(model, a)]
         if missing:
@@ -122,6 +124,8 @@ class Reconstructor:
         self.memory = apply_memory_options(model, feature_storage, mlp_chunk_tokens, self.device)
         self.compile_mode = compile
         self.compile = compile_trunk(model, compile)
+        # where the cameras come from (lite3r.engine.poses): the head, or the weights' match read-out
+        self.poses = resolve_pose_source(model, poses, compile)
         rule = preprocess_rule or DEFAULT_RULES.get(self.family)
         if rule is None:
             raise UnsupportedError(
@@ -206,7 +210,8 @@ class Reconstructor:
         return self.family == "vggt" and getattr(self.model, "point_head", None) is not None
 
     def describe(self) -> str:
-        return f"{self.model_name} · {self.precision} · {self.attention} · {self.device}"
+        poses = "" if self.poses.kind == "camera-head" else f" · poses: {self.poses.describe()}"
+        return f"{self.model_name} · {self.precision} · {self.attention}{poses} · {self.device}"
 
 
 class _Run:
@@ -291,7 +296,8 @@ class _Run:
         t = self.clock("preprocess", t)
 
         self.report("trunk", 0.0, f"trunk on {S} views at {H}×{W}")
-        features = rc.encode(images)
+        with MatchCapture(model, rc.poses, S) as matches:
+            features = rc.encode(images)
         t = self.clock("trunk", t)
         self.report("trunk", 1.0, "trunk done")
         self.check_cancel()
@@ -345,8 +351,20 @@ class _Run:
             p[~masks[a:b]] = np.nan  # padding is not part of any photo
             rec.points_from_depth[a:b] = p
             t = self.clock("postprocess", t)
-            self.partial(rec, b)
+            self.partial(rec, b)  # with the camera head's poses until a read-out replaces them
             self.check_cancel()
+
+        if rc.poses.kind == "matches":
+            self.report("cameras", 0.5, "camera poses from attention matches")
+            patch = model.config.aggregator.patch_size
+            rec.extrinsics, rec.metadata["poses"] = solve_poses(
+                matches, rec.depth, masks, rec.intrinsics, rec.extrinsics, patch
+            )
+            ext_t = torch.from_numpy(rec.extrinsics)
+            pts = _unproject(torch.from_numpy(rec.depth), ext_t, intr_t.cpu()).numpy()
+            pts[~masks] = np.nan
+            rec.points_from_depth = pts.astype(np.float32)
+            t = self.clock("postprocess", t)
 
         wp = wc = None
         for a in range(0, S, chunk):
@@ -401,6 +419,9 @@ class _Run:
             "preprocess": pre.metadata,
             "view_transforms": [t.as_dict() for t in pre.transforms],
             "world_frame": world_frame,
+            "poses": {"source": rc.poses.kind, "note": rc.poses.note}
+            if rc.poses.kind == "camera-head"
+            else {"source": "matches (solving after depth)"},
             "pixel_convention": "intrinsics_original: origin at the top-left image corner (COLMAP); "
             "points are unprojected on the integer pixel grid of the model image (VGGT reference)",
             "torch": torch.__version__,

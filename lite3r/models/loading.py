@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lite3r.errors import CheckpointError, WeightsNotFoundError
+from lite3r.errors import CheckpointError, InputError, WeightsNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -460,7 +460,27 @@ def load_vggt(
             config = dataclasses.replace(config, point_head=None)
     model, report = build_and_load(lambda: VGGT(config), source, VGGT_RULES, strict=strict, device=device)
     model.load_report = report
+    model.pose_readout = read_pose_readout(path.parent / CONFIG_FILE)
     return model
+
+
+def read_pose_readout(path: Path):
+    """The ``pose_readout`` of our ``config.json`` as a MatchPoseConfig, or None (absent file or key)."""
+    from lite3r.models.vggt.match_pose import MatchPoseConfig
+
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from e
+    spec = data.get("pose_readout") if isinstance(data, dict) else None
+    if spec is None:
+        return None
+    try:
+        return MatchPoseConfig.from_dict(spec)
+    except (TypeError, InputError) as e:
+        raise CheckpointError(f"{path}: invalid pose_readout {spec}: {e}") from e
 
 
 def default_vggt_config():

@@ -28,6 +28,7 @@ is reported in ``MatchPoseResult.solved`` and gets the caller's fallback pose (d
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -48,7 +49,9 @@ __all__ = [
     "match_log_probs",
     "patch_centers",
     "patch_matches",
+    "poses_from_scores",
     "sample_depth",
+    "scores_from_captured",
     "solve_view",
     "unproject_pixels",
 ]
@@ -109,6 +112,19 @@ class MatchPoseConfig:
             raise InputError("need ransac_threshold > 0, procrustes_threshold > 0, 0 < ransac_confidence < 1")
         if not 0 <= self.min_confidence < 1:
             raise InputError(f"min_confidence must be in [0, 1), got {self.min_confidence}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MatchPoseConfig:
+        """From :meth:`to_dict` (a model's ``config.json`` ``pose_readout``); unknown keys are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise InputError(f"unknown pose read-out settings {unknown}; known: {sorted(names)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 @dataclass
@@ -203,15 +219,23 @@ def encode_with_match_scores(model, images: Tensor, cfg: MatchPoseConfig, layers
     with GlobalQKCapture(model, cfg.layers, grad_only=False) as cap:
         feats = model.encode(images, layers)
         captured = cap.pop()
-    if len(captured) != len(cap.layers):
-        raise RuntimeError(f"captured q, k of global blocks {sorted(captured)}, expected {cap.layers}")
-    patch_start = model.aggregator.patch_start_idx
+    to_ref, from_ref = scores_from_captured(captured, cap.layers, S, model.aggregator.patch_start_idx, cfg)
+    return feats, to_ref, from_ref
+
+
+def scores_from_captured(
+    captured: dict, layers: tuple[int, ...], num_views: int, patch_start: int, cfg: MatchPoseConfig
+) -> tuple[Tensor, Tensor]:
+    """The q, k a :class:`GlobalQKCapture` kept for ``layers`` → log-probabilities of
+    :func:`match_log_probs` summed over those layers and ``cfg.heads``, renormalised."""
+    if sorted(captured) != sorted(layers):
+        raise RuntimeError(f"captured q, k of global blocks {sorted(captured)}, expected {list(layers)}")
     to_ref = from_ref = None
     for q, k, _ in captured.values():
-        a, b = match_log_probs(q, k, S, patch_start, cfg.heads)
+        a, b = match_log_probs(q, k, num_views, patch_start, cfg.heads)
         to_ref = a if to_ref is None else to_ref + a
         from_ref = b if from_ref is None else from_ref + b
-    return feats, to_ref.log_softmax(-1), from_ref.log_softmax(-1)
+    return to_ref.log_softmax(-1), from_ref.log_softmax(-1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -496,3 +520,31 @@ def estimate_poses(
         ext[i], n_inl[i] = res
         solved[i] = True
     return MatchPoseResult(ext, solved, n_match, n_inl, cfg.solver)
+
+
+def poses_from_scores(
+    to_ref: Tensor | np.ndarray,
+    from_ref: Tensor | np.ndarray,
+    depths: np.ndarray,
+    intrinsics: np.ndarray,
+    cfg: MatchPoseConfig,
+    patch_size: int,
+    fallback: np.ndarray | None = None,
+) -> MatchPoseResult:
+    """Steps 2 and 3 for one scene: the log-probabilities of :func:`encode_with_match_scores` for that
+    scene ([S, hw, hw] each), its depths [S, H, W] and intrinsics [S, 3, 3] → every view's pose.
+    The patch grid is the depth map's size over ``patch_size``; views that cannot be solved keep
+    ``fallback`` (default identity)."""
+    depths = np.asarray(depths, np.float64)
+    if depths.ndim != 3:
+        raise InputError(f"depths must be [S, H, W], got {depths.shape}")
+    S, H, W = depths.shape
+    grid = (H // patch_size, W // patch_size)
+    to_ref = to_ref.detach().double().cpu().numpy() if isinstance(to_ref, Tensor) else np.asarray(to_ref)
+    from_ref = (
+        from_ref.detach().double().cpu().numpy() if isinstance(from_ref, Tensor) else np.asarray(from_ref)
+    )
+    if to_ref.shape[0] != S or from_ref.shape[0] != S:
+        raise InputError(f"{to_ref.shape[0]} / {from_ref.shape[0]} views of match scores for {S} depth maps")
+    matches = [None] + [patch_matches(to_ref[i], from_ref[i], grid, patch_size, cfg) for i in range(1, S)]
+    return estimate_poses(matches, depths[0], intrinsics, cfg, patch_size, depths=depths, fallback=fallback)

@@ -70,6 +70,10 @@ class VGGT(nn.Module):
         # 60 → 47 ms per 192 views, benchmarks/results/tiny/throughput/). Deployment sets head precision through
         # lite3r.quant.precision instead.
         self.dpt_autocast = False
+        # How these weights' poses are best read (not in the state dict; config.json "pose_readout"):
+        # None = the camera head; a MatchPoseConfig = geometrically from the global attention's
+        # cross-view matches (lite3r.models.vggt.match_pose), for weights trained to match (lite3r-tiny).
+        self.pose_readout = None
 
     # ------------------------------------------------------------------------------------ trunk
     def default_layers(self) -> tuple[int, ...]:
@@ -276,6 +280,8 @@ class VGGT(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         cfg = {"family": self.family, "config": self.config.to_dict()}
+        if self.pose_readout is not None:
+            cfg["pose_readout"] = self.pose_readout.to_dict()
         if metadata:
             cfg["metadata"] = metadata
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
