@@ -464,17 +464,24 @@ def load_vggt(
     return model
 
 
-def read_pose_readout(path: Path):
-    """The ``pose_readout`` of our ``config.json`` as a MatchPoseConfig, or None (absent file or key)."""
-    from lite3r.models.vggt.match_pose import MatchPoseConfig
-
+def read_config_json(path: Path) -> dict | None:
+    """A weights folder's ``config.json`` as a dict; None when absent or not a JSON object. A file that
+    cannot be read or parsed raises CheckpointError naming it."""
     if not path.is_file():
         return None
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"cannot read {path}: {e}") from e
-    spec = data.get("pose_readout") if isinstance(data, dict) else None
+    return data if isinstance(data, dict) else None
+
+
+def read_pose_readout(path: Path):
+    """The ``pose_readout`` of our ``config.json`` as a MatchPoseConfig, or None (absent file or key)."""
+    from lite3r.models.vggt.match_pose import MatchPoseConfig
+
+    data = read_config_json(path)
+    spec = data.get("pose_readout") if data is not None else None
     if spec is None:
         return None
     try:
@@ -496,13 +503,8 @@ def read_vggt_config(path: Path):
     not a VGGT config."""
     from lite3r.models.vggt.config import VGGTConfig
 
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read {path}: {e}") from e
-    if not isinstance(data, dict):
+    data = read_config_json(path)
+    if data is None:
         return None
     if "family" in data:
         if data["family"] != "vggt":

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -29,6 +28,7 @@ from lite3r.models.loading import (
     TensorSource,
     build_and_load,
     open_checkpoint,
+    read_config_json,
     resolve_weights,
 )
 
@@ -125,13 +125,8 @@ def read_da3_config(path: Path):
     → DA3-Large), or None when absent or not a DA3 config. Other DA3 presets raise."""
     from lite3r.models.da3.config import DA3Config
 
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read {path}: {e}") from e
-    if not isinstance(data, dict):
+    data = read_config_json(path)
+    if data is None:
         return None
     if "family" in data:
         if data["family"] != "da3":
