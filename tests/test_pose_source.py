@@ -55,7 +55,13 @@ def test_reconstruction_with_the_match_readout_is_consistent():
     head = Reconstructor(_micro(), precision="fp32", device="cpu", poses="camera-head").reconstruct(views)
     rc = Reconstructor(_micro(), precision="fp32", device="cpu")
     assert "poses: matches" in rc.describe()
-    rec = rc.reconstruct(views)
+    events, partials = [], []
+    rec = rc.reconstruct(
+        views, progress=lambda *e: events.append(e), on_partial=lambda r: partials.append(r.extrinsics.copy())
+    )
+    fractions = [f for _, f, _ in events]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0  # still monotone with the read-out
+    np.testing.assert_array_equal(partials[-1], head.extrinsics)  # partials: the camera head's poses
     meta = rec.metadata["poses"]
     assert meta["source"] == "matches" and meta["solver"] == "pnp"
     assert sorted(meta["solved_views"] + meta["kept_head"]) == [1, 2]

@@ -12,7 +12,9 @@ monotone) and ``stage`` one of :data:`STAGES`. Cancel: a ``threading.Event`` che
 between head chunks (→ :class:`CancelledError`). Partial results: ``on_partial(reconstruction)`` is
 called once the cameras exist and after every depth chunk. A partial result shares its arrays with the
 final one; views not yet decoded hold NaN (``metadata["views_done"]`` says how many are ready), and
-rows already handed out are never changed again.
+rows already handed out are never changed again. With poses from attention matches
+(:mod:`lite3r.engine.poses`) the partial results carry the camera head's poses; the final result
+holds the read-out's poses and points unprojected with them, in new arrays (partials keep theirs).
 """
 
 from __future__ import annotations
@@ -355,7 +357,7 @@ class _Run:
             self.check_cancel()
 
         if rc.poses.kind == "matches":
-            self.report("cameras", 0.5, "camera poses from attention matches")
+            self.report("depth", 1.0, "camera poses from attention matches")
             patch = model.config.aggregator.patch_size
             rec.extrinsics, rec.metadata["poses"] = solve_poses(
                 matches, rec.depth, masks, rec.intrinsics, rec.extrinsics, patch
