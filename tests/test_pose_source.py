@@ -54,7 +54,7 @@ def test_reconstruction_with_the_match_readout_is_consistent():
     views = _views()
     head = Reconstructor(_micro(), precision="fp32", device="cpu", poses="camera-head").reconstruct(views)
     rc = Reconstructor(_micro(), precision="fp32", device="cpu")
-    assert "poses: matches" in rc.describe()
+    assert "poses: attention matches (global block last, head 0) · pnp" in rc.describe()
     events, partials = [], []
     rec = rc.reconstruct(
         views, progress=lambda *e: events.append(e), on_partial=lambda r: partials.append(r.extrinsics.copy())

@@ -41,8 +41,13 @@ class PoseSource:
         if self.kind == "camera-head":
             return "camera head"
         r = self.readout
-        heads = "all heads" if r.heads is None else f"heads {list(r.heads)}"
-        return f"matches of global blocks {list(r.layers)} ({heads}) · {r.solver}"
+        blocks = ", ".join("last" if i == -1 else str(i) for i in r.layers)
+        heads = (
+            "all heads"
+            if r.heads is None
+            else "head" + ("s " if len(r.heads) > 1 else " ") + ", ".join(str(h) for h in r.heads)
+        )
+        return f"attention matches (global block {blocks}, {heads}) · {r.solver}"
 
 
 def resolve_pose_source(model: torch.nn.Module, poses: str, compile_mode: str) -> PoseSource:
