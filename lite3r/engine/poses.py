@@ -17,11 +17,15 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from lite3r.errors import UnsupportedError
+
+if TYPE_CHECKING:
+    from lite3r.models.vggt.match_pose import MatchPoseConfig
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +35,11 @@ POSE_SOURCES = ("auto", "camera-head", "matches")
 @dataclass(frozen=True)
 class PoseSource:
     """The resolved choice: ``kind`` "camera-head" or "matches" (then ``readout`` is the
-    MatchPoseConfig), and ``note``, why "auto" chose what it did (empty for an explicit choice)."""
+    MatchPoseConfig), and ``note``, why "auto" chose what it did (empty for an explicit choice). With
+    ``kind`` "camera-head" a note means the weights' read-out was declared but could not run."""
 
     kind: str
-    readout: object | None = None
+    readout: MatchPoseConfig | None = None
     note: str = ""
 
     def describe(self) -> str:
@@ -65,7 +70,8 @@ def resolve_pose_source(model: torch.nn.Module, poses: str, compile_mode: str) -
         why_not = "these weights declare no pose_readout (their attention was not trained to match views)"
     elif compile_mode != "none":
         why_not = (
-            f"the read-out hooks the global attention, which a compiled trunk (compile={compile_mode}) skips"
+            f"the read-out captures q, k through hooks on the global attention modules, which are not "
+            f"supported with a compiled trunk (compile={compile_mode})"
         )
     if why_not is None:
         note = "the weights' declared read-out" if poses == "auto" else ""
@@ -136,9 +142,12 @@ def solve_poses(
     if capture.to_ref is None:  # one view: nothing to solve
         return head_extrinsics, {
             "source": "matches",
+            "readout": cfg.to_dict(),
             "solver": cfg.solver,
             "solved_views": [],
             "kept_head": [],
+            "matches": [0],
+            "inliers": [0],
         }
     d = np.where(valid & np.isfinite(depth) & (depth > 0), depth, np.nan)
     res = poses_from_scores(

@@ -52,9 +52,8 @@ class Reconstruction:
     def pose_summary(self) -> tuple[str, str | None]:
         """(where the poses came from, in a few words; a warning or None), for logs and the app."""
         p = (self.metadata or {}).get("poses") or {}
-        if p.get("source") != "matches":
-            note = p.get("note") or ""
-            return "camera head", (note if note.startswith("match read-out not used") else None)
+        if p.get("source") != "matches":  # a note on camera-head poses: a declared read-out did not run
+            return "camera head", (p.get("note") or None)
         solved, kept = p.get("solved_views", []), p.get("kept_head", [])
         line = f"attention matches ({p.get('solver', '?')}, {len(solved)} of {len(solved) + len(kept)} views solved)"
         warn = f"views {kept} kept the camera head's pose (too few matches to solve)" if kept else None
