@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -11,6 +13,7 @@ from lite3r.training.losses import (
     LossConfig,
     camera_loss,
     distillation_task_loss,
+    log_depth_term,
     normalize_targets,
     regression_loss,
     vggt_loss,
@@ -197,3 +200,23 @@ def test_distillation_entry_and_options(batch):
     with pytest.raises(ValueError, match="unknown loss options"):
         RunLossConfig.options = {"valid_rnage": 0.9}
         distillation_task_loss(preds, data, RunLossConfig())
+
+
+def test_log_depth_term_is_relative_and_optional(batch):
+    t = normalize_targets(batch.extrinsics, batch.intrinsics, batch.depth, batch.valid)
+    mask = t.valid & t.frame_ok[:, None, None, None]
+    cfg = LossConfig(log_depth_weight=2.0, valid_range=-1.0)
+    # a uniform 10 % over-estimate is log(1.1) everywhere, near and far alike
+    term = log_depth_term(t.depth * 1.1, t.depth, mask, cfg)
+    assert abs(float(term) - math.log(1.1)) < 1e-5
+    preds = {"pose_enc_list": [t.pose_enc], "depth": (t.depth * 1.1)[..., None],
+             "depth_conf": torch.full_like(t.depth, 2.0)}  # fmt: skip
+    total_off, terms_off = vggt_loss(preds, t, LossConfig(valid_range=-1.0))
+    total_on, terms_on = vggt_loss(preds, t, cfg)
+    assert "depth_log" not in terms_off
+    torch.testing.assert_close(terms_on["depth"], terms_off["depth"] + 2.0 * terms_on["depth_log"])
+    torch.testing.assert_close(total_on - total_off, 2.0 * terms_on["depth_log"])
+    # the invalid pixels (GT 0) do not make the term or its gradient non-finite
+    pred = (t.depth * 0.9 + 0.01).requires_grad_()
+    log_depth_term(pred, t.depth, mask, cfg).backward()
+    assert torch.isfinite(pred.grad).all() and float(pred.grad[~mask].abs().sum()) == 0
