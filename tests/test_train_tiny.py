@@ -206,7 +206,7 @@ def test_fine_tune_starts_from_exported_weights_and_declares_its_readout(tmp_pat
     tuned = VGGT.from_pretrained(ft / "lite3r-tiny")
     for k, v in exported.state_dict().items():  # one step at lr 1e-9: the starting weights, not a fresh init
         torch.testing.assert_close(tuned.state_dict()[k], v, rtol=0, atol=1e-3)
-    assert tuned.pose_readout == MatchPoseConfig(layers=(-1,), heads=(0,), solver="pnp")
+    assert tuned.pose_readout == MatchPoseConfig(layers=(-1,), heads=(0,), solver="pnp", bundle_adjust=True)
     with pytest.raises(CheckpointError, match="does not fit this model"):
         train(
             _cfg(preset="small", init_weights=str(base / "lite3r-tiny")),

@@ -230,6 +230,7 @@ def run(args) -> dict:
         direction=args.direction, mutual=not args.no_mutual, drop_same_position=args.drop_same_position, min_confidence=args.min_confidence,
         refine_radius=args.refine_radius, ransac_threshold=args.ransac_threshold,
         procrustes_threshold=args.procrustes_threshold, refine=not args.no_refine,
+        bundle_adjust=args.bundle_adjust, ba_pixel_sigma=args.ba_pixel_sigma, ba_depth_sigma=args.ba_depth_sigma,
     )  # fmt: skip
     seeds = split_seeds(args.split, args.scenes, start=args.start)
     synth = SynthConfig(supersample=args.supersample)
@@ -392,6 +393,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--procrustes-threshold", type=float, default=0.1)
     p.add_argument("--no-refine", action="store_true")
     p.add_argument("--solvers", nargs="+", choices=SOLVERS, default=list(SOLVERS))
+    p.add_argument("--bundle-adjust", action="store_true", help="refine poses and view-0 depths jointly")
+    p.add_argument("--ba-pixel-sigma", type=float, default=0.25, help="reprojection sigma, in patch sizes")
+    p.add_argument("--ba-depth-sigma", type=float, default=1.0, help="log-depth prior sigma")
+    p.add_argument(
+        "--ba-refine-focal", action="store_true", help="bundle adjustment also fits one focal factor"
+    )
     p.add_argument(
         "--out", help="result JSON (default: $OUT/match_pose_eval.json or benchmarks/results/tiny/)"
     )

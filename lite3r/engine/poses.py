@@ -52,7 +52,8 @@ class PoseSource:
             if r.heads is None
             else "head" + ("s " if len(r.heads) > 1 else " ") + ", ".join(str(h) for h in r.heads)
         )
-        return f"attention matches (global block {blocks}, {heads}) · {r.solver}"
+        ba = " + bundle adjustment" if r.bundle_adjust else ""
+        return f"attention matches (global block {blocks}, {heads}) · {r.solver}{ba}"
 
 
 def resolve_pose_source(model: torch.nn.Module, poses: str, compile_mode: str) -> PoseSource:

@@ -77,7 +77,9 @@ class MatchPoseConfig:
     size (reprojection error for ``pnp``, epipolar error for ``essential``); ``procrustes_threshold``:
     relative 3-D distance for ``procrustes``. ``refine``: Levenberg–Marquardt on the PnP inliers, a
     least-median refit of the essential matrix on its RANSAC inliers. ``min_inliers``: fewer → the
-    view is not solved."""
+    view is not solved. ``bundle_adjust``: after the per-view solves, refine the solved poses and the
+    view-0 depths of the inlier tracks jointly over all views (``match_bundle``); ``ba_pixel_sigma``
+    (patch sizes) and ``ba_depth_sigma`` (log depth) weigh reprojection against the model's depth."""
 
     layers: tuple[int, ...] = (-1,)
     heads: tuple[int, ...] | None = (0,)
@@ -94,6 +96,9 @@ class MatchPoseConfig:
     refine: bool = True
     min_inliers: int = 6
     seed: int = 0
+    bundle_adjust: bool = False
+    ba_pixel_sigma: float = 0.25
+    ba_depth_sigma: float = 1.0
 
     def __post_init__(self) -> None:
         if self.solver not in SOLVERS:
@@ -110,6 +115,8 @@ class MatchPoseConfig:
             self.ransac_threshold > 0 and self.procrustes_threshold > 0 and 0 < self.ransac_confidence < 1
         ):
             raise InputError("need ransac_threshold > 0, procrustes_threshold > 0, 0 < ransac_confidence < 1")
+        if not (self.ba_pixel_sigma > 0 and self.ba_depth_sigma > 0):
+            raise InputError("need ba_pixel_sigma > 0 and ba_depth_sigma > 0")
         if not 0 <= self.min_confidence < 1:
             raise InputError(f"min_confidence must be in [0, 1), got {self.min_confidence}")
 
@@ -519,7 +526,32 @@ def estimate_poses(
             continue
         ext[i], n_inl[i] = res
         solved[i] = True
+    if cfg.bundle_adjust and solved[1:].any():
+        ext = _bundle_adjust(matches, d0, K, ext, solved, cfg, patch_size)
+        return MatchPoseResult(ext, solved, n_match, n_inl, f"{cfg.solver}+ba")
     return MatchPoseResult(ext, solved, n_match, n_inl, cfg.solver)
+
+
+def _bundle_adjust(matches, d0, K, ext, solved, cfg: MatchPoseConfig, patch_size: int) -> np.ndarray:
+    """The solved views' poses refined jointly with the view-0 depths of their inlier matches: the
+    matches that reproject within the RANSAC threshold under the view's solved pose."""
+    from .match_bundle import BundleObservations, bundle_adjust
+
+    thr_px = cfg.ransac_threshold * patch_size
+    per_view = {}
+    for i in np.nonzero(solved)[0][1:]:
+        m = matches[i]
+        X0 = unproject_pixels(d0, K[0], m.ref_px)
+        ok = np.isfinite(X0).all(1)
+        Xc = X0[ok] @ ext[i, :, :3].T + ext[i, :, 3]
+        z = np.maximum(Xc[:, 2], 1e-9)
+        proj = np.stack([K[i, 0, 0] * Xc[:, 0] / z + K[i, 0, 2], K[i, 1, 1] * Xc[:, 1] / z + K[i, 1, 2]], -1)
+        inl = (Xc[:, 2] > 0) & (np.linalg.norm(proj - m.view_px[ok], axis=1) < thr_px)
+        per_view[int(i)] = (m.ref_px[ok][inl], m.view_px[ok][inl], X0[ok][inl, 2])
+    obs = BundleObservations.from_matches(per_view)
+    views = sorted(per_view)
+    refined, _ = bundle_adjust(obs, ext, K, views, cfg.ba_pixel_sigma * patch_size, cfg.ba_depth_sigma)
+    return refined
 
 
 def poses_from_scores(
