@@ -95,7 +95,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=("auto", "camera-head", "matches"),
         default="auto",
         help="camera poses: the camera head, or a PnP read-out of the global attention's cross-view matches "
-        "(auto: what the weights declare; lite3r-tiny reads matches)",
+        "(auto: what the weights declare; lite3r-tiny reads matches, then bundle-adjusts them over all views)",
     )
     p.add_argument("--save", metavar="PATH.npz", help="also save the full reconstruction (depth, cameras, …)")
     p.add_argument("--allow-single", action="store_true", help="accept one photo (monocular depth)")

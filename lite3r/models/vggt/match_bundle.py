@@ -22,7 +22,7 @@ from scipy.optimize import least_squares
 from scipy.sparse import lil_matrix
 from scipy.spatial.transform import Rotation
 
-__all__ = ["BundleObservations", "bundle_adjust"]
+__all__ = ["BundleObservations", "bundle_adjust", "project"]
 
 
 @dataclass
@@ -67,7 +67,10 @@ class BundleObservations:
         )
 
 
-def _project(K: np.ndarray, X: np.ndarray) -> np.ndarray:
+def project(K: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """Pixels (x, y) [N, 2] of camera-frame points X [N, 3] under K [3, 3] or one K per point [N, 3, 3]
+    (depths clamped at 1e-9: points behind the camera land far off, where a robust loss ignores them)."""
+    K = np.broadcast_to(K, (len(X), 3, 3))
     z = np.maximum(X[:, 2], 1e-9)
     return np.stack([K[:, 0, 0] * X[:, 0] / z + K[:, 0, 2], K[:, 1, 1] * X[:, 1] / z + K[:, 1, 2]], -1)
 
@@ -111,7 +114,7 @@ def bundle_adjust(
         R = Rotation.from_rotvec(pose[:, :3]).as_matrix()
         X = rays * (z0 * np.exp(logd))[:, None]
         Xc = np.einsum("oab,ob->oa", R[vj], X[tj]) + pose[vj, 3:]
-        r_px = (_project(Kobs, Xc) - px) / pixel_sigma
+        r_px = (project(Kobs, Xc) - px) / pixel_sigma
         return np.concatenate([r_px.reshape(-1), logd / depth_sigma])
 
     sparsity = lil_matrix((2 * no + nt, 6 * nv + nt), dtype=int)

@@ -535,7 +535,7 @@ def estimate_poses(
 def _bundle_adjust(matches, d0, K, ext, solved, cfg: MatchPoseConfig, patch_size: int) -> np.ndarray:
     """The solved views' poses refined jointly with the view-0 depths of their inlier matches: the
     matches that reproject within the RANSAC threshold under the view's solved pose."""
-    from .match_bundle import BundleObservations, bundle_adjust
+    from .match_bundle import BundleObservations, bundle_adjust, project
 
     thr_px = cfg.ransac_threshold * patch_size
     per_view = {}
@@ -544,9 +544,7 @@ def _bundle_adjust(matches, d0, K, ext, solved, cfg: MatchPoseConfig, patch_size
         X0 = unproject_pixels(d0, K[0], m.ref_px)
         ok = np.isfinite(X0).all(1)
         Xc = X0[ok] @ ext[i, :, :3].T + ext[i, :, 3]
-        z = np.maximum(Xc[:, 2], 1e-9)
-        proj = np.stack([K[i, 0, 0] * Xc[:, 0] / z + K[i, 0, 2], K[i, 1, 1] * Xc[:, 1] / z + K[i, 1, 2]], -1)
-        inl = (Xc[:, 2] > 0) & (np.linalg.norm(proj - m.view_px[ok], axis=1) < thr_px)
+        inl = (Xc[:, 2] > 0) & (np.linalg.norm(project(K[i], Xc) - m.view_px[ok], axis=1) < thr_px)
         per_view[int(i)] = (m.ref_px[ok][inl], m.view_px[ok][inl], X0[ok][inl, 2])
     obs = BundleObservations.from_matches(per_view)
     views = sorted(per_view)
