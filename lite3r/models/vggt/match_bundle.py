@@ -43,28 +43,19 @@ class BundleObservations:
         cls, per_view: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]
     ) -> BundleObservations:
         """``per_view[i] = (ref_px [M, 2], view_px [M, 2], ref_depth [M])`` → tracks keyed by the view-0
-        pixel (to 1/100 px), so a view-0 patch matched in several views is one track."""
-        keys: dict[tuple[int, int], int] = {}
-        ref_px, ref_depth, track, view, px = [], [], [], [], []
-        for i in sorted(per_view):
-            rp, vp, z = per_view[i]
-            for a in range(len(rp)):
-                key = (round(rp[a, 0] * 100), round(rp[a, 1] * 100))
-                t = keys.get(key)
-                if t is None:
-                    t = keys[key] = len(ref_px)
-                    ref_px.append(rp[a])
-                    ref_depth.append(z[a])
-                track.append(t)
-                view.append(i)
-                px.append(vp[a])
-        return cls(
-            np.asarray(ref_px, np.float64).reshape(-1, 2),
-            np.asarray(ref_depth, np.float64),
-            np.asarray(track, int),
-            np.asarray(view, int),
-            np.asarray(px, np.float64).reshape(-1, 2),
-        )
+        pixel (to 1/100 px), so a view-0 patch matched in several views is one track (its depth is
+        taken from the first view that lists it)."""
+        views = sorted(per_view)
+        if not views:
+            e = np.zeros((0, 2))
+            return cls(e, np.zeros(0), np.zeros(0, int), np.zeros(0, int), e)
+        ref = np.concatenate([np.asarray(per_view[i][0], np.float64).reshape(-1, 2) for i in views])
+        px = np.concatenate([np.asarray(per_view[i][1], np.float64).reshape(-1, 2) for i in views])
+        z = np.concatenate([np.asarray(per_view[i][2], np.float64).reshape(-1) for i in views])
+        view = np.concatenate([np.full(len(per_view[i][0]), i) for i in views]).astype(int)
+        _, first, track = np.unique(np.round(ref * 100).astype(np.int64), axis=0, return_index=True,
+                                    return_inverse=True)  # fmt: skip
+        return cls(ref[first], z[first], track.reshape(-1), view, px)
 
 
 def project(K: np.ndarray, X: np.ndarray) -> np.ndarray:
@@ -94,10 +85,10 @@ def bundle_adjust(
         return ext, obs.ref_depth.copy()
     track, view, px = obs.track[keep], obs.view[keep], obs.px[keep]
     used = np.unique(track)
-    t_of = {t: j for j, t in enumerate(used)}
-    tj = np.array([t_of[t] for t in track])
+    tj = np.searchsorted(used, track)
+    views = sorted(views)
     v_of = {v: j for j, v in enumerate(views)}
-    vj = np.array([v_of[v] for v in view])
+    vj = np.searchsorted(views, view)
     nv, nt, no = len(views), len(used), len(track)
     rays = np.concatenate([(obs.ref_px[used] - K[0, :2, 2]) / np.diag(K[0])[:2], np.ones((nt, 1))], 1)
     z0 = obs.ref_depth[used]
